@@ -1,0 +1,195 @@
+"""The autoregressive engine: an endless stream of frames from a stream of actions.
+
+For every chunk of C frames: start from noise, run the few-step list (predict x0, re-noise to the
+next level; or Euler steps for a multi-step model), then write the clean chunk into the KV cache.
+The engine depends only on the model interface ``model(x, sigma, actions, frame_pos=, chunk=,
+cache=) -> x0`` and its ``cfg`` (tokens per frame, layers, heads), not on a model class.
+
+Fused cache write (``fuse_cache_write``): the forward that writes chunk k's clean keys into the
+cache is the same forward as chunk k+1's first denoising step: ``[clean k | noisy k+1]`` go in
+together under the block-causal mask, so a chunk costs ``steps`` forwards instead of
+``steps + 1``. The outputs are the same as the unfused order (the tests check it).
+
+Step alignment (shared/DESIGN.md): ``step(a)`` takes the action chosen after seeing the latest
+frame and returns the frame(s) it produces. ``prefill(frames, prev_actions)`` takes context frames
+with the action that produced each (``no_action`` for an episode's first frame).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from kernels import noise_update
+from worldsim.device import autocast
+from worldsim.engine.kv_cache import KVCache
+from worldsim.engine.schedule import euler_sigmas, student_sigmas
+from worldsim.errors import ConfigError
+
+
+@dataclass
+class EngineConfig:
+    chunk: int = 1  # frames generated per forward (1: frame-wise, >1: chunk-wise)
+    steps: int = 2  # denoising steps per chunk (1, 2 or 4 for a distilled student)
+    sampler: str = "renoise"  # "renoise": few-step x0 + fresh noise; "euler": multi-step ODE
+    shift: float = 3.0  # timestep shift of the step list (must match training)
+    timesteps: list[float] = field(default_factory=list)  # explicit sigmas, overrides steps/shift
+    context_sigma: float = 0.0  # noise level written with clean frames into the cache
+    window: int = 12  # rolling window of recent frames kept in the KV cache
+    sink: int = 3  # first frames kept forever (attention sinks)
+    fuse_cache_write: bool = True  # write chunk k's cache in chunk k+1's first forward
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.chunk < 1:
+            raise ConfigError(f"engine.chunk must be >= 1, got {self.chunk}")
+        if self.sampler not in ("renoise", "euler"):
+            raise ConfigError(f"engine.sampler '{self.sampler}' is not 'renoise' or 'euler'")
+        if not self.timesteps and self.steps < 1:
+            raise ConfigError(f"engine.steps must be >= 1, got {self.steps}")
+        if self.window < self.chunk:
+            raise ConfigError(f"engine.window {self.window} must be >= engine.chunk {self.chunk}")
+
+    def sigmas(self) -> list[float]:
+        """Noise levels visited per chunk; the last entry is the target (0 for euler)."""
+        if self.timesteps:
+            levels = [float(t) / 1000.0 if t > 1 else float(t) for t in self.timesteps]
+        elif self.sampler == "euler":
+            return euler_sigmas(self.steps, self.shift)
+        else:
+            levels = student_sigmas(self.steps, self.shift)
+        return levels + [0.0]
+
+
+class Engine:
+    def __init__(self, model, cfg: EngineConfig, device=None, dtype=torch.float32):
+        cfg.validate()
+        self.model = model
+        self.cfg = cfg
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.dtype = dtype
+        self.no_action = model.cfg.num_actions
+        self.cache: KVCache | None = None
+        self.batch = 0
+        self._pending = None  # (frames, actions) of the last chunk, not yet in the cache
+        self._gen = None
+        self.last_step_ms = 0.0
+
+    # -- session control ---------------------------------------------------------------------
+    def reset(self, batch_size: int = 1, seed: int | None = None) -> None:
+        """Drop the cache and start a fresh session (reallocating only if the batch changes)."""
+        mc = self.model.cfg
+        if self.cache is None or self.cache.B != batch_size:
+            self.cache = KVCache(
+                layers=mc.depth, batch=batch_size, kv_heads=mc.kv_heads, head_dim=mc.head_dim,
+                tokens_per_frame=mc.tokens_per_frame, sink=self.cfg.sink, window=self.cfg.window,
+                scratch_frames=max(2 * self.cfg.chunk, self.cfg.sink + self.cfg.window),
+                rope=self.model.rope, device=self.device, dtype=self.dtype)
+        else:
+            self.cache.reset()
+        self.batch = batch_size
+        self._pending = None
+        self._gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed if seed is None else seed)
+
+    @property
+    def frames_generated(self) -> int:
+        return self.cache.frames + (self._pending[0].shape[1] if self._pending is not None else 0)
+
+    def _forward(self, x, sigma, actions, pos):
+        with autocast(self.device, self.dtype):
+            return self.model(x, sigma, actions, frame_pos=pos, chunk=self.cfg.chunk, cache=self.cache).float()
+
+    def _flush(self) -> None:
+        """Write the pending clean chunk into the cache with its own forward (unfused path)."""
+        if self._pending is None:
+            return
+        frames, acts = self._pending
+        n = frames.shape[1]
+        sig = torch.full((self.batch, n), self.cfg.context_sigma, device=self.device)
+        self._forward(frames, sig, acts, self.cache.next_positions(n, self.device))
+        self.cache.commit(n)
+        self._pending = None
+
+    @torch.no_grad()
+    def prefill(self, frames: torch.Tensor, prev_actions: torch.Tensor | None = None) -> None:
+        """Write context frames (B, K, 3, H, W) in [-1, 1] into the cache, chunk by chunk."""
+        if self.cache is None:
+            self.reset(frames.shape[0])
+        self._check_frames(frames)
+        self._flush()
+        B, K = frames.shape[:2]
+        if prev_actions is None:
+            prev_actions = torch.full((B, K), self.no_action, dtype=torch.long)
+        prev_actions = self._check_actions(prev_actions, K)
+        frames = frames.to(self.device, torch.float32)
+        C = self.cfg.chunk
+        piece = max(C, (self.cache.scratch_frames // C) * C)
+        for start in range(0, K, piece):
+            f, a = frames[:, start:start + piece], prev_actions[:, start:start + piece]
+            sig = torch.full(a.shape, self.cfg.context_sigma, device=self.device)
+            self._forward(f, sig, a, self.cache.next_positions(f.shape[1], self.device))
+            self.cache.commit(f.shape[1])
+
+    @torch.no_grad()
+    def step(self, actions) -> torch.Tensor:
+        """Generate the next chunk under ``actions`` (B, C) (or (B,) / int for C=1): (B, C, 3, H, W)."""
+        t0 = time.perf_counter()
+        if self.cache is None:
+            self.reset(1)
+        C, B = self.cfg.chunk, self.batch
+        actions = self._check_actions(actions, C)
+        mc = self.model.cfg
+        shape = (B, C, mc.channels, mc.resolution, mc.resolution)
+        x = torch.randn(shape, generator=self._gen, device=self.device)
+        sigmas = self.cfg.sigmas()
+        if not self.cfg.fuse_cache_write:
+            self._flush()
+        for i, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+            sig = torch.full((B, C), s, device=self.device)
+            pos = self.cache.next_positions(C, self.device)
+            if i == 0 and self._pending is not None:  # fused: [clean k | noisy k+1] in one forward
+                pf, pa = self._pending
+                n = pf.shape[1]
+                ctx_sig = torch.full((B, n), self.cfg.context_sigma, device=self.device)
+                out = self._forward(torch.cat([pf, x], 1), torch.cat([ctx_sig, sig], 1),
+                                    torch.cat([pa, actions], 1), self.cache.next_positions(n + C, self.device))
+                self.cache.commit(n)
+                self._pending = None
+                x0 = out[:, n:]
+            else:
+                x0 = self._forward(x, sig, actions, pos)
+            if s_next == 0.0:
+                x = x0
+                break
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self._gen, device=self.device))
+            x = noise_update(x.flatten(0, 1), x0.flatten(0, 1), s, s_next, self.cfg.sampler,
+                             seed=seed).view(shape)
+        x = x.clamp(-1, 1)
+        self._pending = (x, actions)
+        if not self.cfg.fuse_cache_write:
+            self._flush()
+        self.last_step_ms = (time.perf_counter() - t0) * 1e3
+        return x
+
+    # -- checks ------------------------------------------------------------------------------
+    def _check_frames(self, frames: torch.Tensor) -> None:
+        mc = self.model.cfg
+        want = (mc.channels, mc.resolution, mc.resolution)
+        if frames.dim() != 5 or tuple(frames.shape[2:]) != want:
+            raise ValueError(f"context frames have shape {tuple(frames.shape)}; expected (B, K, {want[0]}, {want[1]}, {want[2]})")
+        if frames.shape[0] != self.batch:
+            raise ValueError(f"context batch {frames.shape[0]} != session batch {self.batch}; call reset(batch_size)")
+
+    def _check_actions(self, actions, n: int) -> torch.Tensor:
+        a = torch.as_tensor(actions, dtype=torch.long, device=self.device)
+        if a.dim() == 0:
+            a = a.view(1, 1).expand(self.batch, n)
+        elif a.dim() == 1:
+            a = a.view(-1, 1).expand(self.batch, n) if n == 1 or a.numel() == self.batch else a.view(1, -1).expand(self.batch, n)
+        if tuple(a.shape) != (self.batch, n):
+            raise ValueError(f"actions have shape {tuple(a.shape)}; expected ({self.batch}, {n})")
+        if bool(((a < 0) | (a > self.no_action)).any()):
+            raise ValueError(f"action index out of range [0, {self.no_action}] (the model has {self.no_action} actions)")
+        return a.contiguous()

@@ -1,0 +1,67 @@
+"""Axial rotary position embedding over (time, row, column).
+
+Head dims are split into a temporal part and two spatial parts. Time positions are integer frame
+indices that grow without bound in endless play, so angles are reduced modulo 2*pi in float64
+before cos/sin: a key rotated at frame 10^6 is as exact as one at frame 10.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def split_dims(head_dim: int) -> tuple[int, int, int]:
+    """(time, row, col) dims, each even, summing to ``head_dim``."""
+    dt = 2 * max(1, head_dim // 8)  # a quarter of the dims for time
+    ds = (head_dim - dt) // 4 * 2
+    dt = head_dim - 2 * ds
+    return dt, ds, ds
+
+
+def _freqs(dim: int, theta: float) -> torch.Tensor:
+    return 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+
+
+def angles(pos: torch.Tensor, dim: int, theta: float) -> torch.Tensor:
+    """(..., dim/2) float64 angles in [0, 2*pi) for integer positions ``pos``."""
+    a = pos.to(torch.float64)[..., None] * _freqs(dim, theta).to(pos.device)
+    return torch.remainder(a, 2 * math.pi)
+
+
+class AxialRope:
+    """Precomputes the spatial tables once; the temporal table per call (few frames)."""
+
+    def __init__(self, head_dim: int, grid: int, theta_time: float = 1000.0, theta_space: float = 100.0,
+                 device=None):
+        self.dt, self.ds, _ = split_dims(head_dim)
+        self.theta_time = theta_time
+        rows = torch.arange(grid).repeat_interleave(grid)
+        cols = torch.arange(grid).repeat(grid)
+        sp = torch.cat([angles(rows, self.ds, theta_space), angles(cols, self.ds, theta_space)], -1)  # (N, ds)
+        self.space_cos = sp.cos().float().to(device)
+        self.space_sin = sp.sin().float().to(device)
+        self.tokens = grid * grid
+
+    def to(self, device):
+        self.space_cos = self.space_cos.to(device)
+        self.space_sin = self.space_sin.to(device)
+        return self
+
+    def tables(self, frame_pos: torch.Tensor):
+        """cos, sin of shape (F*N, D/2) for frames at positions ``frame_pos`` (F,)."""
+        t = angles(frame_pos, self.dt, self.theta_time)  # (F, dt/2)
+        F, N = t.shape[0], self.tokens
+        t_cos = t.cos().float().to(self.space_cos.device)
+        t_sin = t.sin().float().to(self.space_cos.device)
+        cos = torch.cat([t_cos[:, None, :].expand(F, N, -1), self.space_cos[None].expand(F, N, -1)], -1)
+        sin = torch.cat([t_sin[:, None, :].expand(F, N, -1), self.space_sin[None].expand(F, N, -1)], -1)
+        return cos.reshape(F * N, -1), sin.reshape(F * N, -1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[2i], x[2i+1]) of ``x`` (..., L, D) by the angles behind ``cos``/``sin`` (L, D/2)."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    c, s = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), -1).flatten(-2)
