@@ -37,8 +37,8 @@ class EngineConfig:
     shift: float = 3.0  # timestep shift of the step list (must match training)
     timesteps: list[float] = field(default_factory=list)  # explicit sigmas, overrides steps/shift
     context_sigma: float = 0.0  # noise level written with clean frames into the cache
-    window: int = 12  # rolling window of recent frames kept in the KV cache
-    sink: int = 3  # first frames kept forever (attention sinks)
+    window: int = 6  # rolling window of recent frames kept in the KV cache (cost grows with it)
+    sink: int = 1  # first frames kept forever (attention sinks)
     fuse_cache_write: bool = True  # write chunk k's cache in chunk k+1's first forward
     seed: int = 0
 
@@ -83,7 +83,7 @@ class Engine:
         mc = self.model.cfg
         if self.cache is None or self.cache.B != batch_size:
             self.cache = KVCache(
-                layers=mc.depth, batch=batch_size, kv_heads=mc.kv_heads, head_dim=mc.head_dim,
+                layers=mc.cache_layers, batch=batch_size, kv_heads=mc.kv_heads, head_dim=mc.head_dim,
                 tokens_per_frame=mc.tokens_per_frame, sink=self.cfg.sink, window=self.cfg.window,
                 scratch_frames=max(2 * self.cfg.chunk, self.cfg.sink + self.cfg.window),
                 rope=self.model.rope, device=self.device, dtype=self.dtype)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from kernels import block_causal_attention
 from kernels.attention import block_causal_attention_torch
-from worldsim.model.rope import AxialRope, apply_rope
+from worldsim.model.rope import AxialRope, rope_matrices
 
 
 @dataclass
@@ -37,14 +37,16 @@ class ModelConfig:
     resolution: int = 64  # frames are resolution x resolution RGB
     channels: int = 3
     patch: int = 8  # patch side: 64x64 frames -> 64 tokens per frame
-    dim: int = 256  # token width
+    # Defaults are the shipped student: sized so frame-wise 2-step runs at ~60 FPS on a 2-core CPU.
+    dim: int = 128  # token width
     depth: int = 6  # transformer blocks
-    heads: int = 4  # query heads (head_dim = dim / heads)
-    kv_heads: int = 4  # < heads: grouped KV heads, a smaller cache
+    heads: int = 2  # query heads (head_dim = dim / heads = 64)
+    kv_heads: int = 2  # < heads: grouped KV heads, a smaller cache
     mlp_ratio: float = 4.0
     num_actions: int = 18  # the game's action set; index num_actions is "no action"
     causal: bool = True  # False: bidirectional over the whole clip (teacher / score models)
     chunk: int = 1  # frames per causal chunk (1: frame-wise); the training mask uses it
+    temporal_every: int = 1  # every k-th block attends across frames; the others only within a frame
     rope_theta_time: float = 1000.0
     rope_theta_space: float = 100.0
 
@@ -59,6 +61,8 @@ class ModelConfig:
             raise ConfigError(f"model.heads {self.heads} is not a multiple of model.kv_heads {self.kv_heads}")
         if (self.dim // self.heads) % 8:
             raise ConfigError(f"head dim {self.dim // self.heads} must be a multiple of 8; change model.dim or model.heads")
+        if self.temporal_every < 1 or self.temporal_every > self.depth:
+            raise ConfigError(f"model.temporal_every must be in [1, depth={self.depth}], got {self.temporal_every}")
         if self.num_actions < 1 or self.chunk < 1:
             raise ConfigError("model.num_actions and model.chunk must be >= 1")
 
@@ -69,6 +73,14 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.dim // self.heads
+
+    def is_temporal(self, block: int) -> bool:
+        """Whether block ``block`` attends across frames (and so keeps a KV cache)."""
+        return block % self.temporal_every == self.temporal_every - 1
+
+    @property
+    def cache_layers(self) -> int:
+        return sum(self.is_temporal(i) for i in range(self.depth))
 
 
 def frame_positions(T: int, device=None) -> torch.Tensor:
@@ -93,18 +105,9 @@ def teacher_forcing_frame_mask(T: int, chunk: int, device=None) -> torch.Tensor:
     return torch.cat([top, bottom], 0)
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x):
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
-
-
-def modulate(x, shift, scale):
-    return x * (1 + scale) + shift
+def modulate(x, shift, mult):
+    """adaLN: ``x * mult + shift`` in one op (``mult`` is DiT's ``1 + scale``)."""
+    return torch.addcmul(shift, x, mult)
 
 
 class SigmaEmbedding(nn.Module):
@@ -123,51 +126,58 @@ class SigmaEmbedding(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, temporal: bool = True):
         super().__init__()
+        self.temporal = temporal  # False: attend only within the token's own frame (no cache)
+        self.N = cfg.tokens_per_frame
         self.h, self.hkv, self.d = cfg.heads, cfg.kv_heads, cfg.head_dim
         self.qkv = nn.Linear(cfg.dim, (cfg.heads + 2 * cfg.kv_heads) * self.d)
-        self.q_norm = RMSNorm(self.d)  # qk-norm keeps logits bounded: stable in bf16 and long rollouts
-        self.k_norm = RMSNorm(self.d)
+        # qk-norm (RMS, one weight per head) keeps logits bounded: stable in bf16 and in long rollouts.
+        self.qk_norm = nn.Parameter(torch.ones(cfg.heads + cfg.kv_heads, self.d))
         self.proj = nn.Linear(cfg.dim, cfg.dim)
 
-    def forward(self, x, cos, sin, *, mask=None, chunk_tokens=None, cache=None, layer=0):
+    def forward(self, x, rot, *, mask=None, chunk_tokens=None, cache=None, cache_layer=0):
+        # x: (B, L, dim); rot: (L, d, d) rotary matrices for these tokens.
         B, L, _ = x.shape
-        qkv = self.qkv(x).view(B, L, self.h + 2 * self.hkv, self.d)
-        q, k, v = qkv.split([self.h, self.hkv, self.hkv], dim=2)
-        q = apply_rope(self.q_norm(q).transpose(1, 2), cos, sin)  # (B, h, L, d)
-        k = apply_rope(self.k_norm(k).transpose(1, 2), cos, sin)  # (B, hkv, L, d)
-        v = v.transpose(1, 2).to(k.dtype)  # (B, hkv, L, d)
-        if cache is not None:
-            kbuf, vbuf, kv_len = cache.write_scratch(layer, k, v)
+        h, hkv, d = self.h, self.hkv, self.d
+        qkv = self.qkv(x).view(B, L, h + 2 * hkv, d)
+        qk = F.rms_norm(qkv[:, :, :h + hkv], (d,), eps=1e-6) * self.qk_norm
+        qk = torch.matmul(qk, rot)  # rotary embedding, (B, L, h+hkv, d)
+        q = qk[:, :, :h].transpose(1, 2)  # (B, h, L, d)
+        k = qk[:, :, h:].transpose(1, 2)  # (B, hkv, L, d)
+        v = qkv[:, :, h + hkv:].transpose(1, 2).to(k.dtype)  # (B, hkv, L, d)
+        if not self.temporal:  # frame-local: every frame is its own batch row, no mask, no cache
+            T, N = L // self.N, self.N
+            per_frame = lambda t: t.unflatten(2, (T, N)).transpose(1, 2).flatten(0, 1)  # (B*T, heads, N, d)
+            out = F.scaled_dot_product_attention(per_frame(q), per_frame(k), per_frame(v), enable_gqa=h != hkv)
+            out = out.unflatten(0, (B, T)).transpose(1, 2).flatten(2, 3)  # (B, h, L, d)
+        elif cache is not None:
+            kbuf, vbuf, kv_len = cache.write_scratch(cache_layer, k, v)
             out = block_causal_attention(q, kbuf, vbuf, kv_len, chunk_tokens)
         elif mask is not None:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.h != self.hkv)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=h != hkv)
         elif torch.is_grad_enabled():  # training: autograd through the torch path
             out = block_causal_attention_torch(q, k, v, L, chunk_tokens)
         else:
             out = block_causal_attention(q, k, v, L, chunk_tokens)
-        return self.proj(out.transpose(1, 2).reshape(B, L, self.h * self.d))
+        return self.proj(out.transpose(1, 2).reshape(B, L, h * d))
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, temporal: bool = True):
         super().__init__()
-        self.norm1 = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(cfg)
-        self.norm2 = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(cfg, temporal)
         hidden = int(cfg.dim * cfg.mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(cfg.dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, cfg.dim))
-        self.ada = nn.Linear(cfg.dim, 6 * cfg.dim)  # per-frame shift/scale/gate for attn and mlp
 
-    def forward(self, x, c, cos, sin, **attn_kw):
-        # x: (B, T, N, dim) tokens grouped by frame; c: (B, T, 1, dim) per-frame conditioning.
+    def forward(self, x, mod, rot, **attn_kw):
+        # x: (B, T, N, dim) tokens grouped by frame; mod: 6 x (B, T, 1, dim) per-frame adaLN terms.
         B, T, N, D = x.shape
-        sa, ca, ga, sm, cm, gm = self.ada(c).chunk(6, dim=-1)
-        h = modulate(self.norm1(x), sa, ca).reshape(B, T * N, D)
-        x = x + ga * self.attn(h, cos, sin, **attn_kw).view(B, T, N, D)
-        x = x + gm * self.mlp(modulate(self.norm2(x), sm, cm))
-        return x
+        shift_a, mult_a, gate_a, shift_m, mult_m, gate_m = mod
+        h = modulate(F.layer_norm(x, (D,), eps=1e-6), shift_a, mult_a).view(B, T * N, D)
+        x = torch.addcmul(x, gate_a, self.attn(h, rot, **attn_kw).view(B, T, N, D))
+        h = self.mlp(modulate(F.layer_norm(x, (D,), eps=1e-6), shift_m, mult_m))
+        return torch.addcmul(x, gate_m, h)
 
 
 class WorldDiT(nn.Module):
@@ -180,9 +190,9 @@ class WorldDiT(nn.Module):
         self.patch_embed = nn.Linear(p * p * ch, cfg.dim)
         self.action_embed = nn.Embedding(cfg.num_actions + 1, cfg.dim)
         self.sigma_embed = SigmaEmbedding(cfg.dim)
-        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.depth)])
-        self.norm_out = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
-        self.ada_out = nn.Linear(cfg.dim, 2 * cfg.dim)
+        self.blocks = nn.ModuleList([Block(cfg, cfg.is_temporal(i)) for i in range(cfg.depth)])
+        # Every block's adaLN terms (and the output layer's) from one linear: one op per forward.
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, (6 * cfg.depth + 2) * cfg.dim))
         self.out = nn.Linear(cfg.dim, p * p * ch)
         self.rope = AxialRope(cfg.head_dim, self.grid, cfg.rope_theta_time, cfg.rope_theta_space)
         self._init_weights()
@@ -193,11 +203,14 @@ class WorldDiT(nn.Module):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
         nn.init.normal_(self.action_embed.weight, std=0.02)
-        for blk in self.blocks:  # adaLN-Zero: every block starts as the identity
-            nn.init.zeros_(blk.ada.weight)
-            nn.init.zeros_(blk.ada.bias)
-        nn.init.zeros_(self.ada_out.weight)
-        nn.init.zeros_(self.ada_out.bias)
+        # adaLN-Zero: shifts and gates start at 0, multipliers at 1, so every block starts as the identity.
+        ada = self.ada[1]
+        nn.init.zeros_(ada.weight)
+        with torch.no_grad():
+            terms = ada.bias.view(6 * self.cfg.depth + 2, self.cfg.dim)
+            terms.zero_()
+            terms[[6 * i + j for i in range(self.cfg.depth) for j in (1, 4)]] = 1.0
+            terms[6 * self.cfg.depth + 1] = 1.0
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
@@ -231,13 +244,16 @@ class WorldDiT(nn.Module):
         """
         B, T = x.shape[:2]
         N = self.grid * self.grid
+        D = self.cfg.dim
         if sigma.dim() == 1:
             sigma = sigma[:, None].expand(B, T)
         if frame_pos is None:
             frame_pos = frame_positions(T, x.device)
-        cos, sin = self.rope.tables(frame_pos)
-        tokens = self.patch_embed(self.patchify(x.to(self.patch_embed.weight.dtype)))  # (B, T, N, dim)
-        c = (self.action_embed(actions) + self.sigma_embed(sigma))[:, :, None]  # (B, T, 1, dim)
+        wdtype = self.patch_embed.weight.dtype
+        rot = rope_matrices(*self.rope.tables(frame_pos)).to(wdtype)  # (T*N, d, d)
+        tokens = self.patch_embed(self.patchify(x.to(wdtype)))  # (B, T, N, dim)
+        c = self.action_embed(actions) + self.sigma_embed(sigma)  # (B, T, dim)
+        mods = self.ada(c).view(B, T, 1, 6 * self.cfg.depth + 2, D).unbind(3)  # each (B, T, 1, dim)
         attn_kw: dict = {}
         if frame_mask is not None:
             attn_kw["mask"] = frame_mask.repeat_interleave(N, 0).repeat_interleave(N, 1)
@@ -246,10 +262,12 @@ class WorldDiT(nn.Module):
             attn_kw["chunk_tokens"] = frames_per_chunk * N
         if cache is not None:
             attn_kw["cache"] = cache
+        cache_layer = 0
         for i, blk in enumerate(self.blocks):
-            tokens = blk(tokens, c, cos, sin, layer=i, **attn_kw)
-        shift, scale = self.ada_out(c).chunk(2, dim=-1)
-        out = self.out(modulate(self.norm_out(tokens), shift, scale))
+            tokens = blk(tokens, mods[6 * i:6 * i + 6], rot, cache_layer=cache_layer, **attn_kw)
+            cache_layer += blk.attn.temporal
+        shift, mult = mods[-2:]
+        out = self.out(modulate(F.layer_norm(tokens, (D,), eps=1e-6), shift, mult))
         return self.unpatchify(out)
 
     def num_params(self) -> int:
