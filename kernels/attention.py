@@ -63,9 +63,15 @@ def block_causal_attention_torch(q, k, v, kv_len, chunk_tokens: int, scale: floa
     Hkv = k.shape[1]
     scale = scale if scale is not None else 1.0 / math.sqrt(D)
     gqa = Hq != Hkv
-    if isinstance(kv_len, int) and chunk_tokens >= M:
-        # Fast path: one valid length, the query block sees everything valid; no mask, no copy.
-        return F.scaled_dot_product_attention(q, k[:, :, :kv_len], v[:, :, :kv_len], scale=scale, enable_gqa=gqa)
+    if isinstance(kv_len, int) and M <= 4 * chunk_tokens:
+        # Fast path (inference): one valid length and a few query chunks, each of which sees a prefix
+        # of the keys: one maskless SDPA per chunk, no mask to build, no copy.
+        outs = []
+        for c0 in range(0, M, chunk_tokens):
+            end = min(kv_len, kv_len - M + c0 + chunk_tokens)
+            outs.append(F.scaled_dot_product_attention(q[:, :, c0:c0 + chunk_tokens], k[:, :, :end], v[:, :, :end],
+                                                       scale=scale, enable_gqa=gqa))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, 2)
     lens = _kv_len_tensor(kv_len, B, q.device)
     n = int(lens.max())
     mask = attention_mask(M, lens, n, chunk_tokens)

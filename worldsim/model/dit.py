@@ -168,7 +168,7 @@ class Block(nn.Module):
         super().__init__()
         self.attn = Attention(cfg, temporal)
         hidden = int(cfg.dim * cfg.mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(cfg.dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, cfg.dim))
+        self.mlp = nn.Sequential(nn.Linear(cfg.dim, hidden), nn.GELU(), nn.Linear(hidden, cfg.dim))
 
     def forward(self, x, mod, rot, **attn_kw):
         # x: (B, T, N, dim) tokens grouped by frame; mod: 6 x (B, T, 1, dim) per-frame adaLN terms.

@@ -1,0 +1,173 @@
+"""Engine and KV cache on CPU with a tiny random model: cache == full forward, fused == unfused,
+determinism, batching, rollover with bounded memory, input checks."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from kernels.schedule_update import noise_update_torch
+from worldsim.engine import Engine, EngineConfig
+from worldsim.engine.schedule import student_sigmas
+from worldsim.model import ModelConfig, WorldDiT
+from worldsim.model.rope import apply_rope
+
+
+def tiny_model(chunk=1, temporal_every=1, seed=0):
+    torch.manual_seed(seed)
+    m = WorldDiT(ModelConfig(resolution=16, patch=4, dim=32, depth=2, heads=2, kv_heads=1, num_actions=5,
+                             chunk=chunk, temporal_every=temporal_every)).eval()
+    with torch.no_grad():  # zero-init output layers would make every test trivially pass
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return m
+
+
+def frames(B, T, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(B, T, 3, 16, 16, generator=g) * 2 - 1
+
+
+@pytest.mark.parametrize("chunk", [1, 3], ids=lambda c: f"C={c}")
+@pytest.mark.parametrize("temporal_every", [1, 2], ids=lambda t: f"temporal_every={t}")
+def test_cached_forward_equals_full_forward(chunk, temporal_every):
+    m = tiny_model(chunk, temporal_every)
+    T = 7  # not a multiple of the chunk: the last chunk is partial
+    x, a = frames(2, T), torch.randint(0, 5, (2, T))
+    sig = torch.rand(2, T)
+    with torch.no_grad():
+        full = m(x, sig, a)
+        eng = Engine(m, EngineConfig(chunk=chunk, window=12, sink=2))
+        eng.reset(2)
+        outs = []
+        for s in range(0, T, chunk):
+            e = min(s + chunk, T)
+            outs.append(m(x[:, s:e], sig[:, s:e], a[:, s:e], frame_pos=eng.cache.next_positions(e - s),
+                          chunk=chunk, cache=eng.cache))
+            eng.cache.commit(e - s)
+    torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def reference_generate(m, cfg, ctx, prev_actions, actions, seed):
+    """Generation without any cache: every forward sees the whole sequence, block-causal mask.
+
+    Replays the engine's random draws (initial noise, then one seed per re-noise) from the same generator.
+    """
+    g = torch.Generator().manual_seed(seed)
+    seq, acts = ctx.clone(), prev_actions.clone()
+    B, C = ctx.shape[0], cfg.chunk
+    sigmas = cfg.sigmas()
+    out = []
+    for a in actions.split(C, dim=1):
+        x = torch.randn((B, C) + ctx.shape[2:], generator=g)
+        for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+            K = seq.shape[1]
+            sig = torch.cat([torch.full((B, K), cfg.context_sigma), torch.full((B, C), s)], 1)
+            with torch.no_grad():
+                x0 = m(torch.cat([seq, x], 1), sig, torch.cat([acts, a], 1), chunk=C)[:, K:]
+            if s_next == 0.0:
+                x = x0
+                break
+            step_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
+            x = noise_update_torch(x.flatten(0, 1), x0.flatten(0, 1), s, s_next, "renoise", seed=step_seed).view(x.shape)
+        x = x.clamp(-1, 1)
+        out.append(x)
+        seq, acts = torch.cat([seq, x], 1), torch.cat([acts, a], 1)
+    return torch.cat(out, 1)
+
+
+@pytest.mark.parametrize("chunk,steps", [(1, 1), (1, 2), (1, 4), (3, 2)], ids=lambda v: str(v))
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
+def test_engine_generation_equals_full_sequence_reference(chunk, steps, fuse):
+    m = tiny_model(chunk)
+    cfg = EngineConfig(chunk=chunk, steps=steps, shift=2.0, window=16, sink=2, fuse_cache_write=fuse)
+    ctx, prev = frames(2, 3), torch.tensor([[5, 1, 2], [5, 3, 4]])  # 5 = no action
+    actions = torch.randint(0, 5, (2, 2 * chunk * 2))
+    eng = Engine(m, cfg)
+    eng.reset(2, seed=7)
+    eng.prefill(ctx, prev)
+    got = torch.cat([eng.step(a) for a in actions.split(chunk, dim=1)], 1)
+    want = reference_generate(m, cfg, ctx, prev, actions, seed=7)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+
+
+def test_deterministic_under_seed_and_seeds_differ():
+    m = tiny_model()
+    def run(seed):
+        eng = Engine(m, EngineConfig(steps=2))
+        eng.reset(1, seed=seed)
+        eng.prefill(frames(1, 2))
+        return torch.cat([eng.step(i % 5) for i in range(5)], 1)
+    torch.testing.assert_close(run(3), run(3), atol=0, rtol=0)
+    assert (run(3) - run(4)).abs().max() > 1e-3
+
+
+def test_batch_rows_are_independent_sessions():
+    m = tiny_model()
+    eng = Engine(m, EngineConfig(steps=1))
+    eng.reset(3, seed=0)
+    ctx = frames(1, 2).expand(3, -1, -1, -1, -1)
+    eng.prefill(ctx)
+    out = eng.step(torch.tensor([0, 1, 2]))
+    assert out.shape == (3, 1, 3, 16, 16) and torch.isfinite(out).all()
+    # Different actions from the same context and a 1-step sampler give different frames per row.
+    assert (out[0] - out[1]).abs().max() > 1e-4
+
+
+def test_rolling_cache_bounded_and_sinks_rerotated():
+    m = tiny_model()
+    cfg = EngineConfig(steps=1, window=4, sink=2)
+    eng = Engine(m, cfg)
+    eng.reset(1)
+    eng.prefill(frames(1, 3))
+    nbytes = eng.cache.nbytes()
+    for i in range(40):
+        out = eng.step(i % 5)
+        assert torch.isfinite(out).all()
+    c = eng.cache
+    assert c.nbytes() == nbytes and c.full and c.valid == cfg.sink + cfg.window
+    assert c.frames == 3 + 40 - 1  # the last frame is pending (fused cache write)
+    window_pos = sorted(c.slot_pos[cfg.sink:])
+    assert window_pos == list(range(c.frames - cfg.window, c.frames))
+    # Sinks sit just before the oldest window frame, rotated from their fp32 un-rotated copies.
+    cos, sin = m.rope.tables(torch.arange(window_pos[0] - cfg.sink, window_pos[0]))
+    for layer in range(m.cfg.cache_layers):
+        want = apply_rope(c.sink_raw[layer], cos, sin)
+        torch.testing.assert_close(c.k[layer][:, :, :cfg.sink * c.N], want, atol=1e-5, rtol=1e-5)
+
+
+def test_reset_drops_the_cache():
+    m = tiny_model()
+    eng = Engine(m, EngineConfig(steps=1))
+    eng.reset(1, seed=1)
+    eng.prefill(frames(1, 2))
+    a = torch.cat([eng.step(1) for _ in range(3)], 1)
+    for _ in range(5):
+        eng.step(2)
+    eng.reset(1, seed=1)
+    assert eng.cache.frames == 0
+    eng.prefill(frames(1, 2))
+    b = torch.cat([eng.step(1) for _ in range(3)], 1)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_bad_inputs_raise_clear_errors():
+    m = tiny_model()
+    eng = Engine(m, EngineConfig(chunk=1))
+    eng.reset(2)
+    with pytest.raises(ValueError, match="action index out of range"):
+        eng.step(torch.tensor([0, 9]))
+    with pytest.raises(ValueError, match="expected \\(2, 1\\)"):
+        eng.step(torch.zeros(3, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="context frames have shape"):
+        eng.prefill(torch.zeros(2, 1, 3, 8, 8))
+    from worldsim.errors import ConfigError
+    with pytest.raises(ConfigError, match="engine.window"):
+        Engine(m, dataclasses.replace(EngineConfig(), chunk=4, window=2))
+
+
+def test_step_lists_are_nested_and_shifted():
+    assert student_sigmas(4, 1.0) == pytest.approx([1.0, 0.75, 0.5, 0.25])
+    s4, s2, s1 = student_sigmas(4, 3.0), student_sigmas(2, 3.0), student_sigmas(1, 3.0)
+    assert s1 == [1.0] and s2 == [s4[0], s4[2]]
+    assert s4[1] == pytest.approx(3 * 0.75 / (1 + 2 * 0.75))

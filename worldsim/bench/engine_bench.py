@@ -1,0 +1,168 @@
+"""``worldsim bench engine``: generation speed of the engine on this machine.
+
+For each setting (frame-wise 1, 2, 4 steps; chunk-wise C=3 4 steps) and each dtype it measures
+milliseconds per frame (p50/p95 over steady-state steps), FPS, and first-frame latency: from a
+warm model with its context already in the cache to the first frame out (for a chunk, the whole
+chunk must be denoised before its first frame exists). It also reports achieved GFLOP/s against
+this machine's measured bf16 matmul peak, and optionally (``--long N``) whether cost and memory
+stay flat over N frames (rolling KV cache).
+
+dtype ``bf16`` means bf16 weights and activations (no autocast: on CPU, autocast re-casts every
+weight on every forward and is slower); ``fp32`` is plain fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from worldsim.bench.stats import percentiles
+from worldsim.engine import Engine, EngineConfig
+
+SETTINGS = [(1, 1), (1, 2), (1, 4), (3, 4)]  # (chunk, steps)
+
+
+def matmul_peak_gflops(dtype=torch.bfloat16, n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def load_bench_model(checkpoint: str | None):
+    """The shipped model if present (or ``checkpoint``), else a random student of the default size:
+    speed does not depend on the weights."""
+    from worldsim.checkpoint import load_checkpoint, build_model
+    from worldsim.model import ModelConfig, WorldDiT
+
+    path = checkpoint or ("assets/default.safetensors" if Path("assets/default.safetensors").is_file() else None)
+    if path is None:
+        return WorldDiT(ModelConfig()).eval(), "random default-size student", EngineConfig()
+    tensors, meta = load_checkpoint(path, "model.")
+    model = build_model(meta)
+    model.load_state_dict(tensors)
+    from worldsim.config import from_dict
+
+    eng = from_dict(EngineConfig, meta.get("engine", {}), f"{path} engine settings")
+    return model.eval(), path, eng
+
+
+def _flops_per_step(engine: Engine) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        engine.step(0)
+    return float(fc.get_total_flops())
+
+
+def bench_setting(model, base: EngineConfig, chunk: int, steps: int, dtype: torch.dtype, iters: int,
+                  warmup: int, context: int = 8, first_reps: int = 5) -> dict:
+    m = model.to(dtype)
+    cfg = replace(base, chunk=chunk, steps=steps, sampler="renoise", timesteps=[])
+    eng = Engine(m, cfg, device="cpu", dtype=torch.float32)
+    mc = model.cfg
+    ctx = torch.zeros(1, context, mc.channels, mc.resolution, mc.resolution)
+    first = []
+    for r in range(first_reps):
+        eng.reset(1, seed=r)
+        eng.prefill(ctx)
+        t = time.perf_counter()
+        eng.step(0)
+        first.append((time.perf_counter() - t) * 1e3)
+    eng.reset(1, seed=0)
+    eng.prefill(ctx)
+    for _ in range(warmup):
+        eng.step(0)
+    per_frame = []
+    t_all = time.perf_counter()
+    for _ in range(iters):
+        t = time.perf_counter()
+        eng.step(0)
+        per_frame.append((time.perf_counter() - t) * 1e3 / chunk)
+    wall = time.perf_counter() - t_all
+    flops = _flops_per_step(eng) / chunk
+    pf = percentiles(per_frame)
+    return {
+        "chunk": chunk, "steps": steps, "dtype": "bf16" if dtype == torch.bfloat16 else "fp32",
+        "fps": iters * chunk / wall, "ms_per_frame_p50": pf["p50"], "ms_per_frame_p95": pf["p95"],
+        "first_frame_ms": percentiles(first)["p50"], "gflop_per_frame": flops / 1e9,
+        "gflops_achieved": flops / 1e9 / (pf["mean"] / 1e3),
+    }
+
+
+def long_run(model, base: EngineConfig, frames: int, dtype=torch.bfloat16) -> dict:
+    """Cost and memory at the start and end of a long session (flat if the cache rolls)."""
+    eng = Engine(model.to(dtype), replace(base, chunk=1, steps=2), device="cpu", dtype=torch.float32)
+    mc = model.cfg
+    eng.reset(1)
+    eng.prefill(torch.zeros(1, 8, mc.channels, mc.resolution, mc.resolution))
+    times, rss = [], []
+    for i in range(frames):
+        t = time.perf_counter()
+        eng.step(i % mc.num_actions)
+        times.append((time.perf_counter() - t) * 1e3)
+        if i == 99 or i == frames - 1:
+            rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    first = percentiles(times[:100])["p50"]
+    last = percentiles(times[-100:])["p50"]
+    return {"frames": frames, "ms_per_frame_p50_first100": first, "ms_per_frame_p50_last100": last,
+            "max_rss_mb_at_100": rss[0], "max_rss_mb_at_end": rss[-1], "kv_cache_bytes": eng.cache.nbytes()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="worldsim bench engine", description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", help="model to time (default: assets/default.safetensors, else a random student)")
+    ap.add_argument("--quick", action="store_true", help="a run under 30 s (fewer iterations, bf16 only, no long run)")
+    ap.add_argument("--iters", type=int, default=200, help="timed steps per setting")
+    ap.add_argument("--dtypes", default="bf16,fp32", help="comma list of bf16, fp32")
+    ap.add_argument("--long", type=int, default=0, help="also run this many frames to show flat cost (e.g. 10000)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, source, base = load_bench_model(args.checkpoint)
+    iters = 40 if args.quick else args.iters
+    dtypes = ["bf16"] if args.quick else [d.strip() for d in args.dtypes.split(",")]
+    peak = matmul_peak_gflops(n=1024 if args.quick else 2048)
+    print(f"model: {source} ({model.num_params() / 1e6:.2f}M params, {model.cfg.resolution}x{model.cfg.resolution}, "
+          f"window {base.window} + sink {base.sink}); threads {torch.get_num_threads()}; "
+          f"bf16 matmul peak {peak:.0f} GFLOP/s")
+    rows = []
+    hdr = f"{'chunk':>5} {'steps':>5} {'dtype':>5} {'FPS':>7} {'ms/frame p50':>12} {'p95':>7} {'first frame ms':>14} {'GFLOP/s':>8} {'% peak':>6}"
+    print(hdr)
+    for dname in dtypes:
+        dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dname]
+        for chunk, steps in SETTINGS:
+            row = bench_setting(model, base, chunk, steps, dtype, iters, warmup=10 if args.quick else 20)
+            row["fraction_of_bf16_peak"] = row["gflops_achieved"] / peak
+            rows.append(row)
+            print(f"{chunk:>5} {steps:>5} {dname:>5} {row['fps']:>7.1f} {row['ms_per_frame_p50']:>12.2f} "
+                  f"{row['ms_per_frame_p95']:>7.2f} {row['first_frame_ms']:>14.2f} {row['gflops_achieved']:>8.1f} "
+                  f"{100 * row['fraction_of_bf16_peak']:>5.1f}%")
+    result = {"rows": rows, "model": source, "params": model.num_params(), "bf16_matmul_peak_gflops": peak,
+              "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+              "cpu_count": os.cpu_count()}
+    if args.long:
+        lr = long_run(model, base, args.long)
+        result["long_run"] = lr
+        print(f"long run {lr['frames']} frames (frame-wise 2-step bf16): ms/frame p50 first 100 "
+              f"{lr['ms_per_frame_p50_first100']:.2f}, last 100 {lr['ms_per_frame_p50_last100']:.2f}; max RSS "
+              f"{lr['max_rss_mb_at_100']:.0f} MB at 100 -> {lr['max_rss_mb_at_end']:.0f} MB at end; KV cache "
+              f"{lr['kv_cache_bytes'] / 1e6:.2f} MB")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    return 0
