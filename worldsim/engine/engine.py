@@ -67,6 +67,7 @@ class Engine:
     def __init__(self, model, cfg: EngineConfig, device=None, dtype=torch.float32):
         cfg.validate()
         self.model = model
+        self.model_fn = model  # the callable used for forwards (a torch.compile'd model, optionally)
         self.cfg = cfg
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.dtype = dtype
@@ -99,7 +100,7 @@ class Engine:
 
     def _forward(self, x, sigma, actions, pos):
         with autocast(self.device, self.dtype):
-            return self.model(x, sigma, actions, frame_pos=pos, chunk=self.cfg.chunk, cache=self.cache).float()
+            return self.model_fn(x, sigma, actions, frame_pos=pos, chunk=self.cfg.chunk, cache=self.cache).float()
 
     def _flush(self) -> None:
         """Write the pending clean chunk into the cache with its own forward (unfused path)."""

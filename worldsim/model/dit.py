@@ -125,6 +125,17 @@ class SigmaEmbedding(nn.Module):
         return self.mlp(torch.cat([args.cos(), args.sin()], -1).to(self.mlp[0].weight.dtype))
 
 
+@torch.compiler.disable
+def cached_attention(cache, layer: int, q, k, v, chunk_tokens: int):
+    """Write this call's k, v into the cache scratch and attend over cache + self.
+
+    Kept out of ``torch.compile`` graphs: it mutates the cache and its key count changes as the
+    cache fills, while everything around it has static shapes and compiles once.
+    """
+    kbuf, vbuf, kv_len = cache.write_scratch(layer, k, v)
+    return block_causal_attention(q, kbuf, vbuf, kv_len, chunk_tokens)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, temporal: bool = True):
         super().__init__()
@@ -152,8 +163,7 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(per_frame(q), per_frame(k), per_frame(v), enable_gqa=h != hkv)
             out = out.unflatten(0, (B, T)).transpose(1, 2).flatten(2, 3)  # (B, h, L, d)
         elif cache is not None:
-            kbuf, vbuf, kv_len = cache.write_scratch(cache_layer, k, v)
-            out = block_causal_attention(q, kbuf, vbuf, kv_len, chunk_tokens)
+            out = cached_attention(cache, cache_layer, q, k, v, chunk_tokens)
         elif mask is not None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=h != hkv)
         elif torch.is_grad_enabled():  # training: autograd through the torch path
