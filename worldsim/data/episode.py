@@ -1,0 +1,716 @@
+"""The one on-disk episode format: collection, play recordings, training and evaluation all use it.
+
+Boundary: bytes on disk <-> ``Episode`` arrays. No resizing (``worldsim.data.dataset`` does that), no
+games (``worldsim.envs``), no torch.
+
+Step alignment (shared/DESIGN.md): ``frames[t]`` is what was shown at step t; ``actions[t]`` is the
+action chosen after seeing ``frames[t]``; it produced ``frames[t+1]``. Alongside, per step:
+
+- ``rewards[t]``: what the game paid for ``actions[t]`` (on the way to ``frames[t+1]``), 0 where unknown;
+- ``terminated[t]``: ``frames[t]`` is a game-over frame (only ever the last frame of an episode);
+- ``timestamps_ns[t]``: ``time.perf_counter_ns()`` when ``frames[t]`` was obtained (or shown);
+- ``latency_ms[t]``: play recordings only, the input-to-pixel latency of ``frames[t]`` (else None);
+- any extra float scalars a writer passes (``extras``).
+
+The last frame of an episode has an action too (the one chosen after it); nothing executed it.
+
+Layout of an episode directory::
+
+    ep_000012/
+      meta.json    written atomically (temp file + fsync + rename): at open, at the first flush
+                   (frame shape, codec, step fields), and at close (complete=true, num_steps)
+      frames.bin   append-only frame payloads, one blob per chunk (zlib-compressed or raw)
+      steps.bin    append-only chunk index = the commit log: one record per chunk
+                   [header | per-step records | crc32], written after that chunk's frames
+
+A writer buffers frames and commits a chunk at least every ``flush_every_s`` (a background thread
+flushes even while the caller is idle), so a recorder killed with SIGKILL at any moment loses at most
+that last second. The reader trusts a chunk only when its index record is whole, its CRC matches and
+``frames.bin`` holds its frames (CRC-checked when decoded); a torn tail is reported in
+``Episode.problems`` and ``complete`` is False unless ``close()`` ran, never read as complete.
+
+A plain ``.npz`` (DESIGN interchange form: ``frames``, ``actions``, ``env_id``, ``action_meanings``;
+optional ``rewards``, ``terminated``, ``timestamps_ns``, ``latency_ms``, ``meta_json``) is read by the
+same ``read_episode`` and accepted everywhere an episode path is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+import threading
+import time
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from worldsim import __version__
+from worldsim.errors import DataError
+
+log = logging.getLogger("worldsim.data")
+
+FORMAT = "worldsim-episode-1"
+META, FRAMES, STEPS = "meta.json", "frames.bin", "steps.bin"
+CODECS = {"raw": 0, "zlib": 1}
+ZLIB_LEVEL = 3  # measured on Boxing: ~57x smaller at ~650 MB/s; level 1 is both larger and not faster
+SPLITS = ("train", "heldout")
+# Meta keys the writer owns (callers' values are replaced).
+WRITER_KEYS = ("format", "complete", "num_steps", "frame_shape", "codec", "step_fields", "aborted", "closed_unix")
+
+# Per-step record columns every episode has; extras are appended as float64 columns.
+CORE_FIELDS = [("action", "<i8"), ("reward", "<f4"), ("terminated", "|b1"), ("timestamp_ns", "<i8"),
+               ("latency_ms", "<f4")]
+CORE_NAMES = [n for n, _ in CORE_FIELDS]
+
+# Chunk index record: magic, n steps, first step, codec, frames offset, frames length, frames crc32,
+# steps payload length; then the payload; then crc32 over header + payload.
+_HEADER = struct.Struct("<4sIQIQQII")
+_MAGIC = b"WSC1"
+_CRC = struct.Struct("<I")
+
+
+@dataclass
+class Episode:
+    """One episode in memory (DESIGN alignment: ``actions[t]`` chosen after ``frames[t]``)."""
+
+    frames: np.ndarray | None  # (T, H, W, 3) uint8; None when read with load_frames=False
+    actions: np.ndarray  # (T,) int64
+    rewards: np.ndarray  # (T,) float32
+    terminated: np.ndarray  # (T,) bool
+    timestamps_ns: np.ndarray  # (T,) int64
+    latency_ms: np.ndarray | None  # (T,) float32, play recordings only
+    meta: dict[str, Any]
+    complete: bool  # closed by its writer and every committed step readable
+    path: Path | None = None
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (T,) float64
+    problems: list[str] = field(default_factory=list)  # one line each: torn tail, unclosed, ...
+
+    def __len__(self) -> int:
+        return int(len(self.actions))
+
+    @property
+    def num_steps(self) -> int:
+        return len(self)
+
+    @property
+    def env_id(self) -> str:
+        return str(self.meta["env_id"])
+
+    @property
+    def action_meanings(self) -> list[str]:
+        return list(self.meta["action_meanings"])
+
+    @property
+    def num_actions(self) -> int:
+        return len(self.meta["action_meanings"])
+
+    @property
+    def split(self) -> str:
+        return str(self.meta.get("split", "train"))
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int] | None:
+        if self.frames is not None and self.frames.ndim == 4 and len(self.frames):
+            return tuple(self.frames.shape[1:])
+        fs = self.meta.get("frame_shape")
+        return tuple(fs) if fs else None
+
+
+# ---------------------------------------------------------------------------------------------
+# small file helpers
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON so that readers see the old file or the new one, never a torn one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:  # make the rename itself durable (power loss); harmless where directories cannot be opened
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def is_episode_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / META).exists() or (path / STEPS).exists())
+
+
+def step_dtype(step_fields: list) -> np.dtype:
+    return np.dtype([(str(n), str(t)) for n, t in step_fields])
+
+
+# ---------------------------------------------------------------------------------------------
+# writer
+
+
+class EpisodeWriter:
+    """Append frames and actions to an episode directory, crash-safely.
+
+        with EpisodeWriter("data/rec/ep_000000", {"env_id": env.env_id,
+                                                   "action_meanings": env.action_meanings}) as w:
+            w.append(frame, action, reward=r)
+
+    ``meta`` needs ``env_id`` and ``action_meanings``; ``split`` defaults to 'train'; everything else
+    (policy, seed, frameskip, checkpoint hash, sampling settings...) is kept as given.
+    ``close()`` marks the episode complete. Leaving the ``with`` block by an exception flushes what
+    was appended but leaves it incomplete (``aborted`` names the exception).
+    """
+
+    def __init__(self, path: str | Path, meta: dict[str, Any], flush_every_s: float = 1.0, codec: str = "zlib",
+                 max_chunk_frames: int = 256, fsync: bool = True, overwrite: bool = False):
+        self.path = Path(path)
+        if codec not in CODECS:
+            raise DataError(f"unknown episode codec '{codec}'; use one of {', '.join(CODECS)}")
+        meta = dict(meta)
+        for key in ("env_id", "action_meanings"):
+            if key not in meta:
+                raise DataError(f"episode meta for '{self.path}' lacks '{key}'; pass env.describe() or "
+                                f"{{'env_id': ..., 'action_meanings': [...]}}")
+        meta["action_meanings"] = [str(m) for m in meta["action_meanings"]]
+        if not meta["action_meanings"]:
+            raise DataError(f"episode meta for '{self.path}' has an empty action_meanings list")
+        split = meta.setdefault("split", "train")
+        if split not in SPLITS:
+            raise DataError(f"episode split '{split}' for '{self.path}' must be one of {', '.join(SPLITS)}")
+        if self.path.exists() and any(self.path.iterdir()):
+            if not overwrite:
+                raise DataError(f"episode '{self.path}' already exists; pass a new path or delete it first")
+            for name in (META, FRAMES, STEPS):
+                (self.path / name).unlink(missing_ok=True)
+        self.path.mkdir(parents=True, exist_ok=True)
+        for k in WRITER_KEYS:
+            meta.pop(k, None)
+        meta.setdefault("software_version", __version__)
+        meta.setdefault("created_unix", time.time())
+        meta.update(format=FORMAT, complete=False, num_steps=0)
+        self.meta = meta
+        self.codec = codec
+        self.flush_every_s = float(flush_every_s)
+        self.max_chunk_frames = int(max_chunk_frames)
+        self.fsync = fsync
+        self.num_actions = len(meta["action_meanings"])
+        write_json_atomic(self.path / META, self.meta)
+        self._frames_fd = os.open(self.path / FRAMES, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._steps_fd = os.open(self.path / STEPS, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._frames_offset = 0
+        self._lock = threading.RLock()
+        self._n_flushed = 0  # steps committed to disk
+        self._n_buf = 0  # steps in the buffer
+        self._buf_frames: np.ndarray | None = None  # (max_chunk_frames, H, W, 3) uint8
+        self._buf_steps: np.ndarray | None = None  # (max_chunk_frames,) structured
+        self._oldest_ns = 0
+        self._extra_names: list[str] | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self.closed = False
+
+    def __len__(self) -> int:
+        return self._n_flushed + self._n_buf
+
+    def append(self, frame: np.ndarray, action: int, reward: float = 0.0, terminated: bool = False,
+               timestamp_ns: int | None = None, latency_ms: float | None = None, **extra_scalars: float) -> None:
+        """Record one step: the frame shown and the action chosen after it (DESIGN alignment)."""
+        if self.closed:
+            raise DataError(f"episode '{self.path}' is closed; open a new EpisodeWriter to record more")
+        if self._error is not None:
+            raise DataError(f"episode '{self.path}': background flush failed ({self._error}); "
+                            f"check free disk space") from self._error
+        frame = np.asarray(frame)
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            raise DataError(f"episode '{self.path}': frame must be uint8 (H, W, 3), got {frame.dtype} "
+                            f"{tuple(frame.shape)}; convert with np.asarray(frame, np.uint8)")
+        a = int(action)
+        if not 0 <= a < self.num_actions:
+            raise DataError(f"episode '{self.path}': action {a} outside the action set 0..{self.num_actions - 1}")
+        ts = time.perf_counter_ns() if timestamp_ns is None else int(timestamp_ns)
+        with self._lock:
+            if self._buf_frames is None:
+                self._start(frame.shape, sorted(extra_scalars))
+            if frame.shape != self._buf_frames.shape[1:]:
+                raise DataError(f"episode '{self.path}': frame shape {tuple(frame.shape)} differs from the "
+                                f"episode's {tuple(self._buf_frames.shape[1:])}; start a new episode")
+            if sorted(extra_scalars) != self._extra_names:
+                raise DataError(f"episode '{self.path}': extra fields {sorted(extra_scalars)} differ from the "
+                                f"first step's {self._extra_names}; pass the same fields every step")
+            i = self._n_buf
+            self._buf_frames[i] = frame
+            rec = self._buf_steps[i]
+            rec["action"], rec["reward"], rec["terminated"], rec["timestamp_ns"] = a, reward, bool(terminated), ts
+            rec["latency_ms"] = np.nan if latency_ms is None else latency_ms
+            for k, v in extra_scalars.items():
+                rec[k] = v
+            if i == 0:
+                self._oldest_ns = time.monotonic_ns()
+            self._n_buf += 1
+            if self._n_buf >= self.max_chunk_frames or self._age_s() >= self.flush_every_s:
+                self._flush_locked()
+
+    def _age_s(self) -> float:
+        return (time.monotonic_ns() - self._oldest_ns) / 1e9 if self._n_buf else 0.0
+
+    def _start(self, shape: tuple[int, ...], extra_names: list[str]) -> None:
+        """First append: fix the frame shape and record layout, publish them in meta.json."""
+        self._extra_names = extra_names
+        fields = CORE_FIELDS + [(n, "<f8") for n in extra_names]
+        for n in extra_names:
+            if n in CORE_NAMES:
+                raise DataError(f"episode '{self.path}': extra field '{n}' clashes with a built-in field")
+        h, w, _ = shape
+        # Cap the chunk's raw size near 64 MB so huge frames do not buffer gigabytes.
+        self.max_chunk_frames = max(1, min(self.max_chunk_frames, (64 << 20) // (h * w * 3)))
+        self._buf_frames = np.empty((self.max_chunk_frames, h, w, 3), np.uint8)
+        self._buf_steps = np.zeros(self.max_chunk_frames, step_dtype(fields))
+        self.meta.update(frame_shape=[h, w, 3], codec=self.codec, step_fields=[[n, t] for n, t in fields])
+        write_json_atomic(self.path / META, self.meta)
+        self._thread = threading.Thread(target=self._flusher, name=f"flush:{self.path.name}", daemon=True)
+        self._thread.start()
+
+    def _flusher(self) -> None:
+        """Commit buffered steps that have waited ``flush_every_s``, even when no append comes."""
+        period = max(0.01, self.flush_every_s / 4)
+        while not self._stop.wait(period):
+            try:
+                with self._lock:
+                    if self._n_buf and self._age_s() >= self.flush_every_s:
+                        self._flush_locked()
+            except BaseException as e:  # reported by the next append/close
+                self._error = e
+                return
+
+    def flush(self) -> None:
+        """Commit buffered steps now."""
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        n = self._n_buf
+        if n == 0 or self._buf_frames is None:
+            return
+        raw = memoryview(self._buf_frames[:n]).cast("B")
+        blob = zlib.compress(raw, ZLIB_LEVEL) if self.codec == "zlib" else bytes(raw)
+        steps = self._buf_steps[:n].tobytes()
+        header = _HEADER.pack(_MAGIC, n, self._n_flushed, CODECS[self.codec], self._frames_offset, len(blob),
+                              zlib.crc32(blob), len(steps))
+        record = header + steps
+        record += _CRC.pack(zlib.crc32(record))
+        # Frames first, index record second: a step is committed only once its frames are on disk.
+        _write_all(self._frames_fd, blob)
+        if self.fsync:
+            os.fsync(self._frames_fd)
+        _write_all(self._steps_fd, record)
+        if self.fsync:
+            os.fsync(self._steps_fd)
+        self._frames_offset += len(blob)
+        self._n_flushed += n
+        self._n_buf = 0
+
+    def update_meta(self, **fields: Any) -> None:
+        """Add or change metadata (written now, atomically, and again at close)."""
+        bad = [k for k in fields if k in WRITER_KEYS]
+        if bad:
+            raise DataError(f"episode meta keys {bad} are managed by the writer")
+        with self._lock:
+            self.meta.update(fields)
+            write_json_atomic(self.path / META, self.meta)
+
+    def _finish(self, complete: bool, aborted: str | None = None) -> None:
+        if self.closed:
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self._lock:
+            try:
+                self._flush_locked()
+            finally:
+                os.close(self._frames_fd)
+                os.close(self._steps_fd)
+                self.closed = True
+            self.meta.update(num_steps=self._n_flushed, complete=complete, closed_unix=time.time())
+            if aborted:
+                self.meta["aborted"] = aborted
+            write_json_atomic(self.path / META, self.meta)
+        if self._error is not None:
+            raise DataError(f"episode '{self.path}': background flush failed ({self._error})") from self._error
+
+    def close(self, **meta_updates: Any) -> Path:
+        """Flush, mark the episode complete, return its path. ``meta_updates`` are merged first."""
+        if meta_updates and not self.closed:
+            self.meta.update({k: v for k, v in meta_updates.items() if k not in WRITER_KEYS})
+        self._finish(complete=True)
+        return self.path
+
+    def abort(self, reason: str = "aborted") -> Path:
+        """Flush what was appended but leave the episode marked incomplete."""
+        self._finish(complete=False, aborted=reason)
+        return self.path
+
+    def __enter__(self) -> "EpisodeWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort(exc_type.__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# reader
+
+
+@dataclass
+class _Chunk:
+    n: int
+    start: int
+    codec: int
+    offset: int
+    length: int
+    crc: int
+    steps: bytes
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The metadata of an episode directory or ``.npz`` without reading its frames."""
+    p = _existing(path)
+    if p.suffix == ".npz" and p.is_file():
+        return _npz_meta(_open_npz(p), p)
+    mp = p / META
+    if not mp.exists():
+        raise DataError(f"'{p}' has no {META}: not an episode directory (or its creation was cut short); "
+                        f"delete it or pass an episode directory or .npz")
+    try:
+        meta = json.loads(mp.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"'{mp}' is not valid JSON ({e}); restore it from a backup or delete the episode") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        fmt = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise DataError(f"'{mp}' is not a worldsim episode (format={fmt!r}); pass a directory written by "
+                        f"EpisodeWriter or a .npz")
+    for key in ("env_id", "action_meanings"):
+        if key not in meta:
+            raise DataError(f"'{mp}' lacks '{key}'; add it by hand (the game id / its action names)")
+    return meta
+
+
+def _existing(path: str | Path) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"episode '{p}' not found; pass an episode directory, a .npz or a dataset directory")
+    return p
+
+
+def _scan_index(p: Path, meta: dict) -> tuple[list[_Chunk], list[str]]:
+    """Committed chunks of ``steps.bin`` in order, and problems with its tail (one line each)."""
+    sp, fp = p / STEPS, p / FRAMES
+    data = sp.read_bytes() if sp.exists() else b""
+    frames_size = fp.stat().st_size if fp.exists() else 0
+    rec_size = step_dtype(meta["step_fields"]).itemsize if "step_fields" in meta else None
+    chunks: list[_Chunk] = []
+    problems: list[str] = []
+    pos, step, offset = 0, 0, 0
+    while pos < len(data):
+        where = f"'{sp}' at byte {pos} (after step {step})"
+        if len(data) - pos < _HEADER.size:
+            problems.append(f"{where}: half-written chunk header ({len(data) - pos} bytes) dropped")
+            break
+        magic, n, start, codec, off, length, crc, slen = _HEADER.unpack_from(data, pos)
+        end = pos + _HEADER.size + slen + _CRC.size
+        if magic != _MAGIC:
+            problems.append(f"{where}: bad chunk marker {magic!r}; the rest of the file is unreadable")
+            break
+        if end > len(data):
+            problems.append(f"{where}: half-written chunk ({len(data) - pos} of {end - pos} bytes) dropped")
+            break
+        (rec_crc,) = _CRC.unpack_from(data, end - _CRC.size)
+        if zlib.crc32(data[pos:end - _CRC.size]) != rec_crc:
+            problems.append(f"{where}: chunk checksum mismatch (corrupt); it and the rest are dropped")
+            break
+        if rec_size is None or slen != n * rec_size or start != step or off != offset or codec not in CODECS.values():
+            problems.append(f"{where}: chunk header inconsistent with {META}; it and the rest are dropped")
+            break
+        if off + length > frames_size:
+            problems.append(f"'{fp}': frames of steps {step}..{step + n - 1} missing (file is {frames_size} bytes, "
+                            f"needs {off + length}); they are dropped")
+            break
+        chunks.append(_Chunk(n, start, codec, off, length, crc, data[pos + _HEADER.size:pos + _HEADER.size + slen]))
+        pos, step, offset = end, step + n, offset + length
+    return chunks, problems
+
+
+def _decode_chunk(fp_handle, c: _Chunk, shape: tuple[int, int, int], fp: Path) -> np.ndarray:
+    fp_handle.seek(c.offset)
+    blob = fp_handle.read(c.length)
+    if len(blob) != c.length or zlib.crc32(blob) != c.crc:
+        raise DataError(f"'{fp}': frames of steps {c.start}..{c.start + c.n - 1} are corrupt (checksum mismatch); "
+                        f"re-collect the episode or cut it with 'worldsim data repair'")
+    raw = zlib.decompress(blob) if c.codec == CODECS["zlib"] else blob
+    if len(raw) != c.n * int(np.prod(shape)):
+        raise DataError(f"'{fp}': chunk at step {c.start} decodes to {len(raw)} bytes, expected "
+                        f"{c.n} frames of {shape}; re-collect the episode")
+    return np.frombuffer(raw, np.uint8).reshape(c.n, *shape)  # (n, H, W, 3)
+
+
+def iter_frame_chunks(path: str | Path) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(first_step, frames (n, H, W, 3) uint8)`` chunk by chunk: stream an episode without
+    holding it all in memory. Only committed steps are yielded."""
+    p = _existing(path)
+    if p.suffix == ".npz" and p.is_file():
+        ep = read_episode(p)
+        yield 0, ep.frames
+        return
+    meta = read_meta(p)
+    chunks, _ = _scan_index(p, meta)
+    if not chunks:
+        return
+    shape = tuple(meta["frame_shape"])
+    with open(p / FRAMES, "rb") as f:
+        for c in chunks:
+            yield c.start, _decode_chunk(f, c, shape, p / FRAMES)
+
+
+def read_episode(path: str | Path, mmap: bool = True, load_frames: bool = True, strict: bool = False,
+                 warn: bool = True) -> Episode:
+    """Read an episode directory or a plain ``.npz``.
+
+    ``mmap``: frames stored raw are memory-mapped instead of read (zlib chunks are always decoded).
+    ``load_frames=False`` reads only actions, rewards, timestamps and meta (``frames`` is None).
+    An episode whose writer never closed it, or whose tail is torn, comes back with ``complete=False``
+    and the reasons in ``problems`` (also logged unless ``warn=False``); ``strict=True`` raises
+    DataError instead.
+    """
+    p = _existing(path)
+    if p.suffix == ".npz" and p.is_file():
+        return _read_npz(p, load_frames)
+    if not p.is_dir():
+        raise DataError(f"'{p}' is neither an episode directory nor a .npz episode")
+    meta = read_meta(p)
+    chunks, problems = _scan_index(p, meta)
+    n = sum(c.n for c in chunks)
+    if not meta.get("complete"):
+        why = f"aborted by {meta['aborted']}" if meta.get("aborted") else "its recorder stopped before close()"
+        problems.insert(0, f"'{p}': episode not closed ({why}); {n} steps readable")
+    elif n != meta.get("num_steps"):
+        problems.insert(0, f"'{p}': {META} says {meta.get('num_steps')} steps but only {n} are readable")
+    complete = not problems
+    if problems:
+        msg = "; ".join(problems)
+        if strict:
+            raise DataError(msg + "; repair it with 'worldsim data repair' or re-collect it")
+        if warn:
+            log.warning("%s", msg)
+
+    if "step_fields" in meta:
+        steps = np.frombuffer(b"".join(c.steps for c in chunks), step_dtype(meta["step_fields"]))
+    else:  # nothing was ever flushed
+        steps = np.zeros(0, step_dtype(CORE_FIELDS))
+    frames = None
+    if load_frames:
+        shape = tuple(meta.get("frame_shape") or (0, 0, 3))
+        if n == 0:
+            frames = np.zeros((0, *shape), np.uint8)
+        elif mmap and all(c.codec == CODECS["raw"] for c in chunks):
+            frames = np.memmap(p / FRAMES, np.uint8, "r", shape=(n, *shape))  # (T, H, W, 3)
+        else:
+            frames = np.empty((n, *shape), np.uint8)  # (T, H, W, 3)
+            with open(p / FRAMES, "rb") as f:
+                for c in chunks:
+                    frames[c.start:c.start + c.n] = _decode_chunk(f, c, shape, p / FRAMES)
+    lat = steps["latency_ms"].astype(np.float32)
+    extra_names = [n_ for n_ in steps.dtype.names if n_ not in CORE_NAMES]
+    return Episode(
+        frames=frames,
+        actions=steps["action"].astype(np.int64),
+        rewards=steps["reward"].astype(np.float32),
+        terminated=steps["terminated"].astype(bool),
+        timestamps_ns=steps["timestamp_ns"].astype(np.int64),
+        latency_ms=None if np.isnan(lat).all() else lat,
+        meta=meta, complete=complete, path=p,
+        extras={k: steps[k].astype(np.float64) for k in extra_names},
+        problems=problems,
+    )
+
+
+def episode_length(path: str | Path) -> tuple[int, bool]:
+    """(readable steps, complete) without decoding frames."""
+    p = _existing(path)
+    if p.suffix == ".npz" and p.is_file():
+        z = _open_npz(p)
+        try:
+            return int(z["actions"].shape[0]), True
+        except (KeyError, ValueError, zipfile.BadZipFile, OSError) as e:
+            raise DataError(f"'{p}': cannot read 'actions' ({e}); re-export the .npz") from None
+    meta = read_meta(p)
+    chunks, problems = _scan_index(p, meta)
+    n = sum(c.n for c in chunks)
+    return n, bool(meta.get("complete")) and not problems and n == meta.get("num_steps")
+
+
+def repair_episode(path: str | Path) -> tuple[int, int]:
+    """Cut a torn tail off and mark the episode closed: returns (steps kept, bytes dropped).
+
+    The readable prefix is kept as a complete but shorter episode; meta records ``repaired``.
+    """
+    p = _existing(path)
+    if not p.is_dir():
+        raise DataError(f"'{p}' is not an episode directory; only directories can be repaired")
+    meta = read_meta(p)
+    chunks, problems = _scan_index(p, meta)
+    n = sum(c.n for c in chunks)
+    steps_len = sum(_HEADER.size + len(c.steps) + _CRC.size for c in chunks)
+    frames_len = chunks[-1].offset + chunks[-1].length if chunks else 0
+    dropped = 0
+    for name, keep in ((STEPS, steps_len), (FRAMES, frames_len)):
+        f = p / name
+        if f.exists() and f.stat().st_size > keep:
+            dropped += f.stat().st_size - keep
+            os.truncate(f, keep)
+    meta.update(complete=True, num_steps=n, repaired={"unix": time.time(), "problems": problems,
+                                                       "was_complete": bool(meta.get("complete"))})
+    meta.pop("aborted", None)
+    write_json_atomic(p / META, meta)
+    return n, dropped
+
+
+# ---------------------------------------------------------------------------------------------
+# plain .npz episodes
+
+
+def _open_npz(p: Path):
+    try:
+        return np.load(p, allow_pickle=False)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise DataError(f"'{p}' is not a readable .npz (truncated or corrupt: {e}); re-export it") from None
+
+
+def _npz_str(z, key: str, p: Path) -> Any:
+    try:
+        v = z[key]
+    except KeyError:
+        raise DataError(f"'{p}' lacks '{key}'; a plain episode needs frames, actions, env_id, "
+                        f"action_meanings (see DESIGN.md)") from None
+    except ValueError as e:  # object arrays need pickle, which we refuse
+        raise DataError(f"'{p}': '{key}' cannot be read without pickle ({e}); save strings as np.str_ "
+                        f"arrays") from None
+    if v.dtype.kind not in "US":
+        raise DataError(f"'{p}': '{key}' must be a string array, got dtype {v.dtype}")
+    return v
+
+
+def _npz_meta(z, p: Path) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    if "meta_json" in z.files:
+        try:
+            meta = json.loads(str(z["meta_json"]))
+        except (json.JSONDecodeError, ValueError) as e:
+            raise DataError(f"'{p}': 'meta_json' is not valid JSON ({e}); drop it or fix it") from None
+    meta["env_id"] = str(_npz_str(z, "env_id", p))
+    meta["action_meanings"] = [str(m) for m in np.atleast_1d(_npz_str(z, "action_meanings", p))]
+    meta.setdefault("split", "train")
+    for k in z.files:  # scalars beside the arrays (e.g. eval rollouts' 'start') become metadata
+        if k not in meta and k not in _NPZ_ARRAYS and k != "meta_json":
+            try:
+                v = z[k]
+            except ValueError:
+                continue
+            if v.ndim == 0:
+                meta[k] = v.item()
+    for k in WRITER_KEYS:
+        meta.pop(k, None)
+    return meta
+
+
+_NPZ_ARRAYS = ("frames", "actions", "rewards", "terminated", "timestamps_ns", "latency_ms", "env_id",
+               "action_meanings")
+
+
+def _read_npz(p: Path, load_frames: bool = True) -> Episode:
+    z = _open_npz(p)
+    meta = _npz_meta(z, p)
+    try:
+        actions = z["actions"]
+        frames = z["frames"] if load_frames else None
+    except KeyError as e:
+        raise DataError(f"'{p}' lacks {e}; a plain episode needs frames, actions, env_id, action_meanings") from None
+    except (ValueError, zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
+        raise DataError(f"'{p}': an array is truncated or corrupt ({e}); re-export it") from None
+    if actions.ndim != 1 or actions.dtype.kind not in "iu":
+        raise DataError(f"'{p}': 'actions' must be an int64 vector, got {actions.dtype} {actions.shape}")
+    T = len(actions)
+    if frames is not None:
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise DataError(f"'{p}': 'frames' must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}; "
+                            f"convert with frames.astype(np.uint8) in HWC order")
+        if len(frames) != T:
+            raise DataError(f"'{p}': {len(frames)} frames but {T} actions; each frame needs the action chosen "
+                            f"after it (DESIGN alignment)")
+        meta["frame_shape"] = list(frames.shape[1:])
+
+    def opt(key, dtype, default):
+        if key not in z.files:
+            return default
+        v = z[key]
+        if v.shape != (T,):
+            raise DataError(f"'{p}': '{key}' has shape {v.shape}, expected ({T},) like 'actions'")
+        return v.astype(dtype)
+
+    extras = {}
+    for k in meta.pop("extra_fields", []) or []:
+        if k in z.files:
+            extras[k] = opt(k, np.float64, None)
+    return Episode(
+        frames=frames,
+        actions=actions.astype(np.int64),
+        rewards=opt("rewards", np.float32, np.zeros(T, np.float32)),
+        terminated=opt("terminated", bool, np.zeros(T, bool)),
+        timestamps_ns=opt("timestamps_ns", np.int64, np.zeros(T, np.int64)),
+        latency_ms=opt("latency_ms", np.float32, None),
+        meta=meta, complete=True, path=p, extras=extras,
+    )
+
+
+def list_episodes(path: str | Path) -> list[Path]:
+    """Episode paths under ``path``: a dataset directory (searched recursively), an episode
+    directory, or a ``.npz`` file. Sorted, so ``train/ep_000002`` comes before ``train/ep_000010``."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"'{p}' not found; pass a dataset directory, an episode directory or a .npz")
+    if p.is_file():
+        if p.suffix == ".npz":
+            return [p]
+        raise DataError(f"'{p}' is not an episode: pass a dataset directory, an episode directory or a .npz")
+    if is_episode_dir(p):
+        return [p]
+    found: list[Path] = []
+    for root, dirs, files in os.walk(p):
+        r = Path(root)
+        if is_episode_dir(r):
+            found.append(r)
+            dirs[:] = []
+            continue
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # skip .cache and friends
+        found += [r / f for f in files if f.endswith(".npz") and not f.startswith(".")]
+    return sorted(found)
