@@ -1,0 +1,152 @@
+"""``worldsim eval`` end to end on a tiny random-weight checkpoint and synthetic Tiny-v0 episodes:
+the JSON's keys, the saved rollouts (names, contents, readable as episodes), the wrong-game
+refusal, a game without a sprite entry, the missing default checkpoint."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from worldsim.checkpoint import save_checkpoint
+from worldsim.config import to_dict
+from worldsim.data.episode import read_episode
+from worldsim.engine import EngineConfig
+from worldsim.envs.tiny import TINY_ACTIONS, TINY_ENV_ID, TinyGame
+from worldsim.errors import CheckpointError, DataError
+from worldsim.eval import cli
+from worldsim.model import ModelConfig, WorldDiT
+
+K, H = 3, 5  # context and horizon of these runs
+
+
+def make_checkpoint(path, env_id=TINY_ENV_ID, meanings=TINY_ACTIONS):
+    torch.manual_seed(0)
+    m = WorldDiT(ModelConfig(resolution=16, patch=4, dim=32, depth=2, heads=2, kv_heads=1, num_actions=len(meanings)))
+    with torch.no_grad():  # zero-init output layers would predict a constant frame
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    meta = {"role": "student", "stage": "test", "step": 0, "model_config": to_dict(m.cfg), "env_id": env_id,
+            "action_meanings": list(meanings), "resolution": 16, "engine": to_dict(EngineConfig(window=4, sink=1))}
+    save_checkpoint(path, {f"model.{k}": v for k, v in m.state_dict().items()}, meta)
+    return path
+
+
+def make_episode(path, seed, T=16, env_id=TINY_ENV_ID, meanings=TINY_ACTIONS):
+    """A real Tiny-v0 episode at its native 64x64 (eval resizes to the model's 16x16)."""
+    g, rng = TinyGame(), np.random.default_rng(seed)
+    frame, frames, actions = g.reset(seed=seed), [], []
+    for _ in range(T):
+        a = int(rng.integers(len(TINY_ACTIONS)))
+        frames.append(frame)
+        actions.append(a)
+        frame, *_ = g.step(a)
+    np.savez(path, frames=np.stack(frames), actions=np.array(actions, np.int64), env_id=np.str_(env_id),
+             action_meanings=np.array(meanings))
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("eval")
+    ckpt = make_checkpoint(d / "tiny.safetensors")
+    eps = [make_episode(d / f"run{i}.npz", seed=i) for i in range(2)]
+    return d, ckpt, eps
+
+
+def run(ckpt, eps, out, *extra):
+    argv = ["--checkpoint", str(ckpt), "--episodes", *map(str, eps), "--context", str(K), "--horizon", str(H),
+            "--json", str(out), "--starts", "2", "--dtype", "fp32", "--quiet", *extra]
+    assert cli.main(argv) == 0
+    return json.loads(out.read_text())
+
+
+def test_eval_end_to_end(setup, capsys):
+    d, ckpt, eps = setup
+    res = run(ckpt, eps, d / "out" / "eval.json", "--settings", "1x1,2x2", "--save-rollouts", str(d / "roll"),
+              "--free-play", "6", "--seed", "3")
+    assert res["complete"] is True
+    for key in ("checkpoint", "env_id", "action_meanings", "resolution", "config", "horizons", "episodes",
+                "num_rollouts", "rollouts", "sprite", "baselines", "settings", "table"):
+        assert key in res, key
+    assert res["env_id"] == TINY_ENV_ID and res["resolution"] == 16 and res["horizons"] == [1, 2, 3, 4, 5]
+    assert res["sprite"]["available"] is True
+    # 16 frames, K + H = 8: starts 0 and 8 in each episode; the first predicted frame is start + K
+    assert [(r["episode"], r["start"]) for r in res["rollouts"]] == [("run0", 3), ("run0", 11), ("run1", 3), ("run1", 11)]
+    assert [s["name"] for s in res["settings"]] == ["1x1", "2x2"]
+    for s in res["settings"]:
+        for metric in ("psnr", "ssim", "sprite_err_px", "sprite_miss_rate", "sprite_err_found_px"):
+            assert len(s["per_horizon"][metric]) == H, metric
+        assert set(s["summary"]) >= {"psnr_h1_8", "psnr_h16", "ssim_h1_8", "sprite_err_h8", "sprite_miss_h8"}
+        assert s["summary"]["psnr_h16"] is None  # the horizon is 5
+        fp = s["free_play"]
+        assert fp["frames"] == 6 and fp["windows"][-1]["last_frame"] == 6
+        assert {"mean", "std", "hist_l1", "temporal_change", "sprite_found_rate"} <= set(fp["windows"][0])
+        assert sorted(fp["snapshots"]) == ["1", "6", "strip"]
+    for name in ("copy_last", "mean_frame"):
+        assert len(res["baselines"][name]["per_horizon"]["psnr"]) == H
+    assert [r["setting"] for r in res["table"]] == ["1x1", "2x2", "copy-last", "mean-frame"]
+    assert "copy-last" in capsys.readouterr().out
+
+    # rollouts: one directory per setting, <episode>_<start>.npz, readable as plain episodes
+    for setting in ("1x1", "2x2"):
+        names = sorted(p.name for p in (d / "roll" / setting).iterdir())
+        assert names == ["run0_11.npz", "run0_3.npz", "run1_11.npz", "run1_3.npz"]
+    src = np.load(eps[1])
+    z = np.load(d / "roll" / "2x2" / "run1_11.npz")
+    assert z["frames"].shape == (H, 16, 16, 3) and z["frames"].dtype == np.uint8
+    assert int(z["start"]) == 11 and str(z["env_id"]) == TINY_ENV_ID
+    np.testing.assert_array_equal(z["actions"], src["actions"][11:11 + H])
+    assert int(z["prev_action"]) == int(src["actions"][10])  # the action that produced the first frame
+    assert list(z["action_meanings"]) == TINY_ACTIONS
+    ep = read_episode(d / "roll" / "2x2" / "run1_11.npz")
+    assert ep.env_id == TINY_ENV_ID and ep.meta["start"] == 11 and ep.meta["setting"] == "2x2"
+
+
+def test_single_setting_writes_rollouts_flat_and_is_seeded(setup):
+    d, ckpt, eps = setup
+    a = run(ckpt, eps, d / "a.json", "--save-rollouts", str(d / "flat"), "--seed", "1")
+    b = run(ckpt, eps, d / "b.json", "--seed", "1")
+    assert [s["name"] for s in a["settings"]] == ["1x2"]  # the checkpoint's engine settings
+    assert sorted(p.name for p in (d / "flat").iterdir()) == ["run0_11.npz", "run0_3.npz", "run1_11.npz", "run1_3.npz"]
+    assert a["settings"][0]["per_horizon"] == b["settings"][0]["per_horizon"]
+
+
+def test_refuses_episodes_of_another_game(setup):
+    d, ckpt, eps = setup
+    boxing = make_episode(d / "boxing.npz", seed=0, env_id="ALE/Boxing-v5")
+    with pytest.raises(DataError, match="ALE/Boxing-v5.*worldsim/Tiny-v0"):
+        cli.main(["--checkpoint", str(ckpt), "--episodes", str(eps[0]), str(boxing), "--json", str(d / "x.json")])
+    other_actions = make_episode(d / "other.npz", seed=0, meanings=TINY_ACTIONS[::-1])
+    with pytest.raises(DataError, match="action set"):
+        cli.main(["--checkpoint", str(ckpt), "--episodes", str(other_actions), "--json", str(d / "x.json")])
+    assert not (d / "x.json").exists()
+
+
+def test_wrong_game_is_one_line_through_the_cli(setup, capsys):
+    from worldsim.cli import main as worldsim_main
+
+    d, ckpt, _ = setup
+    boxing = make_episode(d / "boxing2.npz", seed=0, env_id="ALE/Boxing-v5")
+    assert worldsim_main(["eval", "--checkpoint", str(ckpt), "--episodes", str(boxing), "--json",
+                          str(d / "y.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ALE/Boxing-v5" in err[0] and "worldsim/Tiny-v0" in err[0]
+
+
+def test_game_without_sprite_entry_skips_the_metric_with_a_reason(tmp_path):
+    pong = ["NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE"]
+    ckpt = make_checkpoint(tmp_path / "pong.safetensors", "ALE/Pong-v5", pong)
+    ep = make_episode(tmp_path / "pong.npz", seed=0, env_id="ALE/Pong-v5", meanings=pong)
+    res = run(ckpt, [ep], tmp_path / "p.json", "--free-play", "3")
+    assert res["sprite"]["available"] is False and "ALE/Pong-v5" in res["sprite"]["reason"]
+    s = res["settings"][0]
+    assert "sprite_err_px" not in s["per_horizon"] and s["summary"]["sprite_err_h8"] is None
+    assert "sprite_found_rate" not in s["free_play"]["windows"][0]
+
+
+def test_missing_default_checkpoint_is_a_clear_error(tmp_path, monkeypatch, setup):
+    _, _, eps = setup
+    monkeypatch.setattr(cli, "DEFAULT_CHECKPOINT", tmp_path / "assets" / "absent.safetensors")
+    with pytest.raises(CheckpointError, match="--checkpoint"):
+        cli.main(["--episodes", str(eps[0]), "--json", str(tmp_path / "z.json")])

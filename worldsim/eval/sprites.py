@@ -1,0 +1,106 @@
+"""The player's sprite, found by colour: the controllability metric of ``worldsim eval``.
+
+Boundary: frames in, sprite positions out; a per-game table says what the player looks like. A
+game without an entry raises ``NoSpriteSpec`` and the evaluation skips the metric with that reason.
+
+Position = centroid of the pixels within an L1 colour distance ``tol`` of the player's colour(s),
+inside a region given in fractions of the frame (so the same entry works at the native resolution
+and at any model resolution), in pixels of the frame it was found in. Fewer than ``min_frac`` of
+the frame's pixels matching means "not found".
+
+How the entries were chosen (inspecting real frames):
+- ``ALE/Boxing-v5``: the player is the white boxer, RGB (214, 214, 214) in every frame; the other
+  colours are the green floor (110, 156, 66), the orange ring (195, 144, 61), the black opponent and
+  the dark-green clock. The player's score is white too, so the region starts below it (rows >= 0.1;
+  the score sits in rows 5-11 of 210, the boxer never leaves rows 40-171). At 64x64 (area resize)
+  a pixel that is half boxer and half floor is 155 from white in L1, the floor 310, the ring 242, so
+  ``tol`` 150 keeps pixels that are mostly boxer; the centroid there is within 0.2 px (mean) of the
+  native-resolution centroid scaled down, and the boxer covers about 45 of 4096 pixels.
+- ``worldsim/Tiny-v0``: the square takes one of the three ``PALETTE`` colours (FIRE cycles them),
+  all far from the floor and the wall; any of them counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from worldsim.envs.tiny import PALETTE, TINY_ENV_ID
+from worldsim.errors import WorldsimError
+
+
+class NoSpriteSpec(WorldsimError):
+    """The game has no entry in ``SPRITES``: its sprite metric cannot be computed."""
+
+
+@dataclass(frozen=True)
+class SpriteSpec:
+    what: str  # a human description, written into the JSON
+    colors: tuple[tuple[int, int, int], ...]  # any of these colours is the player
+    tol: int  # L1 distance (sum over RGB, 0..765) at which a pixel still counts as the colour
+    rows: tuple[float, float] = (0.0, 1.0)  # search region, fractions of the height
+    cols: tuple[float, float] = (0.0, 1.0)  # and of the width
+    min_frac: float = 0.002  # fewer matching pixels than this fraction of the frame: not found
+
+
+BOXING = SpriteSpec("white boxer (the player)", ((214, 214, 214),), tol=150, rows=(0.1, 0.95), min_frac=0.002)
+TINY = SpriteSpec("the square (any palette colour)", tuple(tuple(int(v) for v in c) for c in PALETTE),
+                  tol=100, min_frac=0.01)
+# Keyed by the bare game name, so ALE/Boxing-v5, BoxingNoFrameskip-v4, Boxing-v4 all find Boxing.
+SPRITES: dict[str, SpriteSpec] = {"boxing": BOXING, "tiny": TINY}
+
+
+def game_key(env_id: str) -> str:
+    """'ALE/Boxing-v5' -> 'boxing', 'BoxingNoFrameskip-v4' -> 'boxing', 'worldsim/Tiny-v0' -> 'tiny'."""
+    name = str(env_id).split("/")[-1].split("-")[0]
+    for suffix in ("NoFrameskip", "Deterministic"):
+        name = name.removesuffix(suffix)
+    return name.lower()
+
+
+def sprite_spec(env_id: str) -> SpriteSpec:
+    spec = SPRITES.get(game_key(env_id))
+    if spec is None:
+        raise NoSpriteSpec(f"no player-sprite colour is known for '{env_id}' (known games: "
+                           f"{', '.join(sorted(SPRITES))}); add an entry to worldsim.eval.sprites.SPRITES")
+    return spec
+
+
+def find_sprites(frames: np.ndarray, spec: SpriteSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Player positions in uint8 (or float 0..255) frames (N, H, W, 3).
+
+    Returns (pos (N, 2) float64 (y, x) in pixels, pixel centres at +0.5, NaN where not found;
+    found (N,) bool).
+    """
+    f = np.asarray(frames)
+    if f.ndim != 4 or f.shape[-1] != 3:
+        raise ValueError(f"find_sprites needs (N, H, W, 3) frames, got {f.shape}")
+    N, H, W = f.shape[:3]
+    r0, r1 = int(spec.rows[0] * H), max(int(round(spec.rows[1] * H)), int(spec.rows[0] * H) + 1)
+    c0, c1 = int(spec.cols[0] * W), max(int(round(spec.cols[1] * W)), int(spec.cols[0] * W) + 1)
+    crop = f[:, r0:r1, c0:c1].astype(np.int16)  # (N, h, w, 3)
+    mask = np.zeros(crop.shape[:3], bool)  # (N, h, w)
+    for c in spec.colors:
+        mask |= np.abs(crop - np.asarray(c, np.int16)).sum(-1) < spec.tol
+    count = mask.sum((1, 2))  # (N,)
+    found = count >= max(1, int(round(spec.min_frac * H * W)))
+    ys = np.arange(r0, r1, dtype=np.float64)[None, :, None] + 0.5
+    xs = np.arange(c0, c1, dtype=np.float64)[None, None, :] + 0.5
+    n = np.maximum(count, 1)
+    pos = np.stack([(mask * ys).sum((1, 2)) / n, (mask * xs).sum((1, 2)) / n], -1)  # (N, 2)
+    pos[~found] = np.nan
+    return pos, found
+
+
+def sprite_errors(pred_pos, pred_found, real_pos, real_found, miss_penalty: float):
+    """Distance (px) between predicted and real sprite positions, arrays of any leading shape.
+
+    Returns (err, dist): ``err`` is the distance where both are found, ``miss_penalty`` where the
+    real frame shows the sprite but the prediction does not, NaN where the real frame does not show
+    it (nothing to compare); ``dist`` is the distance where both are found, else NaN.
+    """
+    dist = np.sqrt(((np.asarray(pred_pos) - np.asarray(real_pos)) ** 2).sum(-1))  # NaN unless both found
+    err = np.where(pred_found, dist, miss_penalty)
+    err = np.where(real_found, err, np.nan)
+    return err, np.where(pred_found & real_found, dist, np.nan)
