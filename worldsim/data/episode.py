@@ -44,6 +44,7 @@ import threading
 import time
 import zipfile
 import zlib
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -176,7 +177,14 @@ class EpisodeWriter:
     (policy, seed, frameskip, checkpoint hash, sampling settings...) is kept as given.
     ``close()`` marks the episode complete. Leaving the ``with`` block by an exception flushes what
     was appended but leaves it incomplete (``aborted`` names the exception).
+
+    ``append`` only copies the frame into a buffer: a background thread compresses and writes
+    sealed chunks (zlib releases the GIL), so a player's display loop never waits on the disk. A
+    chunk is sealed when it holds ``max_chunk_frames`` or its oldest frame is ``flush_every_s`` old;
+    if the disk falls behind by more than a few chunks, ``append`` waits (bounded memory).
     """
+
+    MAX_PENDING = 4  # sealed chunks waiting for the disk before append applies back-pressure
 
     def __init__(self, path: str | Path, meta: dict[str, Any], flush_every_s: float = 1.0, codec: str = "zlib",
                  max_chunk_frames: int = 256, fsync: bool = True, overwrite: bool = False):
@@ -215,29 +223,38 @@ class EpisodeWriter:
         self._frames_fd = os.open(self.path / FRAMES, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._steps_fd = os.open(self.path / STEPS, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._frames_offset = 0
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()  # buffer and pending-chunk state
+        self._cond = threading.Condition(self._lock)  # signalled when a chunk reaches the disk
+        self._io_lock = threading.Lock()  # one writer at a time, chunks in order
+        self._pending: deque[tuple[int, np.ndarray, np.ndarray]] = deque()  # (start, frames, steps) sealed
         self._n_flushed = 0  # steps committed to disk
-        self._n_buf = 0  # steps in the buffer
+        self._n_sealed = 0  # steps sealed into chunks (committed or pending)
+        self._n_buf = 0  # steps in the open buffer
         self._buf_frames: np.ndarray | None = None  # (max_chunk_frames, H, W, 3) uint8
         self._buf_steps: np.ndarray | None = None  # (max_chunk_frames,) structured
+        self._step_dtype: np.dtype | None = None
         self._oldest_ns = 0
         self._extra_names: list[str] | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._error: BaseException | None = None
         self.closed = False
 
     def __len__(self) -> int:
-        return self._n_flushed + self._n_buf
+        return self._n_sealed + self._n_buf
+
+    @property
+    def num_committed(self) -> int:
+        """Steps already on disk (what a crash now would leave readable)."""
+        return self._n_flushed
 
     def append(self, frame: np.ndarray, action: int, reward: float = 0.0, terminated: bool = False,
                timestamp_ns: int | None = None, latency_ms: float | None = None, **extra_scalars: float) -> None:
         """Record one step: the frame shown and the action chosen after it (DESIGN alignment)."""
         if self.closed:
             raise DataError(f"episode '{self.path}' is closed; open a new EpisodeWriter to record more")
-        if self._error is not None:
-            raise DataError(f"episode '{self.path}': background flush failed ({self._error}); "
-                            f"check free disk space") from self._error
+        self._raise_background_error()
         frame = np.asarray(frame)
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
             raise DataError(f"episode '{self.path}': frame must be uint8 (H, W, 3), got {frame.dtype} "
@@ -246,7 +263,7 @@ class EpisodeWriter:
         if not 0 <= a < self.num_actions:
             raise DataError(f"episode '{self.path}': action {a} outside the action set 0..{self.num_actions - 1}")
         ts = time.perf_counter_ns() if timestamp_ns is None else int(timestamp_ns)
-        with self._lock:
+        with self._cond:
             if self._buf_frames is None:
                 self._start(frame.shape, sorted(extra_scalars))
             if frame.shape != self._buf_frames.shape[1:]:
@@ -266,66 +283,105 @@ class EpisodeWriter:
                 self._oldest_ns = time.monotonic_ns()
             self._n_buf += 1
             if self._n_buf >= self.max_chunk_frames or self._age_s() >= self.flush_every_s:
-                self._flush_locked()
+                self._seal_locked()
+            while len(self._pending) > self.MAX_PENDING and self._error is None:
+                self._cond.wait(timeout=0.1)  # the disk is behind: wait rather than buffer without bound
+
+    def _raise_background_error(self) -> None:
+        if self._error is not None:
+            raise DataError(f"episode '{self.path}': writing to disk failed ({self._error}); check free disk "
+                            f"space and permissions") from self._error
 
     def _age_s(self) -> float:
         return (time.monotonic_ns() - self._oldest_ns) / 1e9 if self._n_buf else 0.0
 
     def _start(self, shape: tuple[int, ...], extra_names: list[str]) -> None:
         """First append: fix the frame shape and record layout, publish them in meta.json."""
-        self._extra_names = extra_names
-        fields = CORE_FIELDS + [(n, "<f8") for n in extra_names]
         for n in extra_names:
             if n in CORE_NAMES:
                 raise DataError(f"episode '{self.path}': extra field '{n}' clashes with a built-in field")
+        self._extra_names = extra_names
+        fields = CORE_FIELDS + [(n, "<f8") for n in extra_names]
         h, w, _ = shape
         # Cap the chunk's raw size near 64 MB so huge frames do not buffer gigabytes.
         self.max_chunk_frames = max(1, min(self.max_chunk_frames, (64 << 20) // (h * w * 3)))
-        self._buf_frames = np.empty((self.max_chunk_frames, h, w, 3), np.uint8)
-        self._buf_steps = np.zeros(self.max_chunk_frames, step_dtype(fields))
+        self._step_dtype = step_dtype(fields)
+        self._new_buffer((h, w, 3))
         self.meta.update(frame_shape=[h, w, 3], codec=self.codec, step_fields=[[n, t] for n, t in fields])
         write_json_atomic(self.path / META, self.meta)
         self._thread = threading.Thread(target=self._flusher, name=f"flush:{self.path.name}", daemon=True)
         self._thread.start()
 
+    def _new_buffer(self, shape) -> None:
+        self._buf_frames = np.empty((self.max_chunk_frames, *shape), np.uint8)  # (N, H, W, 3)
+        self._buf_steps = np.zeros(self.max_chunk_frames, self._step_dtype)  # (N,)
+
+    def _seal_locked(self) -> None:
+        """Hand the open buffer to the flusher as a chunk and start a fresh one (caller holds _lock)."""
+        n = self._n_buf
+        if n == 0:
+            return
+        self._pending.append((self._n_sealed, self._buf_frames[:n], self._buf_steps[:n]))
+        self._n_sealed += n
+        self._n_buf = 0
+        self._new_buffer(self._buf_frames.shape[1:])
+        self._wake.set()
+
     def _flusher(self) -> None:
-        """Commit buffered steps that have waited ``flush_every_s``, even when no append comes."""
-        period = max(0.01, self.flush_every_s / 4)
-        while not self._stop.wait(period):
+        """Background thread: seal a buffer that has waited ``flush_every_s`` (even while the caller is
+        idle) and write sealed chunks."""
+        period = max(0.005, self.flush_every_s / 4)
+        while True:
+            self._wake.wait(period)
+            self._wake.clear()
+            stopping = self._stop.is_set()
             try:
                 with self._lock:
                     if self._n_buf and self._age_s() >= self.flush_every_s:
-                        self._flush_locked()
-            except BaseException as e:  # reported by the next append/close
+                        self._seal_locked()
+                self._drain()
+            except BaseException as e:  # surfaced by the next append / close
                 self._error = e
+                with self._cond:
+                    self._cond.notify_all()
+                return
+            if stopping:
                 return
 
-    def flush(self) -> None:
-        """Commit buffered steps now."""
-        with self._lock:
-            self._flush_locked()
+    def _drain(self) -> None:
+        """Write every sealed chunk, in order: frames first, then the index record that commits them."""
+        with self._io_lock:
+            while True:
+                with self._lock:
+                    if not self._pending:
+                        return
+                    start, frames, steps = self._pending[0]
+                n = len(steps)
+                raw = memoryview(np.ascontiguousarray(frames)).cast("B")
+                blob = zlib.compress(raw, ZLIB_LEVEL) if self.codec == "zlib" else bytes(raw)
+                payload = steps.tobytes()
+                header = _HEADER.pack(_MAGIC, n, start, CODECS[self.codec], self._frames_offset, len(blob),
+                                      zlib.crc32(blob), len(payload))
+                record = header + payload
+                record += _CRC.pack(zlib.crc32(record))
+                _write_all(self._frames_fd, blob)
+                if self.fsync:
+                    os.fsync(self._frames_fd)
+                _write_all(self._steps_fd, record)
+                if self.fsync:
+                    os.fsync(self._steps_fd)
+                self._frames_offset += len(blob)
+                with self._cond:
+                    self._pending.popleft()
+                    self._n_flushed += n
+                    self._cond.notify_all()
 
-    def _flush_locked(self) -> None:
-        n = self._n_buf
-        if n == 0 or self._buf_frames is None:
-            return
-        raw = memoryview(self._buf_frames[:n]).cast("B")
-        blob = zlib.compress(raw, ZLIB_LEVEL) if self.codec == "zlib" else bytes(raw)
-        steps = self._buf_steps[:n].tobytes()
-        header = _HEADER.pack(_MAGIC, n, self._n_flushed, CODECS[self.codec], self._frames_offset, len(blob),
-                              zlib.crc32(blob), len(steps))
-        record = header + steps
-        record += _CRC.pack(zlib.crc32(record))
-        # Frames first, index record second: a step is committed only once its frames are on disk.
-        _write_all(self._frames_fd, blob)
-        if self.fsync:
-            os.fsync(self._frames_fd)
-        _write_all(self._steps_fd, record)
-        if self.fsync:
-            os.fsync(self._steps_fd)
-        self._frames_offset += len(blob)
-        self._n_flushed += n
-        self._n_buf = 0
+    def flush(self) -> None:
+        """Commit everything appended so far, now (blocks until it is on disk)."""
+        self._raise_background_error()
+        with self._lock:
+            self._seal_locked()
+        self._drain()
 
     def update_meta(self, **fields: Any) -> None:
         """Add or change metadata (written now, atomically, and again at close)."""
@@ -339,22 +395,28 @@ class EpisodeWriter:
     def _finish(self, complete: bool, aborted: str | None = None) -> None:
         if self.closed:
             return
+        self.closed = True
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join()
+        try:
+            if self._error is None:
+                with self._lock:
+                    self._seal_locked()
+                self._drain()
+        except BaseException as e:
+            self._error = e
+        finally:
+            os.close(self._frames_fd)
+            os.close(self._steps_fd)
         with self._lock:
-            try:
-                self._flush_locked()
-            finally:
-                os.close(self._frames_fd)
-                os.close(self._steps_fd)
-                self.closed = True
-            self.meta.update(num_steps=self._n_flushed, complete=complete, closed_unix=time.time())
+            self.meta.update(num_steps=self._n_flushed, complete=complete and self._error is None,
+                             closed_unix=time.time())
             if aborted:
                 self.meta["aborted"] = aborted
             write_json_atomic(self.path / META, self.meta)
-        if self._error is not None:
-            raise DataError(f"episode '{self.path}': background flush failed ({self._error})") from self._error
+        self._raise_background_error()
 
     def close(self, **meta_updates: Any) -> Path:
         """Flush, mark the episode complete, return its path. ``meta_updates`` are merged first."""
@@ -616,7 +678,7 @@ def _npz_str(z, key: str, p: Path) -> Any:
         raise DataError(f"'{p}': '{key}' cannot be read without pickle ({e}); save strings as np.str_ "
                         f"arrays") from None
     if v.dtype.kind not in "US":
-        raise DataError(f"'{p}': '{key}' must be a string array, got dtype {v.dtype}")
+        raise DataError(f"'{p}': '{key}' must be a string array, got dtype {v.dtype}; save it as np.array(str_or_list)")
     return v
 
 
@@ -658,7 +720,8 @@ def _read_npz(p: Path, load_frames: bool = True) -> Episode:
     except (ValueError, zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
         raise DataError(f"'{p}': an array is truncated or corrupt ({e}); re-export it") from None
     if actions.ndim != 1 or actions.dtype.kind not in "iu":
-        raise DataError(f"'{p}': 'actions' must be an int64 vector, got {actions.dtype} {actions.shape}")
+        raise DataError(f"'{p}': 'actions' must be an int64 vector, got {actions.dtype} {actions.shape}; "
+                        f"save actions.astype(np.int64), one per frame")
     T = len(actions)
     if frames is not None:
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
@@ -674,7 +737,8 @@ def _read_npz(p: Path, load_frames: bool = True) -> Episode:
             return default
         v = z[key]
         if v.shape != (T,):
-            raise DataError(f"'{p}': '{key}' has shape {v.shape}, expected ({T},) like 'actions'")
+            raise DataError(f"'{p}': '{key}' has shape {v.shape}, expected ({T},) like 'actions'; save one value per "
+                            f"frame or leave it out")
         return v.astype(dtype)
 
     extras = {}
