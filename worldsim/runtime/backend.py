@@ -1,0 +1,184 @@
+"""Frame sources a Session drives: the world model (``ModelBackend``) or the real game (``EnvBackend``).
+
+Boundary: a backend turns one action into the next frame(s), synchronously, on whatever thread
+calls it; it knows nothing of threads, keys or displays. Both speak the same small interface:
+
+    frames, actions = backend.reset(seed)   # context shown first: frames (K, H, W, 3) uint8 and
+                                            # actions (K-1,) for frames 0..K-2 (DESIGN alignment);
+                                            # the last frame's action is the player's first
+    frames, info = backend.step(action)     # (C, H, W, 3) uint8 produced by ``action``
+    backend.configure(steps=2, chunk=1)     # live switch of the sampling settings
+    twin = backend.fresh()                  # an independent copy for a restarted worker
+
+The model backend keeps a short history of the frames it generated with the action that produced
+each, so a settings switch rebuilds the engine and re-prefills from what the player was just
+seeing: play continues instead of jumping back to the shipped context.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from worldsim.engine import Engine, EngineConfig
+
+
+@dataclass
+class Context:
+    """Frames the model starts from, with DESIGN alignment: ``actions[t]`` was chosen after ``frames[t]``."""
+
+    frames: np.ndarray  # (K, H, W, 3) uint8 at model resolution
+    actions: np.ndarray  # (K,) int64
+
+
+def frames_to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(C, 3, H, W) float in [-1, 1] -> (C, H, W, 3) uint8."""
+    return ((x.float().permute(0, 2, 3, 1) + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+
+
+def frames_from_uint8(frames: np.ndarray) -> torch.Tensor:
+    """(K, H, W, 3) uint8 -> (K, 3, H, W) float in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+
+
+class ModelBackend:
+    """The world model through an ``Engine``: one ``step`` = one chunk of ``cfg.chunk`` frames."""
+
+    kind = "model"
+
+    def __init__(self, model, engine_cfg: EngineConfig, context: Context, *, device="cpu",
+                 dtype=torch.float32, action_meanings: list[str] | None = None, name: str = "model"):
+        self.model = model
+        self.cfg = engine_cfg
+        self.context = context
+        self.device, self.dtype = device, dtype
+        self.no_action = model.cfg.num_actions
+        self.action_meanings = list(action_meanings or [str(i) for i in range(self.no_action)])
+        self.name = name
+        self.engine: Engine | None = None
+        self._seed = engine_cfg.seed
+        # (frame (3, H, W) in [-1, 1], the action that produced it) for the last frames shown
+        self._history: collections.deque = collections.deque(maxlen=self._history_len(engine_cfg))
+
+    def _history_len(self, cfg: EngineConfig) -> int:
+        return max(len(self.context.actions), cfg.sink + cfg.window)
+
+    @property
+    def num_actions(self) -> int:
+        return self.no_action
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {"chunk": self.cfg.chunk, "steps": len(self.cfg.sigmas()) - 1, "sampler": self.cfg.sampler}
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "model", "model": self.name, "engine": dataclasses.asdict(self.cfg)}
+
+    def fresh(self) -> "ModelBackend":
+        return ModelBackend(self.model, self.cfg, self.context, device=self.device, dtype=self.dtype,
+                            action_meanings=self.action_meanings, name=self.name)
+
+    def with_settings(self, steps: int | None = None, chunk: int | None = None) -> "ModelBackend":
+        """A fresh copy that samples with other settings (before a session starts)."""
+        cfg = self.cfg
+        if steps is not None:
+            cfg = dataclasses.replace(cfg, steps=int(steps), timesteps=[])
+        if chunk is not None:
+            cfg = dataclasses.replace(cfg, chunk=int(chunk), window=max(cfg.window, int(chunk)))
+        cfg.validate()
+        return ModelBackend(self.model, cfg, self.context, device=self.device, dtype=self.dtype,
+                            action_meanings=self.action_meanings, name=self.name)
+
+    def _new_engine(self) -> Engine:
+        return Engine(self.model, self.cfg, device=self.device, dtype=self.dtype)
+
+    def reset(self, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        self._seed = self.cfg.seed if seed is None else int(seed)
+        if self.engine is None:
+            self.engine = self._new_engine()
+        self.engine.reset(1, seed=self._seed)
+        frames = self.context.frames
+        # prefill takes the action that PRODUCED each frame: [no action, a_0, ..., a_{K-2}]
+        prev = np.concatenate([[self.no_action], self.context.actions[:-1]]).astype(np.int64)
+        x = frames_from_uint8(frames)  # (K, 3, H, W)
+        self.engine.prefill(x[None], torch.from_numpy(prev)[None])
+        self._history.clear()
+        for f, a in zip(x, prev):
+            self._history.append((f, int(a)))
+        return frames, self.context.actions[:-1].copy()
+
+    def step(self, action: int) -> tuple[np.ndarray, dict]:
+        C = self.cfg.chunk
+        x = self.engine.step(torch.full((1, C), int(action), dtype=torch.long))  # (1, C, 3, H, W)
+        for f in x[0]:
+            self._history.append((f, int(action)))
+        return frames_to_uint8(x[0]), {}
+
+    def configure(self, steps: int | None = None, chunk: int | None = None) -> None:
+        """New sampling settings: a new engine on the same weights, re-prefilled with the recent frames."""
+        cfg = self.with_settings(steps, chunk).cfg  # explicit sigmas are dropped: they would override steps
+        if cfg == self.cfg and self.engine is not None:
+            return
+        history = list(self._history)
+        self.cfg = cfg
+        self._history = collections.deque(history, maxlen=self._history_len(cfg))
+        self.engine = self._new_engine()
+        self._seed += 1  # a new noise stream; the same one would repeat the last frames' noise
+        self.engine.reset(1, seed=self._seed)
+        if history:
+            x = torch.stack([f for f, _ in history])[None]  # (1, n, 3, H, W)
+            a = torch.tensor([[a for _, a in history]], dtype=torch.long)  # (1, n)
+            self.engine.prefill(x, a)
+
+
+class EnvBackend:
+    """The real game (a ``worldsim.envs.GameEnv``): one ``step`` = one frame; episodes end by the game."""
+
+    kind = "env"
+
+    def __init__(self, env_factory: Callable[[], Any]):
+        self.env_factory = env_factory
+        self.env = env_factory()
+        self.action_meanings = list(self.env.action_meanings)
+        self.name = getattr(self.env, "env_id", "env")
+
+    @property
+    def num_actions(self) -> int:
+        return len(self.action_meanings)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {"chunk": 1, "steps": 0, "sampler": "emulator"}
+
+    def describe(self) -> dict[str, Any]:
+        d = self.env.describe() if hasattr(self.env, "describe") else {}
+        return {"backend": "env", "model": self.name, **d}
+
+    def fresh(self) -> "EnvBackend":
+        self.close()
+        return EnvBackend(self.env_factory)
+
+    def reset(self, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        frame = self.env.reset(seed)
+        return np.asarray(frame, dtype=np.uint8)[None], np.zeros((0,), np.int64)
+
+    def step(self, action: int) -> tuple[np.ndarray, dict]:
+        frame, reward, terminated, truncated = self.env.step(int(action))
+        info = {"reward": float(reward), "terminated": bool(terminated), "truncated": bool(truncated)}
+        return np.asarray(frame, dtype=np.uint8)[None], info
+
+    def configure(self, steps: int | None = None, chunk: int | None = None) -> None:
+        pass  # the emulator has no sampling settings
+
+    def close(self) -> None:
+        close = getattr(self.env, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:  # a crashed emulator may fail to close; the replacement does not care
+                pass

@@ -1,0 +1,137 @@
+"""Load a playable model: weights, recommended engine settings and the context frames it starts from.
+
+Boundary: files in, a ready ``ModelBackend`` out. Device and dtype come from ``worldsim.device``.
+On a CPU with fast bf16 the weights themselves are cast to bf16 and the engine runs without
+autocast (autocast re-casts every weight on every forward, which costs more than the matmuls of
+a small model); on CUDA the engine uses bf16 autocast over fp32 weights.
+
+A checkpoint without ``context.*`` tensors (e.g. straight from training) still plays: it starts
+from a plain grey frame, or from an episode given as a plain ``.npz`` (``context_path``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from worldsim.engine import EngineConfig
+from worldsim.errors import CheckpointError, DataError
+from worldsim.runtime.backend import Context, ModelBackend
+
+DEFAULT_CHECKPOINT = "assets/default.safetensors"
+
+
+@dataclass
+class Playable:
+    backend: ModelBackend
+    meta: dict[str, Any]
+    path: str
+    file_hash: str
+    device: torch.device
+    weights_dtype: torch.dtype
+    note: str = ""  # anything the player should know (e.g. no shipped context)
+
+    @property
+    def action_meanings(self) -> list[str]:
+        return self.backend.action_meanings
+
+    @property
+    def env_id(self) -> str:
+        return str(self.meta.get("env_id", "unknown"))
+
+
+def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, size, size, 3) uint8 with area averaging (antialiased)."""
+    if frames.shape[1] == size and frames.shape[2] == size:
+        return frames
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # (T, 3, H, W)
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="area")
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def load_context_npz(path: str | Path, resolution: int, k: int = 8) -> Context:
+    """The last ``k`` frames and actions of a plain ``.npz`` episode, resized to the model."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"context episode '{p}' not found; pass a plain .npz episode (frames, actions)")
+    try:
+        z = np.load(p, allow_pickle=False)
+        frames, actions = np.asarray(z["frames"]), np.asarray(z["actions"], dtype=np.int64)
+    except (KeyError, ValueError, OSError) as e:
+        raise DataError(f"context episode '{p}' is not a plain .npz episode with frames and actions ({e})") from None
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(actions) != len(frames):
+        raise DataError(f"context episode '{p}' has frames {frames.shape} {frames.dtype} and {len(actions)} actions; "
+                        f"expected uint8 [T,H,W,3] and T actions")
+    return Context(resize_frames(frames[-k:], resolution), actions[-k:].copy())
+
+
+def _context_from(tensors: dict[str, torch.Tensor], model_cfg, meta) -> tuple[Context, str]:
+    f, a = tensors.get("context.frames"), tensors.get("context.actions")
+    R = model_cfg.resolution
+    if f is None or a is None:
+        grey = np.full((1, R, R, 3), 127, np.uint8)
+        return Context(grey, np.zeros((1,), np.int64)), "no context frames in the checkpoint: starting from grey"
+    frames = f.numpy().astype(np.uint8)
+    actions = a.numpy().astype(np.int64)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or len(actions) != len(frames):
+        raise CheckpointError(f"checkpoint context.frames {tuple(frames.shape)} / context.actions {tuple(actions.shape)} "
+                              f"do not form [K,H,W,3] + [K]; re-export the model")
+    if bool(((actions < 0) | (actions >= model_cfg.num_actions)).any()):
+        raise CheckpointError(f"checkpoint context.actions hold indices outside 0..{model_cfg.num_actions - 1}; re-export the model")
+    return Context(resize_frames(frames, R), actions), ""
+
+
+def load_playable(path: str | Path = DEFAULT_CHECKPOINT, *, device: str | None = None, dtype: str | None = None,
+                  prefix: str = "model.", engine_overrides: dict[str, Any] | None = None,
+                  context_path: str | Path | None = None, context_frames: int = 8) -> Playable:
+    from worldsim.checkpoint import build_model, file_hash, load_checkpoint
+    from worldsim.config import from_dict
+    from worldsim.device import pick_device, pick_dtype
+
+    path = Path(path)
+    if not path.is_file():
+        hint = " (the default model ships in assets/; until it does, pass --checkpoint PATH)" \
+            if str(path) == DEFAULT_CHECKPOINT else ""
+        raise CheckpointError(f"checkpoint '{path}' not found{hint}")
+    all_tensors, meta = load_checkpoint(path)
+    weights = {k[len(prefix):]: v for k, v in all_tensors.items() if k.startswith(prefix)}
+    if not weights:
+        raise CheckpointError(f"checkpoint '{path}' holds no '{prefix}*' tensors; pass a student or exported model")
+    model = build_model(meta)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint '{path}' does not fit its model_config: missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}; it was written by other code")
+    dev = pick_device(device)
+    want = pick_dtype(dev, dtype)
+    model = model.to(dev).eval()
+    engine_dtype = torch.float32
+    weights_dtype = torch.float32
+    if want != torch.float32:
+        if dev.type == "cpu":
+            model = model.to(want)
+            weights_dtype = want
+        else:
+            engine_dtype = want
+    eng = from_dict(EngineConfig, dict(meta.get("engine") or {}), f"{path} engine settings")
+    if engine_overrides:
+        eng = dataclasses.replace(eng, **engine_overrides)
+        if eng.window < eng.chunk:
+            eng = dataclasses.replace(eng, window=eng.chunk)
+    eng.validate()
+    if context_path is not None:
+        ctx, note = load_context_npz(context_path, model.cfg.resolution, context_frames), ""
+    else:
+        ctx, note = _context_from(all_tensors, model.cfg, meta)
+    meanings = meta.get("action_meanings") or [str(i) for i in range(model.cfg.num_actions)]
+    if len(meanings) != model.cfg.num_actions:
+        raise CheckpointError(f"checkpoint '{path}' names {len(meanings)} actions but the model has "
+                              f"{model.cfg.num_actions}; re-export it with the game's action meanings")
+    backend = ModelBackend(model, eng, ctx, device=dev, dtype=engine_dtype, action_meanings=list(meanings),
+                           name=path.name)
+    return Playable(backend, meta, str(path), file_hash(path), dev, weights_dtype, note)
