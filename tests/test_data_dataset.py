@@ -111,6 +111,9 @@ def test_sampling_generators_and_batches(data, tmp_path):
     assert (a["episode"], a["start"]) == (b["episode"], b["start"])
     batch = ds.sample_batch(5, np.random.default_rng(1))
     assert batch["frames"].shape == (5, 4, 3, 8, 8) and batch["actions"].shape == (5, 4)
+    for b in range(5):  # each row is exactly the clip it names
+        ref = ds.clip(int(batch["episode"][b]), int(batch["start"][b]))
+        assert torch.equal(batch["frames"][b], ref["frames"]) and torch.equal(batch["actions"][b], ref["actions"])
     with pytest.raises(TypeError):
         ds.sample(42)
     stats = bench_clips(ds, seconds=0.2, batch_size=4)

@@ -278,12 +278,17 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def sample_batch(self, batch_size: int, generator=None) -> dict[str, torch.Tensor]:
         """``batch_size`` random clips stacked: frames (B, L, 3, R, R) uint8, actions (B, L) int64,
-        episode (B,), start (B,)."""
-        items = [self[int(i)] for i in self._randint(generator, batch_size)]
-        return {"frames": torch.stack([it["frames"] for it in items]),  # (B, L, 3, R, R)
-                "actions": torch.stack([it["actions"] for it in items]),  # (B, L)
-                "episode": torch.tensor([it["episode"] for it in items]),
-                "start": torch.tensor([it["start"] for it in items])}
+        episode (B,), start (B,). Copies each clip once, straight from the cache into the batch
+        (numpy, so no torch intra-op threads spin up on a busy CPU)."""
+        L = self.clip_len
+        where = [self.locate(int(i)) for i in self._randint(generator, batch_size)]
+        frames = np.empty((batch_size, L, 3, *self.size), np.uint8)  # (B, L, 3, R, R)
+        actions = np.empty((batch_size, L), np.int64)  # (B, L)
+        for b, (e, s) in enumerate(where):
+            frames[b] = self._episode_frames(e)[s:s + L]
+            actions[b] = self._actions[e][s:s + L]
+        return {"frames": torch.from_numpy(frames), "actions": torch.from_numpy(actions),
+                "episode": torch.tensor([e for e, _ in where]), "start": torch.tensor([s for _, s in where])}
 
     def describe(self) -> dict[str, Any]:
         return {"episodes": len(self.episodes), "frames": self.num_frames, "clips": len(self),
