@@ -86,8 +86,21 @@ def cache_path(cache_dir: Path, episode: Path, num_steps: int, size: tuple[int, 
 
 
 def build_cache(episode: Path, num_steps: int, size: tuple[int, int], dest: Path) -> Path:
-    """Resize the first ``num_steps`` frames of ``episode`` into ``dest`` (atomic: temp + rename)."""
+    """Resize the first ``num_steps`` frames of ``episode`` into ``dest`` (atomic: temp + rename).
+
+    A lock file makes concurrent builders (DDP ranks, DataLoader workers) wait for one another
+    instead of resizing the same episode twice."""
+    import fcntl
+
     dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.with_name(f".{dest.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if dest.exists():  # another process built it while we waited
+            return dest
+        return _build_cache_locked(episode, num_steps, size, dest)
+
+
+def _build_cache_locked(episode: Path, num_steps: int, size: tuple[int, int], dest: Path) -> Path:
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(num_steps, 3, *size))  # (T, 3, H, W)
     try:
