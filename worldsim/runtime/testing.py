@@ -88,7 +88,8 @@ class SpyBackend:
 
     def __init__(self, inner, log: dict | None = None):
         self.inner = inner
-        self.log = log if log is not None else {"actions": [], "frames": [], "resets": 0, "configures": []}
+        self.log = log if log is not None else {"actions": [], "frames": [], "resets": 0, "configures": [],
+                                                "events": []}
 
     def __getattr__(self, name):  # action_meanings, settings, model, kind, cfg, ...
         return getattr(self.inner, name)
@@ -105,12 +106,14 @@ class SpyBackend:
 
     def reset(self, seed=None):
         self.log["resets"] += 1
+        self.log["events"].append(("reset", seed))
         return self.inner.reset(seed)
 
     def step(self, action):
         frames, info = self.inner.step(action)
         self.log["actions"].append(int(action))
         self.log["frames"].append(frames)
+        self.log["events"].append(("step", int(action), frames))
         return frames, info
 
     def configure(self, **kw):

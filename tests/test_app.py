@@ -1,0 +1,244 @@
+"""The player, headless, driven by real pygame key events (pygame.event.post) with a tiny random model:
+the keymap, the actions that reach the engine (held keys, diagonals, sub-frame taps), latency
+records, the play keys, and the watchdog replacing a worker that raised, died or hung while the
+loop keeps presenting frames."""
+
+import math
+import os
+import threading
+import time
+
+import pytest
+
+os.environ["SDL_VIDEODRIVER"] = "dummy"
+pygame = pytest.importorskip("pygame")
+
+from worldsim.app.keymap import Keymap, parse_meaning  # noqa: E402
+from worldsim.app.player import PlayConfig  # noqa: E402
+from worldsim.app.synthetic import build_player, post_key, run_headless  # noqa: E402
+from worldsim.runtime import load_playable  # noqa: E402
+from worldsim.runtime.testing import ALE_ACTIONS, SpyBackend, tiny_model_config, write_random_checkpoint  # noqa: E402
+
+A = {name: i for i, name in enumerate(ALE_ACTIONS)}
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    # 18 ALE actions (diagonals, fire combos) on a tiny network
+    return write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "ale.safetensors",
+                                   model_config=tiny_model_config(18))
+
+
+@pytest.fixture
+def spy(ckpt):
+    return SpyBackend(load_playable(ckpt, dtype="fp32").backend)
+
+
+class Script:
+    """A tick hook running ``(condition(player), action(player))`` steps in order, then quitting."""
+
+    def __init__(self, steps, timeout=20.0):
+        self.steps, self.i, self.timeout = list(steps), 0, timeout
+        self.t0 = time.monotonic()
+        self.timed_out = False
+
+    def __call__(self, player, now):
+        if time.monotonic() - self.t0 > self.timeout:
+            self.timed_out = True
+            player.request_quit("script timeout")
+        elif self.i >= len(self.steps):
+            player.request_quit("script done")
+        else:
+            cond, act = self.steps[self.i]
+            if cond(player):
+                act(player)
+                self.i += 1
+
+
+def run(player, script):
+    player.tick_hook = script
+    pygame.event.clear()
+    summary = player.run()
+    assert not script.timed_out, f"script stuck at step {script.i}"
+    return summary
+
+
+def saw(spy, name, since=lambda: 0):
+    return lambda p: A[name] in spy.log["actions"][since():]
+
+
+def changes(actions):
+    return [a for i, a in enumerate(actions) if i == 0 or a != actions[i - 1]]
+
+
+# -- keymap ---------------------------------------------------------------------------------------
+def test_keymap_from_action_meanings():
+    assert parse_meaning("UPRIGHTFIRE") == {"UP", "RIGHT", "FIRE"} and parse_meaning("NOOP") == set()
+    assert parse_meaning("RESET") is None
+    km = Keymap(ALE_ACTIONS)
+    assert km.action_for(["UP", "RIGHT"]) == A["UPRIGHT"]
+    assert km.action_for(["DOWN", "LEFT", "FIRE"]) == A["DOWNLEFTFIRE"]
+    assert km.action_for(["LEFT", "RIGHT"]) == A["RIGHT"]  # opposites: the one pressed last
+    assert km.action_for([]) == A["NOOP"]
+    breakout = Keymap(["NOOP", "FIRE", "RIGHT", "LEFT"])
+    assert breakout.action_for(["UP", "RIGHT"]) == 2  # no UPRIGHT: keep what the game has
+    assert breakout.action_for(["UP"]) == 0
+    assert breakout.action_for(["RIGHT", "FIRE"]) == 1  # no RIGHTFIRE: the most recent press wins
+
+
+# -- actions reach the engine ---------------------------------------------------------------------
+def test_key_events_reach_engine_including_sub_frame_tap(spy):
+    p = build_player(spy, PlayConfig(start_screen=False, fps=60))
+    mark = {"i": 0}
+
+    def since():
+        return mark["i"]
+
+    def do(*events):
+        def act(player):
+            mark["i"] = len(spy.log["actions"])
+            for kind, key in events:
+                post_key(kind, key)
+        return act
+
+    K = pygame
+    script = Script([
+        (lambda p: p.frames_presented >= 2, do(("down", K.K_RIGHT))),
+        (saw(spy, "RIGHT", since), do(("down", K.K_UP))),
+        (saw(spy, "UPRIGHT", since), do(("up", K.K_RIGHT))),
+        (saw(spy, "UP", since), do(("down", K.K_a), ("down", K.K_s))),  # WASD; DOWN after UP wins
+        (saw(spy, "DOWNLEFT", since), do(("up", K.K_UP), ("up", K.K_s), ("up", K.K_a))),
+        (saw(spy, "NOOP", since), do(("down", K.K_SPACE), ("up", K.K_SPACE))),  # a tap within one loop turn
+        (saw(spy, "FIRE", since), lambda p: None),
+        (saw(spy, "NOOP", since), lambda p: None),
+    ])
+    summary = run(p, script)
+    seq = changes(spy.log["actions"])
+    want = [A[n] for n in ("RIGHT", "UPRIGHT", "UP", "DOWNLEFT", "NOOP", "FIRE", "NOOP")]
+    it = iter(seq)
+    assert all(w in it for w in want), (seq, want)  # in this order
+    # Latency: every event posted produced a record once its first frame was flipped.
+    recs = list(p.meter.records)
+    assert summary["inputs"] == len(recs) == 10
+    for total, wait, gen, present in recs:
+        assert wait >= 0 and gen > 0 and present >= 0
+        assert math.isclose(total, wait + gen + present, abs_tol=1e-6)
+        assert total < 2000
+    assert summary["latency_ms"]["p50"] > 0 and summary["fps"] > 0
+
+
+def test_synthetic_input_latency_summary(spy):
+    s = run_headless(spy, seconds=1.5, warmup_s=0.3, rate=20, seed=1)
+    assert s["inputs"] >= 5 and s["frames"] >= 20
+    lat = s["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"] < 2000
+    b = s["breakdown_ms"]
+    assert b["generation"]["p50"] > 0 and b["presentation"]["p50"] >= 0
+    assert s["frame_time_ms"]["p50"] > 0 and s["jitter_ms"] >= 0
+
+
+def test_play_keys(spy, tmp_path):
+    p = build_player(spy, PlayConfig(start_screen=True, fps=60, screenshot_dir=str(tmp_path / "shots")))
+    K = pygame
+    state = {}
+
+    def press(key):
+        return lambda player: (post_key("down", key), post_key("up", key))
+
+    def note_frames(player):
+        state["frames"] = player.frames_presented
+        state["t"] = time.monotonic()
+
+    script = Script([
+        (lambda p: time.monotonic() - script.t0 > 0.3, lambda p: state.update(start_frames=p.frames_presented)),
+        (lambda p: True, press(K.K_x)),  # any key leaves the start screen
+        (lambda p: p.state == "play" and p.frames_presented > 3, press(K.K_4)),
+        (lambda p: p.session.settings["steps"] == 4, press(K.K_c)),
+        (lambda p: p.session.settings["chunk"] == 3, press(K.K_r)),
+        (lambda p: spy.log["resets"] >= 2, press(K.K_h)),
+        (lambda p: not p.hud_on, press(K.K_F12)),
+        (lambda p: list((tmp_path / "shots").glob("*.png")), press(K.K_p)),
+        (lambda p: p.session.paused, lambda p: time.sleep(0.1) or note_frames(p)),
+        (lambda p: time.monotonic() - state["t"] > 0.3, lambda p: state.update(paused_frames=p.frames_presented)),
+        (lambda p: True, press(K.K_ESCAPE)),
+    ])
+    p.tick_hook = script
+    pygame.event.clear()
+    p.run()
+    assert not script.timed_out, f"script stuck at step {script.i}"
+    assert state["start_frames"] == 0  # nothing generated behind the start screen
+    assert p.quit_reason == "quit key"
+    assert {"steps": 4} in spy.log["configures"] and {"chunk": 3} in spy.log["configures"]
+    assert any(f.shape[0] == 3 for f in spy.log["frames"])  # chunk-wise frames were generated
+    assert state["paused_frames"] - state["frames"] <= 3  # paused: at most what was in flight
+
+
+def test_model_slower_than_display_is_said(spy):
+    p = build_player(spy, PlayConfig(start_screen=False, fps=5000))
+    script = Script([(lambda p: p.session.steps > 15, lambda p: None)])
+    run(p, script)
+    msg = p.model_slow()
+    assert msg and "slower" in msg
+    assert p.frames_presented > 10  # and the loop kept presenting
+
+
+# -- the watchdog -----------------------------------------------------------------------------------
+class Faulty:
+    def __init__(self, kind, at=5, times=1):
+        self.kind, self.at, self.times = kind, at, times
+        self.fired = 0
+        self.release = threading.Event()
+
+    def __call__(self, step):
+        if self.fired >= self.times or step < self.at:
+            return
+        self.fired += 1
+        if self.kind == "raise":
+            raise RuntimeError("injected fault")
+        if self.kind == "die":
+            raise SystemExit
+        self.release.wait(10)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the 'die' case
+@pytest.mark.parametrize("kind,state", [("raise", "raised"), ("die", "died"), ("hang", "stalled")])
+def test_worker_fault_is_replaced_while_loop_keeps_presenting(spy, kind, state):
+    p = build_player(spy, PlayConfig(start_screen=False, fps=60, stall_timeout_s=0.4, refresh_hz=30))
+    faulty = Faulty(kind)
+    p.session.fault_hook = faulty
+    logs = []
+    p.log = logs.append
+    seen = {}
+
+    def mark(p):
+        seen["flips"], seen["t"] = p.screen.flips, time.monotonic()
+
+    script = Script([
+        (lambda p: faulty.fired, mark),
+        (lambda p: p.session.restarts >= 1, lambda p: seen.update(flips_at_restart=p.screen.flips,
+                                                                   frames_at_restart=p.frames_presented)),
+        (lambda p: p.frames_presented >= seen["frames_at_restart"] + 10, lambda p: None),
+    ])
+    try:
+        run(p, script)
+    finally:
+        faulty.release.set()
+    assert [r["kind"] for r in logs if r["event"] == "fault"] == [state]
+    assert p.session.restarts == 1 and p.faults == 1
+    if kind == "hang":  # the display went on flipping through the 0.4 s stall
+        assert seen["flips_at_restart"] - seen["flips"] >= 5
+    assert p.frames_presented >= seen["frames_at_restart"] + 10  # play resumed on a fresh context
+
+
+def test_repeated_faults_back_off_and_show_restarting(spy):
+    p = build_player(spy, PlayConfig(start_screen=False, fps=60, backoff_initial_s=0.2, backoff_max_s=0.4))
+    p.session.fault_hook = Faulty("raise", at=0, times=10**9)  # never recovers
+    logs, panels = [], []
+    p.log = logs.append
+    script = Script([(lambda p: (panels.append(p.overlay(time.perf_counter_ns()).get("panel")) or
+                                 len([r for r in logs if r["event"] == "fault"]) >= 4), lambda p: None)])
+    run(p, script)
+    backoffs = [r["backoff_s"] for r in logs if r["event"] == "fault"]
+    assert backoffs[:4] == [0.0, 0.2, 0.4, 0.4]
+    assert any(panel and "restarting" in " ".join(panel[1]) for panel in panels)
+    assert p.screen.flips > 10  # the restarting screen was presented meanwhile

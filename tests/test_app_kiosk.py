@@ -1,0 +1,168 @@
+"""Kiosk mode, headless with real key events: the attract loop plays by itself, Esc and window
+close do nothing, a key press starts a visitor session on a fresh context that ends on idle or
+max length with one JSON line, the operator chord and SIGTERM leave cleanly, and a hung worker is
+replaced while the booth keeps presenting frames."""
+
+import io
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+os.environ["SDL_VIDEODRIVER"] = "dummy"
+pygame = pytest.importorskip("pygame")
+
+from worldsim.app.kiosk import KioskConfig  # noqa: E402
+from worldsim.app.player import PlayConfig  # noqa: E402
+from worldsim.app.synthetic import build_player, post_key  # noqa: E402
+from worldsim.runtime import load_playable  # noqa: E402
+from worldsim.runtime.testing import SpyBackend, write_random_checkpoint  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", context_frames=4)
+
+
+@pytest.fixture
+def spy(ckpt):
+    return SpyBackend(load_playable(ckpt, dtype="fp32").backend)
+
+
+def kiosk(spy, **kw):
+    play = PlayConfig(fullscreen=True, hud=False, start_screen=False, fps=60, max_seconds=20,
+                      stall_timeout_s=kw.pop("stall_timeout_s", 2.0))
+    cfg = KioskConfig(play=play, **{"attract_policy": "scripted", **kw})
+    log = io.StringIO()
+    k = build_player(spy, kiosk=cfg, log_stream=log, env_id="worldsim/Tiny-v0")
+    return k, log
+
+
+def lines(log):
+    return [json.loads(x) for x in log.getvalue().splitlines()]
+
+
+class Steps:
+    def __init__(self, steps, timeout=15.0):
+        self.steps, self.i, self.t0, self.timeout = list(steps), 0, time.monotonic(), timeout
+
+    def __call__(self, k, now):
+        if time.monotonic() - self.t0 > self.timeout:
+            k.request_quit("test timeout")
+        elif self.i < len(self.steps) and self.steps[self.i][0](k):
+            self.steps[self.i][1](k)
+            self.i += 1
+
+
+def test_attract_ignores_quit_keys_and_obeys_chord(spy):
+    k, log = kiosk(spy, operator_chord=["ctrl", "alt", "q"], idle_timeout_s=30)
+    K = pygame
+    seen = {}
+
+    def post_quit_attempts(k):
+        post_key("down", K.K_ESCAPE)  # starts a visitor session, nothing else
+        post_key("up", K.K_ESCAPE)
+        pygame.event.post(pygame.event.Event(pygame.QUIT))
+        post_key("down", K.K_q)
+        post_key("up", K.K_q)
+        post_key("down", K.K_F4)  # Alt+F4 arrives as QUIT, above; the key alone does nothing either
+        post_key("up", K.K_F4)
+        seen["t"] = time.monotonic()
+
+    def chord(k):
+        seen["frames"] = k.frames_presented
+        for key in (K.K_LCTRL, K.K_RALT, K.K_q):
+            post_key("down", key)
+
+    k.tick_hook = Steps([
+        (lambda k: k.frames_presented > 20, lambda k: seen.update(attract_actions=set(spy.log["actions"]))),
+        (lambda k: True, post_quit_attempts),
+        (lambda k: time.monotonic() - seen["t"] > 0.5, chord),
+    ])
+    pygame.event.clear()
+    k.run()
+    assert k.quit_reason == "operator chord" and k.exit_code == 0
+    assert seen["frames"] > 30  # still running half a second after Esc, Q and window close
+    assert len(seen["attract_actions"]) > 1  # the attract policy drives the model by itself
+    recs = lines(log)
+    assert recs[0]["event"] == "kiosk_start" and recs[-1]["event"] == "kiosk_stop"
+    sessions = [r for r in recs if r["event"] == "session"]
+    assert len(sessions) == 1 and sessions[0]["end_reason"] == "shutdown"
+    assert sessions[0]["frames"] > 10 and sessions[0]["duration_s"] > 0.4
+
+
+def test_visitor_session_fresh_context_idle_and_max_length(spy):
+    k, log = kiosk(spy, idle_timeout_s=0.4, max_session_s=1.0)
+    K = pygame
+    seen = {}
+
+    def start(k):
+        seen["resets"] = spy.log["resets"]
+        post_key("down", K.K_SPACE)
+        post_key("up", K.K_SPACE)
+
+    def keep_playing(k):  # inputs every 0.2 s: never idle, so the 1 s limit ends it
+        if time.monotonic() - seen.get("last", 0) > 0.2:
+            seen["last"] = time.monotonic()
+            post_key("down", K.K_LEFT)
+            post_key("up", K.K_LEFT)
+        return k.state == "attract"
+
+    k.tick_hook = Steps([
+        (lambda k: k.frames_presented > 5, start),
+        (lambda k: k.state == "visitor" and spy.log["resets"] > seen["resets"], lambda k: seen.update(fresh=True)),
+        (lambda k: k.state == "attract", start),  # idle 0.4 s: back to attract; start a second visitor
+        (lambda k: k.state == "visitor", lambda k: None),
+        (keep_playing, lambda k: k.request_quit("done")),
+    ])
+    pygame.event.clear()
+    k.run()
+    assert seen["fresh"]
+    sessions = [r for r in lines(log) if r["event"] == "session"]
+    assert [s["end_reason"] for s in sessions] == ["idle", "max_session"]
+    assert 0.35 < sessions[0]["duration_s"] < 1.5 and 0.95 < sessions[1]["duration_s"] < 2.0
+    assert sessions[1]["inputs"] >= 4 and sessions[1]["latency_p50_ms"] > 0
+    for key in ("start", "end", "frames", "latency_p95_ms"):
+        assert key in sessions[0]
+
+
+def test_sigterm_exits_cleanly(spy):
+    k, log = kiosk(spy)
+    k.tick_hook = Steps([(lambda k: k.frames_presented > 5, lambda k: os.kill(os.getpid(), signal.SIGTERM))])
+    before = signal.getsignal(signal.SIGTERM)
+    pygame.event.clear()
+    k.run()
+    assert k.quit_reason == "SIGTERM" and k.exit_code == 0
+    assert lines(log)[-1]["event"] == "kiosk_stop"
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
+
+
+def test_hung_worker_replaced_while_booth_keeps_presenting(spy):
+    k, log = kiosk(spy, stall_timeout_s=0.3)
+    release = threading.Event()
+    state = {"fired": False}
+
+    def hang_once(step):
+        if step >= 10 and not state["fired"]:
+            state["fired"] = True
+            release.wait(10)
+
+    k.session.fault_hook = hang_once
+    seen = {}
+    k.tick_hook = Steps([
+        (lambda k: state["fired"], lambda k: seen.update(flips=k.screen.flips)),
+        (lambda k: k.session.restarts == 1, lambda k: seen.update(flips2=k.screen.flips, frames=k.frames_presented)),
+        (lambda k: k.frames_presented > seen["frames"] + 10, lambda k: k.request_quit("done")),
+    ])
+    pygame.event.clear()
+    try:
+        k.run()
+    finally:
+        release.set()
+    assert k.quit_reason == "done"
+    faults = [r for r in lines(log) if r["event"] == "fault"]
+    assert len(faults) == 1 and faults[0]["kind"] == "stalled" and "traceback" not in faults[0]
+    assert seen["flips2"] - seen["flips"] >= 4  # the screen kept refreshing through the stall

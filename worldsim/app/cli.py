@@ -1,0 +1,194 @@
+"""``python play.py``: the player's door. Parses flags, builds session -> player, runs, reports.
+
+Boundary: argument parsing and wiring only; every behaviour lives in the modules it wires
+(``worldsim.runtime`` for generation, ``player`` / ``kiosk`` / ``replay`` for the screen).
+Settings come from ``configs/play.yaml`` (``configs/kiosk.yaml`` with ``--kiosk``), then
+``key=value`` overrides, then the explicit flags. User errors print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from worldsim.errors import WorldsimError
+
+EPILOG = """keys while playing: arrows/WASD move, space fires, R reset, P pause, 1/2/4 sampling steps,
+C frame-wise <-> chunk-wise, H HUD, F12 screenshot, Esc/Q quit.
+examples:
+  python play.py                                   # the default model in assets/
+  python play.py --checkpoint runs/student.safetensors --steps 1
+  python play.py --record data/human               # record what you play (dataset format)
+  python play.py --replay data/human               # watch it again
+  python play.py --play-real ALE/Boxing-v5 --record data/human_real
+  python play.py --kiosk                           # demo booth (configs/kiosk.yaml)
+  python play.py --headless --max-seconds 10 --json out/play.json"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="play.py", description="Play a worldsim world model in real time.",
+                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="config overrides, e.g. fps=30 hud=false (kiosk: idle_timeout_s=30 play.fps=30)")
+    ap.add_argument("--checkpoint", help="model file (default: assets/default.safetensors)")
+    ap.add_argument("--config", help="YAML config (default: configs/play.yaml, or configs/kiosk.yaml with --kiosk)")
+    ap.add_argument("--headless", action="store_true", help="no window (SDL dummy video driver): tests, benchmarks")
+    ap.add_argument("--kiosk", action="store_true", help="demo-booth mode: fullscreen, attract loop, self-healing")
+    ap.add_argument("--record", metavar="DIR", help="record the session as episodes in DIR (dataset format)")
+    ap.add_argument("--replay", metavar="PATH", help="replay recorded episodes (a directory or one episode)")
+    ap.add_argument("--play-real", metavar="ENV_ID", help="play the real game (e.g. ALE/Boxing-v5) through the same loop")
+    ap.add_argument("--steps", type=int, choices=[1, 2, 4], help="sampling steps per chunk (default: the checkpoint's)")
+    ap.add_argument("--chunk", type=int, help="frames per chunk, 1 = frame-wise (default: the checkpoint's)")
+    ap.add_argument("--fps", type=float, help="generation rate cap, 0 = as fast as the model runs (default 60)")
+    ap.add_argument("--seed", type=int, help="noise seed of the first context")
+    ap.add_argument("--context", metavar="NPZ", help="start from the last frames of this plain .npz episode")
+    ap.add_argument("--device", help="auto | cpu | cuda")
+    ap.add_argument("--dtype", help="auto | fp32 | bf16")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    ap.add_argument("--fullscreen", action="store_true", help="fullscreen window")
+    ap.add_argument("--max-seconds", type=float, help="stop after this many seconds")
+    ap.add_argument("--json", metavar="PATH", help="write the latency/FPS summary here at exit")
+    return ap
+
+
+def load_configs(args):
+    """(PlayConfig, KioskConfig or None) from YAML + overrides + flags."""
+    from worldsim.app.kiosk import KioskConfig
+    from worldsim.app.player import PlayConfig
+    from worldsim.config import load_config
+
+    if args.kiosk:
+        path = args.config or ("configs/kiosk.yaml" if Path("configs/kiosk.yaml").is_file() else None)
+        kcfg = load_config(KioskConfig, path, args.overrides)
+        play = kcfg.play
+    else:
+        path = args.config or ("configs/play.yaml" if Path("configs/play.yaml").is_file() else None)
+        kcfg, play = None, load_config(PlayConfig, path, args.overrides)
+    flags = {"checkpoint": args.checkpoint, "steps": args.steps, "chunk": args.chunk, "fps": args.fps,
+             "seed": args.seed, "context": args.context, "device": args.device, "dtype": args.dtype,
+             "threads": args.threads, "record": args.record, "max_seconds": args.max_seconds}
+    play = dataclasses.replace(play, **{k: v for k, v in flags.items() if v is not None})
+    if args.fullscreen:
+        play = dataclasses.replace(play, fullscreen=True)
+    if args.headless:
+        play = dataclasses.replace(play, start_screen=False)
+    if kcfg is not None:
+        kcfg = dataclasses.replace(kcfg, play=play)
+    return play, kcfg
+
+
+def build_model_session(play):
+    """(backend, keymap source, model label, recording meta, fps) for the world model."""
+    from worldsim.runtime import load_playable
+
+    overrides = {k: v for k, v in (("steps", play.steps), ("chunk", play.chunk)) if v}
+    if play.steps and play.steps not in (1, 2, 4):
+        raise WorldsimError(f"steps must be 1, 2 or 4 (got {play.steps})")
+    p = load_playable(play.checkpoint, device=None if play.device == "auto" else play.device,
+                      dtype=None if play.dtype == "auto" else play.dtype, engine_overrides=overrides,
+                      context_path=play.context or None)
+    if p.note:
+        print(f"play.py: note: {p.note}", file=sys.stderr)
+    label = f"{Path(p.path).name} ({p.env_id})"
+    meta = {"env_id": p.env_id, "action_meanings": p.action_meanings, "source": "play", "policy": "human",
+            "checkpoint": p.path, "checkpoint_hash": p.file_hash, "engine": dataclasses.asdict(p.backend.cfg),
+            "resolution": p.backend.model.cfg.resolution, "fps_cap": play.fps, "device": str(p.device)}
+    return p.backend, label, meta, play.fps
+
+
+def build_real_session(env_id: str, play, *, fps_given: bool):
+    from worldsim.envs import make_env
+    from worldsim.runtime import EnvBackend
+
+    backend = EnvBackend(lambda: make_env(env_id))
+    env = backend.env
+    frameskip = max(1, int(getattr(env.config, "frameskip", 4)))
+    # The emulator runs at 60 Hz; one step spans `frameskip` of its frames, so real time is 60/frameskip.
+    fps = play.fps if fps_given else 60.0 / frameskip
+    meta = {**env.describe(), "source": "play-real", "policy": "human", "fps_cap": fps}
+    return backend, env_id, meta, fps
+
+
+def run(args) -> int:
+    from worldsim.app.display import init_pygame
+
+    init_pygame(headless=args.headless)
+    from worldsim.app.display import Screen
+
+    if args.replay:
+        from worldsim.app.replay import replay
+
+        screen = Screen((64, 64), scale=10, title="worldsim replay")
+        out = replay(args.replay, screen, fps=args.fps or 0.0, max_seconds=args.max_seconds or 0.0)
+        print(f"replayed {out['frames']} frames from {out['episodes']} episode(s)")
+        return 0
+
+    import torch
+
+    from worldsim.app.keymap import Keymap
+    from worldsim.app.latency import format_summary
+    from worldsim.app.recorder import Recorder
+    from worldsim.runtime import Session, SessionConfig
+
+    play, kcfg = load_configs(args)
+    if play.threads:
+        torch.set_num_threads(play.threads)
+    if args.play_real:
+        backend, label, meta, fps = build_real_session(args.play_real, play, fps_given=args.fps is not None)
+    else:
+        backend, label, meta, fps = build_model_session(play)
+    play = dataclasses.replace(play, fps=fps)
+    session = Session(backend, SessionConfig(seed=play.seed, fps=fps, stall_timeout_s=play.stall_timeout_s))
+    keymap = Keymap(backend.action_meanings)
+    recorder = Recorder(play.record, meta) if play.record else None
+    frame_hw = _frame_hw(backend)
+    screen = Screen(frame_hw, scale=play.scale if frame_hw[0] <= 96 else max(1, play.scale // 3),
+                    fullscreen=play.fullscreen, title=f"worldsim - {label}",
+                    hide_cursor=bool(kcfg and kcfg.hide_cursor))
+    if kcfg is not None:
+        from worldsim.app.kiosk import Kiosk
+
+        stream = open(kcfg.log, "a") if kcfg.log else None
+        try:
+            player = Kiosk(session, keymap, screen, kcfg, env_id=meta["env_id"], model_label=label,
+                           recorder=recorder, log_stream=stream)
+            summary = player.run()
+        finally:
+            if stream is not None:
+                stream.close()
+    else:
+        from worldsim.app.player import Player
+
+        player = Player(session, keymap, screen, play, recorder=recorder, model_label=label)
+        summary = player.run()
+        print(format_summary(summary))
+    if recorder is not None and recorder.episodes:
+        print(f"recorded {recorder.steps} steps in {len(recorder.episodes)} episode(s) under {play.record}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(summary, indent=2, default=str))
+    screen.close()
+    return player.exit_code
+
+
+def _frame_hw(backend) -> tuple[int, int]:
+    if getattr(backend, "kind", "") == "model":
+        r = backend.model.cfg.resolution
+        return r, r
+    frame = backend.env.reset(0)  # probe the native size; the session resets the game again anyway
+    return tuple(frame.shape[:2])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except WorldsimError as e:
+        print(f"play.py: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("play.py: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,108 @@
+"""``worldsim bench latency``: input-to-pixel latency of the real player loop, headless.
+
+For each sampling setting it runs the player (``worldsim.app``) on SDL's dummy driver for
+``--duration`` seconds (after a warm-up) while a thread posts real key events at random moments,
+some of them taps shorter than a frame. Latency is measured from each event's posting to the flip
+of the first frame generated under it, with the breakdown wait / generation / presentation.
+
+JSON (``--json``): top level ``latency_ms`` {p50, p95, p99, max, mean}, ``fps``, ``breakdown_ms``,
+``frame_time_ms``, ``jitter_ms`` for the default setting (frame-wise 2-step), and ``settings``:
+the same per setting. Without a shipped model it times a random-weight student of the default
+size (speed does not depend on the weights). It prints figures and asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+DEFAULT_SETTING = (1, 2)  # (chunk, steps): frame-wise 2-step, the setting the targets are for
+
+
+def parse_settings(text: str) -> list[tuple[int, int]]:
+    """'1:1,1:2,1:4,3:4' -> [(chunk, steps), ...]."""
+    from worldsim.errors import ConfigError
+
+    out = []
+    for item in text.split(","):
+        try:
+            c, s = (int(x) for x in item.strip().split(":"))
+        except ValueError:
+            raise ConfigError(f"--settings item '{item}' is not CHUNK:STEPS (e.g. 1:2 or 3:4)") from None
+        if c < 1 or s not in (1, 2, 4):
+            raise ConfigError(f"--settings item '{item}': chunk must be >= 1 and steps 1, 2 or 4")
+        out.append((c, s))
+    return out
+
+
+def load_backend(checkpoint: str | None, dtype: str | None, tmp: str):
+    from worldsim.runtime import DEFAULT_CHECKPOINT, load_playable
+    from worldsim.runtime.testing import write_random_checkpoint
+
+    path = checkpoint or (DEFAULT_CHECKPOINT if Path(DEFAULT_CHECKPOINT).is_file() else None)
+    label = path
+    if path is None:
+        path = write_random_checkpoint(Path(tmp) / "random-default.safetensors", "default", context_frames=8)
+        label = "random default-size student"
+    p = load_playable(path, dtype=dtype)
+    return p, label
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="worldsim bench latency", description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", help="model (default: assets/default.safetensors, else a random default-size student)")
+    ap.add_argument("--duration", type=float, default=10.0, help="measured seconds per setting (default 10)")
+    ap.add_argument("--warmup", type=float, default=1.5, help="seconds per setting before measuring (default 1.5)")
+    ap.add_argument("--settings", default="1:2,1:1,1:4,3:4",
+                    help="CHUNK:STEPS list; the first is the default setting (default 1:2,1:1,1:4,3:4)")
+    ap.add_argument("--fps", type=float, default=60.0, help="generation rate cap as in play.py (0: uncapped)")
+    ap.add_argument("--rate", type=float, default=6.0, help="mean synthetic key events per second")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    ap.add_argument("--dtype", help="auto | fp32 | bf16")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from worldsim.app.latency import format_summary
+    from worldsim.app.synthetic import run_headless
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = parse_settings(args.settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        playable, label = load_backend(args.checkpoint, args.dtype, tmp)
+        model = playable.backend.model
+        print(f"model: {label} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
+              f"{model.cfg.resolution}x{model.cfg.resolution}, weights {str(playable.weights_dtype).split('.')[-1]}); "
+              f"threads {torch.get_num_threads()}; fps cap {args.fps:g}; {args.duration:g} s per setting")
+        rows = []
+        for chunk, steps in settings:
+            backend = playable.backend.with_settings(steps=steps, chunk=chunk)
+            s = run_headless(backend, seconds=args.duration, warmup_s=args.warmup, fps=args.fps, rate=args.rate,
+                             seed=args.seed, model_label=label)
+            row = {"chunk": chunk, "steps": steps, **{k: s[k] for k in (
+                "latency_ms", "breakdown_ms", "fps", "frames", "frame_time_ms", "jitter_ms", "inputs",
+                "inputs_posted", "restarts")}}
+            rows.append(row)
+            name = "frame-wise" if chunk == 1 else f"chunk-wise C={chunk}"
+            print(f"--- {name} {steps}-step")
+            print(format_summary(s))
+    default = next((r for r in rows if (r["chunk"], r["steps"]) == DEFAULT_SETTING), rows[0])
+    result = {
+        "setting": {"chunk": default["chunk"], "steps": default["steps"]},
+        **{k: default[k] for k in ("latency_ms", "fps", "breakdown_ms", "frame_time_ms", "jitter_ms")},
+        "settings": rows, "model": label, "fps_cap": args.fps, "duration_s": args.duration,
+        "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(), "load_avg_1m": os.getloadavg()[0],
+    }
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    return 0
