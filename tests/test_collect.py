@@ -38,7 +38,8 @@ def test_round_trip_collect_read_export_import(tmp_path):
     # 40 env steps then the final frame: 41 frames; alignment: frames[t+1] is the result of actions[t]
     assert len(e) == 41 and e.meta["end"] == "truncated" and e.complete
     assert e.meta["policy"] == "sticky" and e.meta["seed"] == episode_seeds(3, "train", 0)[0]
-    assert e.meta["env_id"] == TINY and e.meta["action_meanings"][0] == "NOOP" and e.meta["frameskip"] == 4
+    assert e.meta["env_id"] == TINY and e.meta["action_meanings"][0] == "NOOP" and e.meta["frameskip"] == 1
+    assert e.meta["tiny"]["sprite"] == 12 and e.meta["max_episode_steps"] == 40
     for k in ("software_version", "policy_seed", "collection_seed", "episode_index", "repeat_prob"):
         assert k in e.meta, k
     from worldsim.envs import make_env

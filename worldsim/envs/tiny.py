@@ -69,6 +69,12 @@ class TinyGame(GameEnv):
         """Sprite top-left (x, y) in pixels, colour index, and steps since reset."""
         return {"x": self.x, "y": self.y, "color": self.color, "t": self.t}
 
+    def describe(self) -> dict:
+        from dataclasses import asdict
+
+        # One step is one move: there are no emulator frames to skip, whatever EnvConfig says.
+        return {**super().describe(), "frameskip": 1, "max_episode_steps": self.max_steps, "tiny": asdict(self.tiny)}
+
     def _draw_floor(self) -> np.ndarray:
         t = self.tiny
         ij = np.arange(t.size) // t.tile
