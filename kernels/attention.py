@@ -27,6 +27,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+# Guarded: without Triton (macOS) triton/tl are None and the reference still runs.
+from kernels.triton_utils import jit as _jit, on_device_of, round_to_out, tl, triton
+
 
 def _kv_len_tensor(kv_len, batch: int, device) -> torch.Tensor:
     if isinstance(kv_len, int):
@@ -84,5 +87,142 @@ def block_causal_attention_torch(q, k, v, kv_len, chunk_tokens: int, scale: floa
     return F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask, scale=scale, enable_gqa=gqa)
 
 
+
+
+# ----------------------------------------------------------------------------------------------
+# Triton kernel. One program = one block of BLOCK_M queries of one (batch row, query head); it
+# streams the key blocks it may see through an online softmax (running max m_i, running sum l_i,
+# fp32 accumulator). Precision: every load is cast to fp32 at once (the interpreter gets bf16/fp16
+# arithmetic wrong, and the compiled path does the same so both run one code). The two dots take
+# fp32 operands: ``ieee`` for fp32 inputs (fp32 means fp32), ``tf32`` tensor cores for bf16/fp16
+# inputs, where the cast is exact (tf32 holds every bf16 and fp16 value), so q.k is exact to fp32
+# accumulation and p.v rounds p to 10 mantissa bits (finer than the usual bf16 p of flash attention).
+# ----------------------------------------------------------------------------------------------
+
+
+@_jit
+def _block_causal_attn_fwd(
+    Q, K, V, KV_LEN, OUT,  # pointers; KV_LEN: int32 (B,)
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_om, stride_od,
+    Hq, GROUP, M, N_MAX, D, CHUNK,  # GROUP = Hq // Hkv; CHUNK = min(chunk_tokens, M)
+    qk_scale,  # scale * log2(e): the softmax runs in base 2 (exp2)
+    BLOCK_M: tl.constexpr,  # queries per program (>= 16: tl.dot's minimum)
+    BLOCK_N: tl.constexpr,  # keys per inner step
+    BLOCK_D: tl.constexpr,  # head dim padded to a power of two; lanes d >= D are masked to 0
+    DOT_PRECISION: tl.constexpr,  # "ieee" (fp32 inputs) or "tf32" (bf16/fp16 inputs, exact after the cast)
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // Hq).to(tl.int64)  # int64 base offsets: large caches overflow int32 strides
+    h = pid_bh % Hq
+    hkv = (h // GROUP).to(tl.int64)
+    h = h.to(tl.int64)
+
+    L = tl.minimum(tl.load(KV_LEN + b), N_MAX)  # valid keys of this batch row (never read past)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,) query index i in [0, M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+
+    # Per-query key limit (module docstring): j < min(L, L - M + (i // CHUNK + 1) * CHUNK).
+    limit = tl.minimum(L - M + (offs_m // CHUNK + 1) * CHUNK, L)  # (BLOCK_M,)
+    # The block's last real query sees the most keys; key blocks past that are skipped entirely.
+    last = tl.minimum(pid_m * BLOCK_M + BLOCK_M, M) - 1
+    hi = tl.minimum(L - M + (last // CHUNK + 1) * CHUNK, L)
+
+    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
+    q = tl.load(q_ptrs, mask=(offs_m[:, None] < M) & d_ok[None, :], other=0.0).to(tl.float32)  # (BM, BD)
+    k_base = K + b * stride_kb + hkv * stride_kh
+    v_base = V + b * stride_vb + hkv * stride_vh
+
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)  # running max of the base-2 logits
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)  # running softmax denominator
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    for start_n in range(0, hi, BLOCK_N):
+        n = start_n + offs_n  # (BN,)
+        # Only keys < hi <= L are loaded: the scratch tail (NaN in the tests) is never touched.
+        kv_mask = (n[:, None] < hi) & d_ok[None, :]
+        k = tl.load(k_base + n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
+        v = tl.load(v_base + n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
+        k = k.to(tl.float32)  # (BN, BD)
+        v = v.to(tl.float32)  # (BN, BD)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BM, BN)
+        s = tl.where(n[None, :] < limit[:, None], s, float("-inf"))
+        # Key 0 lies in the first block and every query sees it (limit >= 1 when M <= L), so m_new
+        # is finite from the first block on and exp2(-inf - m_new) = 0 never meets -inf - -inf.
+        m_new = tl.maximum(m_i, tl.max(s, 1))  # (BM,)
+        alpha = tl.exp2(m_i - m_new)  # rescales what was accumulated under the old max
+        p = tl.exp2(s - m_new[:, None])  # (BM, BN)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=DOT_PRECISION)
+        m_i = m_new
+    out = acc / l_i[:, None]
+    o_ptrs = OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
+    tl.store(o_ptrs, round_to_out(out, OUT.dtype.element_ty), mask=(offs_m[:, None] < M) & d_ok[None, :])
+
+
+MAX_HEAD_DIM = 128  # larger head dims fall back to the reference (kernels.dispatch)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def attention_config(D: int) -> dict:
+    """Launch configuration for head dim ``D``. These three are the only configurations shipped
+    (tests/test_kernels_compile.py compiles each for sm_90 and sm_80); D = 128 takes narrower key
+    blocks so the fp32 k/v tiles and the accumulator stay within registers and shared memory."""
+    if not 1 <= D <= MAX_HEAD_DIM:
+        raise ValueError(f"head dim {D} is outside the Triton kernel's range [1, {MAX_HEAD_DIM}]")
+    block_d = max(32, _next_pow2(D))  # 16 would do for D <= 16, but one config fewer to ship
+    block_n = 64 if block_d <= 64 else 32
+    return dict(BLOCK_M=64, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4, num_stages=2)
+
+
+def unsupported(q, k, v) -> str | None:
+    """Why the Triton kernel cannot take these tensors (None if it can): the dispatch predicate."""
+    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
+        return f"q/k/v dtypes {q.dtype}/{k.dtype}/{v.dtype} (need one of fp32, fp16, bf16 for all three)"
+    if q.shape[-1] > MAX_HEAD_DIM:
+        return f"head dim {q.shape[-1]} > {MAX_HEAD_DIM}"
+    return None
+
+
+def _attention_launch(q, k, v, kv_len, chunk_tokens: int, scale: float | None):
+    """(grid, args, meta, out) of one launch, shared by the launcher and kernels/compile_check.py."""
+    _check(q, k, v, kv_len, chunk_tokens)
+    why = unsupported(q, k, v)
+    if why:
+        raise ValueError(f"Triton attention cannot take {why}")
+    B, Hq, M, D = q.shape
+    Hkv, n_max = k.shape[1], k.shape[2]
+    cfg = attention_config(D)
+    scale = scale if scale is not None else 1.0 / math.sqrt(D)
+    if isinstance(kv_len, int):  # one small fill, no host sync
+        lens = torch.full((B,), kv_len, dtype=torch.int32, device=q.device)
+    else:  # no bounds check here (it would sync); the kernel clamps to Nmax so it never reads out of bounds
+        lens = kv_len.to(device=q.device, dtype=torch.int32).reshape(-1)
+        lens = (lens.expand(B) if lens.numel() == 1 else lens).contiguous()
+        if lens.shape != (B,):
+            raise ValueError(f"kv_len has shape {tuple(kv_len.shape)}, expected ({B},)")
+    out = torch.empty((B, Hq, M, D), dtype=q.dtype, device=q.device)  # (B, Hq, M, D)
+    grid = (-(-M // cfg["BLOCK_M"]), B * Hq)
+    args = (q, k, v, lens, out, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+            Hq, Hq // Hkv, M, n_max, D, min(chunk_tokens, M),  # chunk >= M is bidirectional: same mask, no overflow
+            scale * math.log2(math.e))
+    meta = dict(DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", **cfg)
+    return grid, args, meta, out
+
+
 def block_causal_attention_triton(q, k, v, kv_len, chunk_tokens: int, scale: float | None = None):
-    raise NotImplementedError("Triton attention kernel not written yet")
+    """Triton forward (no autograd: the training path uses the torch reference)."""
+    if triton is None:
+        raise RuntimeError("triton is not installed")
+    grid, args, meta, out = _attention_launch(q, k, v, kv_len, chunk_tokens, scale)
+    if out.numel():
+        with on_device_of(q):
+            _block_causal_attn_fwd[grid](*args, **meta)
+    return out
