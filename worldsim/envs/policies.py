@@ -85,7 +85,9 @@ def color_mask(frame: np.ndarray, color, tol: int = 60, rows=(0.0, 1.0), cols=(0
     r0, r1 = int(rows[0] * h), max(int(rows[1] * h), int(rows[0] * h) + 1)
     c0, c1 = int(cols[0] * w), max(int(cols[1] * w), int(cols[0] * w) + 1)
     crop = frame[r0:r1, c0:c1].astype(np.int16)  # (h', w', 3)
-    return np.abs(crop - np.asarray(color, np.int16)).sum(-1) < tol, r0, c0
+    # per-channel sum instead of .sum(-1): a reduction over a length-3 axis is ~7x slower in numpy
+    dist = np.abs(crop[..., 0] - color[0]) + np.abs(crop[..., 1] - color[1]) + np.abs(crop[..., 2] - color[2])
+    return dist < tol, r0, c0
 
 
 def centroid(frame, color, tol=60, rows=(0.0, 1.0), cols=(0.0, 1.0), min_pixels=1):
