@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from collections import Counter
@@ -20,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from worldsim.data.episode import list_episodes, read_episode, repair_episode
+from worldsim.data.episode import list_episodes, read_episode, repair_episode, write_json_atomic
 from worldsim.errors import DataError
 
 
@@ -126,7 +125,7 @@ def cmd_info(args) -> int:
               f"{b['batched_clips_per_s']:.0f} clips/s in batches of {b['batch_size']}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(info, indent=2) + "\n")
+        write_json_atomic(Path(args.json), info)
     return 0
 
 

@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import logging
-import os
 import queue
 import shutil
 import sys
@@ -445,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({summary['steps_per_s'] or 0:.0f} steps/s, {cfg.workers} workers)")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+        write_json_atomic(Path(args.json), summary)
     return 0
 
 
