@@ -17,7 +17,10 @@ pygame = pytest.importorskip("pygame")
 
 from worldsim.app.kiosk import KioskConfig  # noqa: E402
 from worldsim.app.player import PlayConfig  # noqa: E402
+from worldsim.app.recorder import Recorder  # noqa: E402
 from worldsim.app.synthetic import build_player, post_key  # noqa: E402
+from worldsim.data.episode import list_episodes, read_episode  # noqa: E402
+from worldsim.data.validate import validate  # noqa: E402
 from worldsim.runtime import load_playable  # noqa: E402
 from worldsim.runtime.testing import SpyBackend, write_random_checkpoint  # noqa: E402
 
@@ -32,12 +35,12 @@ def spy(ckpt):
     return SpyBackend(load_playable(ckpt, dtype="fp32").backend)
 
 
-def kiosk(spy, **kw):
+def kiosk(spy, recorder=None, **kw):
     play = PlayConfig(fullscreen=True, hud=False, start_screen=False, fps=60, max_seconds=20,
                       stall_timeout_s=kw.pop("stall_timeout_s", 2.0))
     cfg = KioskConfig(play=play, **{"attract_policy": "scripted", **kw})
     log = io.StringIO()
-    k = build_player(spy, kiosk=cfg, log_stream=log, env_id="worldsim/Tiny-v0")
+    k = build_player(spy, kiosk=cfg, log_stream=log, env_id="worldsim/Tiny-v0", recorder=recorder)
     return k, log
 
 
@@ -94,8 +97,10 @@ def test_attract_ignores_quit_keys_and_obeys_chord(spy):
     assert sessions[0]["frames"] > 10 and sessions[0]["duration_s"] > 0.4
 
 
-def test_visitor_session_fresh_context_idle_and_max_length(spy):
-    k, log = kiosk(spy, idle_timeout_s=0.4, max_session_s=1.0)
+def test_visitor_session_fresh_context_idle_and_max_length(spy, tmp_path):
+    recorder = Recorder(tmp_path / "rec", {"env_id": "worldsim/Tiny-v0", "action_meanings": spy.action_meanings,
+                                           "source": "kiosk", "policy": "human"})
+    k, log = kiosk(spy, recorder=recorder, idle_timeout_s=0.4, max_session_s=1.0)
     K = pygame
     seen = {}
 
@@ -127,6 +132,10 @@ def test_visitor_session_fresh_context_idle_and_max_length(spy):
     assert sessions[1]["inputs"] >= 4 and sessions[1]["latency_p50_ms"] > 0
     for key in ("start", "end", "frames", "latency_p95_ms"):
         assert key in sessions[0]
+    # one episode per visitor (the attract loop's self-play is not recorded), valid data
+    assert validate(tmp_path / "rec") == [] and len(list_episodes(tmp_path / "rec")) == 2
+    first = read_episode(list_episodes(tmp_path / "rec")[0])
+    assert abs(len(first) - 4 - sessions[0]["frames"]) <= 2 and spy.action_meanings.index("FIRE") in first.actions
 
 
 def test_sigterm_exits_cleanly(spy):

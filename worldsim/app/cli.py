@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--context", metavar="NPZ", help="start from the last frames of this plain .npz episode")
     ap.add_argument("--device", help="auto | cpu | cuda")
     ap.add_argument("--dtype", help="auto | fp32 | bf16")
-    ap.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    ap.add_argument("--threads", type=int, help="torch threads (default 0: all cores but one)")
     ap.add_argument("--fullscreen", action="store_true", help="fullscreen window")
     ap.add_argument("--max-seconds", type=float, help="stop after this many seconds")
     ap.add_argument("--json", metavar="PATH", help="write the latency/FPS summary here at exit")
@@ -126,18 +126,17 @@ def run(args) -> int:
         print(f"replayed {out['frames']} frames from {out['episodes']} episode(s)")
         return 0
 
-    import torch
-
     from worldsim.app.keymap import Keymap
     from worldsim.app.latency import format_summary
     from worldsim.app.recorder import Recorder
     from worldsim.runtime import Session, SessionConfig
+    from worldsim.runtime.loading import set_generation_threads
 
     play, kcfg = load_configs(args)
-    if play.threads:
-        torch.set_num_threads(play.threads)
+    set_generation_threads(play.threads)
     if args.play_real:
-        backend, label, meta, fps = build_real_session(args.play_real, play, fps_given=args.fps is not None)
+        fps_given = args.fps is not None or any(o.split("=")[0] in ("fps", "play.fps") for o in args.overrides)
+        backend, label, meta, fps = build_real_session(args.play_real, play, fps_given=fps_given)
     else:
         backend, label, meta, fps = build_model_session(play)
     play = dataclasses.replace(play, fps=fps)

@@ -157,15 +157,24 @@ class Screen:
         if panel is not None:
             title, lines = panel
             ts = self.text_surface(title, max(30, min(64, W // 16)), (255, 255, 255))
-            body = [self.text_surface(line, size + 2) for line in lines]
-            total = ts.get_height() + 16 + sum(b.get_height() + 4 for b in body)
+            # "key\tdescription" lines line up in two columns
+            rows = [[self.text_surface(part, size + 2) for part in line.split("\t")] if line else [] for line in lines]
+            left = max([r[0].get_width() for r in rows if len(r) == 2] + [0])
+            gap = 18 if left else 0
+            width = lambda r: (left + gap + r[1].get_width()) if len(r) == 2 else (r[0].get_width() if r else 0)
+            line_h = self.font(size + 2).get_linesize() + 4
+            total = ts.get_height() + 16 + line_h * len(rows)
             y = (H - total) // 2
             self.surface.blit(ts, ((W - ts.get_width()) // 2, y))
             y += ts.get_height() + 16
-            bw = max([b.get_width() for b in body] + [0])
-            for b in body:
-                self.surface.blit(b, ((W - bw) // 2, y))
-                y += b.get_height() + 4
+            x0 = (W - max([width(r) for r in rows] + [0])) // 2
+            for r in rows:
+                if len(r) == 2:
+                    self.surface.blit(r[0], (x0 + left - r[0].get_width(), y))
+                    self.surface.blit(r[1], (x0 + left + gap, y))
+                elif r:
+                    self.surface.blit(r[0], ((W - r[0].get_width()) // 2, y))
+                y += line_h
         pygame.display.flip()
         self.flips += 1
         return time.perf_counter_ns()

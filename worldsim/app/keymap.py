@@ -120,14 +120,14 @@ def default_bindings() -> dict[int, str]:
 
 
 def controls_text(keymap: Keymap) -> list[str]:
-    """Lines for the start screen: which parts this game has."""
+    """Lines for the start screen (``key\tdescription``): which parts this game has."""
     have = set().union(*keymap.table.keys()) if keymap.table else set()
     lines = []
     moves = [p for p in ("UP", "DOWN", "LEFT", "RIGHT") if p in have]
     if moves:
-        lines.append("arrows / WASD   move (" + ", ".join(m.lower() for m in moves) + ")")
+        lines.append("arrows / WASD\tmove (" + ", ".join(m.lower() for m in moves) + ")")
     if "FIRE" in have:
-        lines.append("space / enter   fire")
+        lines.append("space / enter\tfire")
     if any(len(k & {"UP", "DOWN", "LEFT", "RIGHT"}) == 2 for k in keymap.table):
-        lines.append("two keys        diagonal moves")
+        lines.append("two keys\tdiagonal moves")
     return lines

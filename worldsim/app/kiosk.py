@@ -141,6 +141,7 @@ class Kiosk(Player):
                 return
             if self.state == "attract":
                 self.start_visitor(now)
+                self.game_key_down(ev.key, stamp)  # an arrow that starts the session also moves
                 return
             self.visitor["last_input_ns"] = now
             self.visitor["inputs"] += 1
@@ -166,8 +167,13 @@ class Kiosk(Player):
         self.visitor = {"start": iso_now(), "start_ns": now, "last_input_ns": now, "inputs": 1,
                         "frames_at_start": self.frames_presented, "faults_at_start": self.faults}
 
+    def recording(self) -> bool:
+        return self.state == "visitor"  # visitors' play is data; the attract policy's is not
+
     def end_visitor(self, reason: str, now: int) -> None:
         v, self.visitor = self.visitor, None
+        if self.recorder is not None:
+            self.recorder.close()
         s = self.meter.summary()
         self.log({"event": "session", "start": v["start"], "end": iso_now(),
                   "duration_s": round((now - v["start_ns"]) / NS, 2),

@@ -93,8 +93,10 @@ class LatencyMeter:
 
 def format_summary(s: dict) -> str:
     lat, b, ft = s["latency_ms"], s["breakdown_ms"], s["frame_time_ms"]
+    frames = (f"{s['frames']} frames at {s['fps']:.1f} FPS; frame time p50 {ft['p50']:.1f} ms, p99 {ft['p99']:.1f} ms, "
+              f"jitter (std) {s['jitter_ms']:.1f} ms")
+    if not s["inputs"]:
+        return "input-to-pixel latency: no inputs\n" + frames
     return (f"input-to-pixel latency over {s['inputs']} inputs: p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, "
             f"p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms  (median wait {b['wait']['p50']:.1f} + generation "
-            f"{b['generation']['p50']:.1f} + presentation {b['presentation']['p50']:.1f} ms)\n"
-            f"{s['frames']} frames at {s['fps']:.1f} FPS; frame time p50 {ft['p50']:.1f} ms, p99 {ft['p99']:.1f} ms, "
-            f"jitter (std) {s['jitter_ms']:.1f} ms")
+            f"{b['generation']['p50']:.1f} + presentation {b['presentation']['p50']:.1f} ms)\n" + frames)

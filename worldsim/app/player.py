@@ -44,7 +44,7 @@ class PlayConfig:
     context: str = ""  # optional plain .npz episode to start from instead of the checkpoint's context
     device: str = "auto"  # auto | cpu | cuda (worldsim.device policy)
     dtype: str = "auto"  # auto | fp32 | bf16 (auto: bf16 where the CPU has native bf16)
-    threads: int = 0  # torch threads (0: leave torch's default, one per core)
+    threads: int = 0  # torch threads for generation (0: all cores but one, which the display loop keeps)
     steps: int = 0  # sampling steps per chunk (0: the checkpoint's recommendation); 1, 2 or 4
     chunk: int = 0  # frames per chunk (0: the checkpoint's; 1: frame-wise)
     chunk_size: int = 3  # frames per chunk when C switches to chunk-wise during play
@@ -169,6 +169,10 @@ class Player:
 
     def on_presented(self, frame: np.ndarray, chunk, index: int, t: int) -> None:
         pass
+
+    def recording(self) -> bool:
+        """Whether presented frames go to the recorder now."""
+        return True
 
     # -- input -----------------------------------------------------------------------------------
     def on_event(self, ev, now: int) -> None:
@@ -342,7 +346,7 @@ class Player:
                 latency = max(self.meter.add(s, chunk.t_take_ns, chunk.t_done_ns, t) for s in chunk.stamps)
             self.meter.frame(t)
             self.frames_presented += 1
-        if self.recorder is not None:
+        if self.recorder is not None and self.recording():
             if chunk.kind == "context":
                 self.recorder.context(chunk, t)
             else:
@@ -365,8 +369,8 @@ class Player:
             from worldsim.app.keymap import controls_text
 
             out["panel"] = ("worldsim", [self.model_label, ""] + controls_text(self.keymap) + [
-                "R reset   P pause   1/2/4 steps   C chunk-wise", "H HUD   F12 screenshot   Esc quit", "",
-                "press any key to start"])
+                "R\tfresh context", "P\tpause", "1 / 2 / 4\tsampling steps", "C\tframe-wise / chunk-wise",
+                "H\tHUD", "F12\tscreenshot", "Esc / Q\tquit", "", "press any key to start"])
             return out
         warn = []
         if self.hud_on:

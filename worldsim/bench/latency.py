@@ -61,7 +61,7 @@ def main(argv=None) -> int:
                     help="CHUNK:STEPS list; the first is the default setting (default 1:2,1:1,1:4,3:4)")
     ap.add_argument("--fps", type=float, default=60.0, help="generation rate cap as in play.py (0: uncapped)")
     ap.add_argument("--rate", type=float, default=6.0, help="mean synthetic key events per second")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default 0: all cores but one, as play.py)")
     ap.add_argument("--dtype", help="auto | fp32 | bf16")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the results here")
@@ -72,8 +72,9 @@ def main(argv=None) -> int:
     from worldsim.app.latency import format_summary
     from worldsim.app.synthetic import run_headless
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from worldsim.runtime.loading import set_generation_threads
+
+    set_generation_threads(args.threads)
     settings = parse_settings(args.settings)
     with tempfile.TemporaryDirectory() as tmp:
         playable, label = load_backend(args.checkpoint, args.dtype, tmp)

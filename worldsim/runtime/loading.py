@@ -45,6 +45,19 @@ class Playable:
         return str(self.meta.get("env_id", "unknown"))
 
 
+def set_generation_threads(requested: int = 0) -> int:
+    """Torch intra-op threads for generation; 0 = auto: every core but one, which stays free for the
+    display loop. Why: the model's ops are small, and an OpenMP team that spans every core stalls
+    at each op's barrier whenever one of its threads is descheduled (by our own display thread or
+    anything else on the machine): measured on the 2-core target under load, 2 threads gave 3-10x
+    slower and far jumpier steps than 1."""
+    import os
+
+    n = requested if requested > 0 else max(1, (os.cpu_count() or 2) - 1)
+    torch.set_num_threads(n)
+    return n
+
+
 def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
     """(T, H, W, 3) uint8 -> (T, size, size, 3) uint8 with area averaging (antialiased)."""
     if frames.shape[1] == size and frames.shape[2] == size:
