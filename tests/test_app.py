@@ -22,6 +22,17 @@ from worldsim.runtime.testing import ALE_ACTIONS, SpyBackend, tiny_model_config,
 A = {name: i for i, name in enumerate(ALE_ACTIONS)}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_generation_thread():
+    """As play.py does on 2 cores: one torch thread, so a busy machine does not stall every op (restored after)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     # 18 ALE actions (diagonals, fire combos) on a tiny network

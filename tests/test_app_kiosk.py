@@ -25,6 +25,17 @@ from worldsim.runtime import load_playable  # noqa: E402
 from worldsim.runtime.testing import SpyBackend, write_random_checkpoint  # noqa: E402
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_generation_thread():
+    """As play.py does on 2 cores: one torch thread, so a busy machine does not stall every op (restored after)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     return write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", context_frames=4)
@@ -175,3 +186,48 @@ def test_hung_worker_replaced_while_booth_keeps_presenting(spy):
     faults = [r for r in lines(log) if r["event"] == "fault"]
     assert len(faults) == 1 and faults[0]["kind"] == "stalled" and "traceback" not in faults[0]
     assert seen["flips2"] - seen["flips"] >= 4  # the screen kept refreshing through the stall
+
+
+@pytest.mark.slow
+def test_kiosk_memory_stays_flat(spy):
+    """Visitors come and go for a while; Python allocations after warm-up do not grow."""
+    import tracemalloc
+
+    from worldsim.app.synthetic import InputInjector
+
+    k, log = kiosk(spy, idle_timeout_s=0.5, max_session_s=2.0, attract_reset_s=1.0)
+    k.meter.keep = 200  # small bounds so that a leak past them would show within seconds
+    k.meter.reset()
+    snaps = {}
+    inj = {"x": None, "next": time.monotonic() + 0.5}
+    t0 = time.monotonic()
+
+    def hook(k, now):
+        t = time.monotonic()
+        if t >= inj["next"]:  # bursts of key presses, then silence: sessions start and time out
+            if inj["x"] is None:
+                inj["x"] = InputInjector([pygame.K_LEFT, pygame.K_RIGHT, pygame.K_SPACE], rate=20, seed=int(t * 1e3))
+                inj["x"].start()
+                inj["next"] = t + 1.0
+            else:
+                inj["x"].stop()
+                inj["x"], inj["next"] = None, t + 0.8
+        if "a" not in snaps and t - t0 > 4:
+            snaps["a"] = tracemalloc.take_snapshot()
+        if t - t0 > 14:
+            snaps["b"] = tracemalloc.take_snapshot()
+            k.request_quit("done")
+
+    tracemalloc.start()
+    try:
+        k.tick_hook = hook
+        pygame.event.clear()
+        k.run()
+    finally:
+        if inj["x"] is not None:
+            inj["x"].stop()
+        tracemalloc.stop()
+    growth = sum(s.size_diff for s in snaps["b"].compare_to(snaps["a"], "filename"))
+    sessions = [r for r in lines(log) if r["event"] == "session"]
+    assert len(sessions) >= 4
+    assert growth < 512 * 1024, f"{growth / 1e6:.2f} MB more after 10 s"

@@ -14,6 +14,17 @@ from worldsim.runtime import ActionSlot, Session, SessionConfig, load_playable
 from worldsim.runtime.testing import SpyBackend, write_random_checkpoint
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_generation_thread():
+    """As play.py does on 2 cores: one torch thread, so a busy machine does not stall every op (restored after)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     return write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", context_frames=4)
