@@ -165,7 +165,7 @@ def test_sigkill_while_idle_loses_nothing(tmp_path):
         deadline = time.time() + 20
         while proc.stdout.readline().strip() != "7":
             assert time.time() < deadline
-        time.sleep(1.0)  # idle: no append comes, the flusher must commit on its own
+        time.sleep(1.5)  # idle: no append comes, the flusher must commit on its own (0.3 s + slack)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
