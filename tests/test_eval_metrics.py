@@ -147,11 +147,13 @@ def test_boxing_sprite_centroid_and_score_ignored():
 
 
 def test_boxing_sprite_tolerates_blend_but_not_other_colours():
-    f = boxing_like(3)
+    f = boxing_like(5)
     f[0, 20:26, 30:34] = (170, 190, 150)  # mostly white blended with floor (resize edges): L1 112 < 150
     f[1, 20:26, 30:34] = (195, 144, 61)  # the orange ring colour
     f[2, 20:21, 30:32] = 214  # two pixels: fewer than min_frac of the frame
-    assert find_sprites(f, BOXING)[1].tolist() == [True, False, False]
+    f[3] = np.random.default_rng(0).integers(0, 256, f[3].shape)  # noise: many near-white pixels, scattered
+    f[4, 10:16, 8:12] = f[4, 50:56, 52:56] = 214  # two blobs far apart: not one sprite
+    assert find_sprites(f, BOXING)[1].tolist() == [True, False, False, False, False]
 
 
 def test_tiny_sprite_on_the_real_game_resized():

@@ -152,8 +152,9 @@ def make_plan(episodes: Sequence[EvalEpisode], cfg: EvalConfig) -> list[tuple[in
             short.append(f"{ep.name} ({len(ep.actions)} frames)")
         plan += [(i, s) for s in starts]
     if short:
-        log.warning("skipping episodes shorter than context %d + horizon %d: %s", cfg.context, cfg.horizon,
-                    ", ".join(short))
+        more = f" and {len(short) - 5} more" if len(short) > 5 else ""
+        log.warning("skipping %d episodes shorter than context %d + horizon %d: %s%s", len(short), cfg.context,
+                    cfg.horizon, ", ".join(short[:5]), more)
     if not plan:
         raise DataError(f"no episode has the {cfg.context + cfg.horizon} frames a rollout needs "
                         f"(context {cfg.context} + horizon {cfg.horizon}); lower --context/--horizon")

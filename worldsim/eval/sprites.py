@@ -6,7 +6,8 @@ game without an entry raises ``NoSpriteSpec`` and the evaluation skips the metri
 Position = centroid of the pixels within an L1 colour distance ``tol`` of the player's colour(s),
 inside a region given in fractions of the frame (so the same entry works at the native resolution
 and at any model resolution), in pixels of the frame it was found in. Fewer than ``min_frac`` of
-the frame's pixels matching means "not found".
+the frame's pixels matching, or matching pixels scattered wider than ``max_spread`` (noise, two
+blobs), means "not found".
 
 How the entries were chosen (inspecting real frames):
 - ``ALE/Boxing-v5``: the player is the white boxer, RGB (214, 214, 214) in every frame; the other
@@ -15,7 +16,8 @@ How the entries were chosen (inspecting real frames):
   the score sits in rows 5-11 of 210, the boxer never leaves rows 40-171). At 64x64 (area resize)
   a pixel that is half boxer and half floor is 155 from white in L1, the floor 310, the ring 242, so
   ``tol`` 150 keeps pixels that are mostly boxer; the centroid there is within 0.2 px (mean) of the
-  native-resolution centroid scaled down, and the boxer covers about 45 of 4096 pixels.
+  native-resolution centroid scaled down, and the boxer covers about 45 of 4096 pixels with an RMS
+  radius of at most 5.8 px (0.09 of the frame); uniform noise matches ~490 pixels spread ~0.4.
 - ``worldsim/Tiny-v0``: the square takes one of the three ``PALETTE`` colours (FIRE cycles them),
   all far from the floor and the wall; any of them counts.
 """
@@ -42,6 +44,10 @@ class SpriteSpec:
     rows: tuple[float, float] = (0.0, 1.0)  # search region, fractions of the height
     cols: tuple[float, float] = (0.0, 1.0)  # and of the width
     min_frac: float = 0.002  # fewer matching pixels than this fraction of the frame: not found
+    # Matching pixels spread wider than this (RMS radius around their centroid, in frame fractions)
+    # are not one sprite but noise or stray blobs: not found. Keeps a collapsed or noisy frame from
+    # counting as "sprite present" just because some pixels happen to be near the colour.
+    max_spread: float = 0.15
 
 
 BOXING = SpriteSpec("white boxer (the player)", ((214, 214, 214),), tol=150, rows=(0.1, 0.95), min_frac=0.002)
@@ -84,11 +90,13 @@ def find_sprites(frames: np.ndarray, spec: SpriteSpec) -> tuple[np.ndarray, np.n
     for c in spec.colors:
         mask |= np.abs(crop - np.asarray(c, np.int16)).sum(-1) < spec.tol
     count = mask.sum((1, 2))  # (N,)
-    found = count >= max(1, int(round(spec.min_frac * H * W)))
     ys = np.arange(r0, r1, dtype=np.float64)[None, :, None] + 0.5
     xs = np.arange(c0, c1, dtype=np.float64)[None, None, :] + 0.5
     n = np.maximum(count, 1)
     pos = np.stack([(mask * ys).sum((1, 2)) / n, (mask * xs).sum((1, 2)) / n], -1)  # (N, 2)
+    var_y = (mask * (ys - pos[:, 0, None, None]) ** 2).sum((1, 2)) / n / H**2  # in frame fractions
+    var_x = (mask * (xs - pos[:, 1, None, None]) ** 2).sum((1, 2)) / n / W**2
+    found = (count >= max(1, int(round(spec.min_frac * H * W)))) & (np.sqrt(var_y + var_x) <= spec.max_spread)
     pos[~found] = np.nan
     return pos, found
 
