@@ -150,3 +150,47 @@ def test_missing_default_checkpoint_is_a_clear_error(tmp_path, monkeypatch, setu
     monkeypatch.setattr(cli, "DEFAULT_CHECKPOINT", tmp_path / "assets" / "absent.safetensors")
     with pytest.raises(CheckpointError, match="--checkpoint"):
         cli.main(["--episodes", str(eps[0]), "--json", str(tmp_path / "z.json")])
+
+
+def test_settings_parsing_and_engine_overrides(setup):
+    from argparse import Namespace
+
+    from worldsim.engine import EngineConfig
+    from worldsim.errors import ConfigError
+
+    _, ckpt, _ = setup
+    base = EngineConfig(chunk=1, steps=2, window=6, timesteps=[999.0, 500.0])
+
+    def names(**kw):
+        args = Namespace(**{"settings": None, "steps": None, "chunk": None, **kw})
+        return [(n, c.chunk, c.steps, c.timesteps) for n, c in cli.parse_settings(args, base)]
+
+    assert names() == [("1x2", 1, 2, [999.0, 500.0])]  # the checkpoint's own settings, untouched
+    assert names(steps="1,2,4") == [("1x1", 1, 1, []), ("1x2", 1, 2, []), ("1x4", 1, 4, [])]
+    assert names(steps="4", chunk="1,3") == [("1x4", 1, 4, []), ("3x4", 3, 4, [])]
+    assert names(settings="1x1,3x4,1x1") == [("1x1", 1, 1, []), ("3x4", 3, 4, [])]
+    with pytest.raises(ConfigError, match="CHUNKxSTEPS"):
+        names(settings="1-2")
+    with pytest.raises(ConfigError, match="window"):
+        names(settings="8x2")  # a chunk wider than the cache window
+    _, _, eng = cli.load_for_eval(ckpt, torch.device("cpu"), torch.float32, ["window=8"])
+    assert eng.window == 8 and eng.sink == 1
+    with pytest.raises(ConfigError, match="window"):
+        cli.load_for_eval(ckpt, torch.device("cpu"), torch.float32, ["windw=8"])
+
+
+def test_bench_fps_joins_the_table(tmp_path):
+    bench = {"rows": [{"chunk": 1, "steps": 2, "dtype": "bf16", "fps": 61.5},
+                      {"chunk": 1, "steps": 2, "dtype": "fp32", "fps": 20.0},
+                      {"chunk": 3, "steps": 4, "dtype": "fp32", "fps": 30.0}]}
+    p = tmp_path / "bench.json"
+    p.write_text(json.dumps(bench))
+    assert cli.bench_fps(str(p), "bf16") == {(1, 2): 61.5, (3, 4): 30.0}
+    assert cli.bench_fps(str(p), "fp32") == {(1, 2): 20.0, (3, 4): 30.0}
+    summary = {"psnr_h1_8": 30.0, "psnr_h16": 25.0, "ssim_h1_8": 0.9, "sprite_err_h8": 1.2, "sprite_miss_h8": 0.0}
+    result = {"settings": [{"name": "1x2", "summary": summary, "bench_fps": 61.5}],
+              "baselines": {"copy_last": {"summary": {**summary, "psnr_h1_8": 26.5}}}}
+    rows = cli.table_rows(result, 26.5)
+    assert rows[0]["psnr_gain_vs_copy_last"] == pytest.approx(3.5) and rows[0]["fps"] == 61.5
+    text = cli.format_table(rows, 16)
+    assert "61.5" in text and "+3.50" in text and "copy-last" in text
