@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from worldsim.envs.tiny import PALETTE, TINY_ENV_ID
+from worldsim.envs.tiny import PALETTE
 from worldsim.errors import WorldsimError
 
 
