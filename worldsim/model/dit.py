@@ -133,6 +133,9 @@ def cached_attention(cache, layer: int, q, k, v, chunk_tokens: int):
     cache fills, while everything around it has static shapes and compiles once.
     """
     kbuf, vbuf, kv_len = cache.write_scratch(layer, k, v)
+    if torch.is_grad_enabled() and (q.requires_grad or kbuf.requires_grad):
+        # Training through the cache (stage 3 self-rollout): the Triton kernel has no backward.
+        return block_causal_attention_torch(q, kbuf, vbuf, kv_len, chunk_tokens)
     return block_causal_attention(q, kbuf, vbuf, kv_len, chunk_tokens)
 
 

@@ -1,0 +1,98 @@
+"""Self-rollout with gradients: the student generates a clip from its own KV cache, exactly as the
+engine does at inference, but with autograd through one exit step per chunk.
+
+Boundary: a causal model + real context + an action sequence in, generated frames out. Used by
+stage 3 (DMD); the engine itself (``worldsim.engine``) stays inference-only.
+
+Same code path as inference: every forward is ``model(x, sigma, actions, frame_pos=, chunk=,
+cache=)`` over a ``KVCache`` (rolling window + sink frames), the few-step list is
+``student_sigmas(steps, shift)``, each step predicts x0 and re-noises with fresh noise
+(``x' = (1 - s') x0 + s' eps``), and after each chunk a forward at ``context_sigma`` writes the clean
+chunk into the cache (the engine's unfused order, which its tests show equals the fused one).
+
+Gradients (RECIPE.md, "Stage 3"; Self-Forcing): one exit step ``exit_step`` is drawn per rollout and
+shared by every chunk; the steps before it run under no_grad, the exit step's forward carries the
+gradient and its x0 is the chunk's output; the cache refresh runs under no_grad, so no gradient
+crosses frames. ``TrainKVCache`` makes the cache safe for that: a forward with gradient reads the
+cached prefix as plain (detached) tensors and concatenates its own keys/values with their graph,
+instead of writing them into the buffers in place (an in-place write into a buffer that later
+forwards overwrite would corrupt the saved tensors of the backward pass).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from worldsim.engine.kv_cache import KVCache
+from worldsim.engine.schedule import student_sigmas
+
+
+class TrainKVCache(KVCache):
+    """A ``KVCache`` whose forwards with gradient do not write into the buffers in place."""
+
+    def write_scratch(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        if not (torch.is_grad_enabled() and (k.requires_grad or v.requires_grad)):
+            return super().write_scratch(layer, k, v)
+        kbuf, vbuf, kv_len = super().write_scratch(layer, k.detach(), v.detach())
+        start = kv_len - k.shape[2]
+        kk = torch.cat([kbuf[:, :, :start], k.to(kbuf.dtype)], 2)  # (B, Hkv, kv_len, D): cache (no grad) + own keys
+        vv = torch.cat([vbuf[:, :, :start], v.to(vbuf.dtype)], 2)
+        return kk, vv, kv_len
+
+
+def make_cache(model, batch: int, *, chunk: int, window: int, sink: int, device, dtype=torch.float32) -> TrainKVCache:
+    mc = model.cfg
+    return TrainKVCache(layers=mc.cache_layers, batch=batch, kv_heads=mc.kv_heads, head_dim=mc.head_dim,
+                        tokens_per_frame=mc.tokens_per_frame, sink=sink, window=window,
+                        scratch_frames=max(2 * chunk, sink + window), rope=model.rope, device=device, dtype=dtype)
+
+
+def self_rollout(model, ctx: torch.Tensor, prev: torch.Tensor, actions: torch.Tensor, *, chunk: int, steps: int,
+                 shift: float, window: int, sink: int, exit_step: int, noise: torch.Tensor,
+                 renoise: torch.Tensor, grad: bool, context_sigma: float = 0.0, autocast=None) -> torch.Tensor:
+    """Generate ``H = actions.shape[1]`` frames after the real context.
+
+    ctx (B, K, 3, R, R) in [-1, 1] with ``prev`` (B, K) the actions that produced it; ``actions`` (B, H) the
+    actions that produce the generated frames (model alignment); ``noise`` (B, H, 3, R, R) the initial noise of
+    every frame and ``renoise`` (B, steps, H, 3, R, R) the fresh noise of each re-noise (drawn by the caller
+    from its checkpointed generator). Returns (B, H, 3, R, R); with ``grad`` the exit step's graph is kept.
+    """
+    import contextlib
+
+    ac = autocast or contextlib.nullcontext
+    B, K = prev.shape
+    H = actions.shape[1]
+    sigmas = student_sigmas(steps, shift) + [0.0]
+    if not 0 <= exit_step < steps:
+        raise ValueError(f"exit_step {exit_step} outside [0, {steps})")
+    cache = make_cache(model, B, chunk=chunk, window=window, sink=sink, device=ctx.device)
+    with torch.no_grad():  # prefill, in pieces that fit the scratch area (as Engine.prefill)
+        piece = max(chunk, (cache.scratch_frames // chunk) * chunk)
+        for a in range(0, K, piece):
+            f = ctx[:, a:a + piece]
+            n = f.shape[1]
+            with ac():
+                model(f, torch.full((B, n), context_sigma, device=ctx.device), prev[:, a:a + piece],
+                      frame_pos=cache.next_positions(n, ctx.device), chunk=chunk, cache=cache)
+            cache.commit(n)
+    out = []
+    for t in range(0, H, chunk):
+        n = min(chunk, H - t)
+        a = actions[:, t:t + n]  # (B, n)
+        x = noise[:, t:t + n]  # (B, n, 3, R, R) at s = 1
+        pos = cache.next_positions(n, ctx.device)
+        x0 = None
+        for i in range(exit_step + 1):
+            s = sigmas[i]
+            with torch.set_grad_enabled(grad and i == exit_step), ac():
+                x0 = model(x, torch.full((B, n), s, device=ctx.device), a, frame_pos=pos, chunk=chunk,
+                           cache=cache).float()  # (B, n, 3, R, R)
+            if i < exit_step:
+                s_next = sigmas[i + 1]
+                x = ((1 - s_next) * x0 + s_next * renoise[:, i, t:t + n]).detach()
+        out.append(x0)
+        with torch.no_grad(), ac():  # cache refresh: the clean chunk's keys/values, no gradient across frames
+            model(x0.detach().clamp(-1, 1), torch.full((B, n), context_sigma, device=ctx.device), a, frame_pos=pos,
+                  chunk=chunk, cache=cache)
+        cache.commit(n)
+    return torch.cat(out, 1)

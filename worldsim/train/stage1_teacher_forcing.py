@@ -1,0 +1,179 @@
+"""Stage 1: teacher forcing, the causal (block-causal) student trained as a multi-step diffusion model.
+
+Boundary: real clips (+ optionally the stage-0 teacher to initialise from) in, ``final.safetensors``
+(role ``student``, stage 1: a multi-step causal model) out; stage 2 distils it to few steps.
+
+The sequence is ``[clean | noisy]`` (RECIPE.md, Masks): the clean half holds the real frames at
+s = 0 (or a small context noise), the noisy half the same frames noised with ONE level per chunk;
+both halves sit at the same frame positions (``frame_pos = arange(T).repeat(2)``); the mask
+``teacher_forcing_frame_mask(T, C)`` lets noisy chunk i see clean chunks < i and itself, so each
+noisy chunk is predicted from exactly the context a KV cache holds at inference (the tests check
+the two agree). Only the noisy half is in the loss: the v-loss with a bell-shaped timestep weight.
+
+Chunk sizes: each batch draws its chunk size from ``chunks`` (e.g. [1, 3]), so one student serves
+frame-wise and chunk-wise inference.
+
+Initialisation from the teacher "where shapes allow": when the width-defining fields (resolution,
+patch, dim, heads, kv_heads, mlp_ratio, num_actions) match and the student is not deeper, every
+tensor is copied, blocks taken evenly spaced from the teacher's (the adaLN rows with them); the
+bidirectional weights then learn the causal mask. Otherwise the student starts from scratch and the
+output metadata says why (``init``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from worldsim.engine import EngineConfig
+from worldsim.engine.schedule import add_noise, shift_sigma
+from worldsim.model import ModelConfig, WorldDiT
+from worldsim.model.dit import teacher_forcing_frame_mask
+from worldsim.train.data import DataConfig
+from worldsim.train.stage0_teacher import drop_actions
+from worldsim.train.trainer import (OptimConfig, RunConfig, Trainer, bell_weight, check_same_game, load_stage_output,
+                                    v_loss)
+
+WIDTH_FIELDS = ("resolution", "channels", "patch", "dim", "heads", "kv_heads", "mlp_ratio", "num_actions")
+
+
+def student_model_config() -> ModelConfig:
+    return ModelConfig(resolution=32, patch=4, dim=64, depth=4, heads=2, kv_heads=2, num_actions=6, causal=True, chunk=1)
+
+
+def multistep_engine() -> EngineConfig:
+    return EngineConfig(chunk=1, steps=16, sampler="euler", shift=3.0, window=8, sink=1)
+
+
+@dataclass
+class Stage1Init:
+    teacher: str = ""  # stage-0 final.safetensors to initialise from ('' : from scratch)
+
+
+@dataclass
+class Stage1Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=student_model_config)  # the causal student (causal=true, chunk)
+    init: Stage1Init = field(default_factory=Stage1Init)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    chunks: list[int] = field(default_factory=lambda: [1])  # chunk size per batch, drawn from this list
+    shift: float = 3.0  # timestep shift of the training levels (the engine's shift)
+    context_sigma: float = 0.0  # clean half noised to a level in [0, context_sigma] per sample (0: clean)
+    action_dropout: float = 0.1  # enables action guidance u + w (c - u) in stage 2
+    min_sigma: float = 0.05
+    bell_width: float = 0.3
+    engine: EngineConfig = field(default_factory=multistep_engine)  # sample videos and the output's engine settings
+
+
+def tf_inputs(clean: torch.Tensor, clean_sigma: torch.Tensor, noisy: torch.Tensor, sigma: torch.Tensor,
+              acts: torch.Tensor, chunk: int):
+    """The teacher-forcing call: ``[clean | noisy]`` (B, 2T, ...), levels (B, 2T), actions (B, 2T), and the
+    keywords ``frame_pos`` (2T,) and ``frame_mask`` (2T, 2T)."""
+    T = clean.shape[1]
+    x = torch.cat([clean, noisy], 1)  # (B, 2T, 3, R, R)
+    s = torch.cat([clean_sigma, sigma], 1)  # (B, 2T)
+    a = torch.cat([acts, acts], 1)  # (B, 2T)
+    kw = {"frame_pos": torch.arange(T, device=x.device).repeat(2),
+          "frame_mask": teacher_forcing_frame_mask(T, chunk, device=x.device)}
+    return x, s, a, kw
+
+
+def tf_forward(net, clean, clean_sigma, noisy, sigma, acts, chunk: int) -> torch.Tensor:
+    """x0 prediction of the noisy half (B, T, 3, R, R) given clean context (teacher forcing)."""
+    T = clean.shape[1]
+    x, s, a, kw = tf_inputs(clean, clean_sigma, noisy, sigma, acts, chunk)
+    return net(x, s, a, **kw)[:, T:]
+
+
+def chunk_levels(levels: torch.Tensor, chunk: int, T: int) -> torch.Tensor:
+    """One level per chunk (B, ceil(T/C)) -> per frame (B, T)."""
+    return levels.repeat_interleave(chunk, 1)[:, :T]
+
+
+def init_blockers(student_cfg: ModelConfig, teacher_cfg: ModelConfig) -> list[str]:
+    """Why the teacher's weights cannot initialise this student (empty: they can)."""
+    diffs = [f"{f} {getattr(teacher_cfg, f)} != {getattr(student_cfg, f)}" for f in WIDTH_FIELDS
+             if getattr(teacher_cfg, f) != getattr(student_cfg, f)]
+    if student_cfg.depth > teacher_cfg.depth:
+        diffs.append(f"student depth {student_cfg.depth} > teacher depth {teacher_cfg.depth}")
+    return diffs
+
+
+def init_from_teacher(student: WorldDiT, teacher_state: dict[str, torch.Tensor], teacher_cfg: ModelConfig) -> dict:
+    """Copy the teacher's weights into ``student`` where shapes allow; returns what was done."""
+    sc = student.cfg
+    diffs = init_blockers(sc, teacher_cfg)
+    if diffs:
+        return {"from": "scratch", "reason": "teacher shapes differ: " + "; ".join(diffs)}
+    Dt, Ds, D = teacher_cfg.depth, sc.depth, sc.dim
+    pick = [round(i * (Dt - 1) / max(Ds - 1, 1)) for i in range(Ds)] if Ds > 1 else [Dt - 1]
+    new = {}
+    for k, v in student.state_dict().items():
+        if k.startswith("blocks."):
+            i, rest = k.split(".", 2)[1:]
+            new[k] = teacher_state[f"blocks.{pick[int(i)]}.{rest}"]
+        elif k.startswith("ada.1."):
+            t = teacher_state[k].view(6 * Dt + 2, D, *teacher_state[k].shape[1:])
+            rows = [6 * j + r for j in pick for r in range(6)] + [6 * Dt, 6 * Dt + 1]
+            new[k] = t[rows].reshape(v.shape)
+        else:
+            new[k] = teacher_state[k]
+    student.load_state_dict(new)
+    return {"from": "teacher", "teacher_blocks": pick}
+
+
+class TeacherForcingTrainer(Trainer):
+    stage, stage_name, role = 1, "stage1_teacher_forcing", "student"
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        if not cfg.model.causal:
+            raise ValueError("stage 1 trains the causal student: set model.causal=true")
+        if not cfg.chunks or min(cfg.chunks) < 1:
+            raise ValueError("chunks must be a non-empty list of sizes >= 1, e.g. [1, 3]")
+        torch.manual_seed(cfg.run.seed)
+        student = WorldDiT(cfg.model)
+        self.init_info = {"from": "scratch", "reason": "no init.teacher given"}
+        if cfg.init.teacher:
+            teacher, meta = load_stage_output(cfg.init.teacher, role="teacher", stages=(0,), what="the stage-0 teacher",
+                                              needed_by="stage 1 (init.teacher)",
+                                              hint="the stage-0 output, e.g. OUT/stage0_teacher/final.safetensors")
+            check_same_game(meta, self.data, cfg.init.teacher, "stage 1")
+            self.init_info = init_from_teacher(student, teacher.state_dict(), teacher.cfg)
+            self.init_info.update({"teacher": meta["_path"], "teacher_hash": meta["_hash"]})
+            del teacher
+        self.add_net("model", student, ema_decay=cfg.optim.ema_decay)
+
+    def train_step(self, batch):
+        cfg = self.cfg
+        x0, acts = self.model_inputs(batch)  # (B, T, 3, R, R), (B, T)
+        B, T = acts.shape
+        C = cfg.chunks[self.randint(len(cfg.chunks))]
+        n_chunks = -(-T // C)
+        sigma = chunk_levels(shift_sigma(self.rand_b(n_chunks), cfg.shift), C, T)  # (B, T) one level per chunk
+        eps = self.randn_b(*x0.shape[1:])  # (B, T, 3, R, R)
+        x_t = add_noise(x0, eps, sigma)
+        clean, clean_sigma = x0, torch.zeros_like(sigma)
+        if cfg.context_sigma > 0:
+            clean_sigma = (self.rand_b(1) * cfg.context_sigma).expand(-1, T)  # (B, T)
+            clean = add_noise(x0, self.randn_b(*x0.shape[1:]), clean_sigma)
+        acts = drop_actions(self, acts, cfg.action_dropout, cfg.model.num_actions)
+        with self.autocast():
+            x0_hat = tf_forward(self.nets["model"], clean, clean_sigma, x_t, sigma, acts, C)  # (B, T, 3, R, R)
+        loss = (v_loss(x0_hat, x0, sigma, cfg.min_sigma) * bell_weight(sigma, cfg.bell_width)).mean()
+        gnorm = self.optimize("model", loss)
+        with torch.no_grad():
+            x0_mse = (x0_hat.float() - x0).pow(2).mean()
+        return {"loss": float(loss.detach()), "x0_mse": float(x0_mse), "grad_norm": gnorm, "chunk": C}
+
+    def sample_frames(self, ctx, prev, actions, seed):
+        from worldsim.train.samples import engine_rollout
+
+        return engine_rollout(self.shipped(), self.cfg.engine, ctx, prev, actions, seed, dtype=self.dtype)
+
+    def output_meta(self):
+        from worldsim.config import to_dict
+
+        return {"engine": to_dict(self.cfg.engine), "chunks": list(self.cfg.chunks)}

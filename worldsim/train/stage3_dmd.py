@@ -1,0 +1,221 @@
+"""Stage 3: asymmetric distribution-matching distillation (DMD) with self-rollout.
+
+Boundary: real clips (their first ``rollout.context`` frames and their recorded actions) + the
+stage-2 student + the stage-0 teacher in, ``final.safetensors`` (role ``student``, stage 3: the
+generator's EMA, the model we ship) out.
+
+Each step (RECIPE.md, "Stage 3"; Self-Forcing / DMD2):
+  1. Self-rollout: the generator continues K real context frames for ``rollout.frames`` frames under
+     the clip's recorded actions, from its own KV cache, as the engine does at inference
+     (``self_rollout``: one exit step per rollout shared by all chunks, gradient only through that
+     step, cache refreshes under no_grad). ``rollout.frames`` may exceed ``rollout.window``: the
+     rolling cache with sink frames then behaves as in endless play, which is what teaches the
+     student to stay stable there.
+  2. Scoring window: the teacher saw clips of ``score_len`` frames (default: its training clip);
+     a longer rollout is scored on a random window of that length. Real context frames inside the
+     window stay clean (s = 0); generated frames are noised to one level per sample,
+     ``s = clamp(shift(u), min_level, max_level)``.
+  3. Generator (every ``gen_every`` steps): real score = frozen bidirectional teacher with action
+     guidance ``x0_real = u + w (c - u)`` (``w = real_guidance``; u: all actions "no action"),
+     fake score = the online bidirectional model (conditional). ``g = (x0_fake - x0_real) /
+     mean|x - x0_real|`` (per sample, over the generated frames), loss ``0.5 * MSE(x, stopgrad(x - g))``,
+     whose gradient w.r.t. x is ``g / numel``: descending it moves samples from where the fake score
+     says they are towards where the real score says real data is.
+  4. Fake score (every step): flow-matching v-loss (as stage 0) on the detached generated frames,
+     context clean, so it keeps tracking the generator's current distribution.
+AdamW betas (0, 0.999) for both (``optim.betas``), fake-score lr = ``fake_lr_ratio`` x generator lr,
+EMA on the generator (``optim.ema_decay``).
+
+The generator's architecture is the stage-2 checkpoint's and the scores' the teacher's, so there is
+no ``model`` section; the data section's ``clip_len`` is replaced by ``rollout.context + rollout.frames``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from worldsim.engine import EngineConfig
+from worldsim.engine.schedule import add_noise, shift_sigma
+from worldsim.train.data import DataConfig
+from worldsim.train.self_rollout import self_rollout
+from worldsim.train.stage2_consistency import StudentStageMixin, fewstep_engine
+from worldsim.train.trainer import (OptimConfig, RunConfig, Trainer, bell_weight, check_same_game, load_stage_output,
+                                    masked_mean, v_loss)
+
+
+def dmd_optim() -> OptimConfig:
+    return OptimConfig(lr=2e-5, warmup=0, betas=[0.0, 0.999], weight_decay=0.0, grad_clip=1.0, batch_size=4,
+                       steps=500, ema_decay=0.99)
+
+
+@dataclass
+class Stage3Init:
+    student: str = ""  # stage-2 final.safetensors: the generator's initialisation
+    teacher: str = ""  # stage-0 final.safetensors: the real score, and the fake score's initialisation
+
+
+@dataclass
+class RolloutConfig:
+    context: int = 2  # K real frames every rollout starts from (prefilled into the cache)
+    frames: int = 6  # generated frames per rollout (more than window: rolling cache + sinks, as in endless play)
+    chunk: int = 1  # frames per chunk (as the engine's chunk)
+    steps: int = 2  # few-step list student_sigmas(steps, shift)
+    shift: float = 3.0
+    window: int = 8  # KV cache window (frames)
+    sink: int = 1  # sink frames
+    context_sigma: float = 0.0  # level of the cache-refresh forward (the engine's context_sigma)
+
+
+@dataclass
+class Stage3Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    init: Stage3Init = field(default_factory=Stage3Init)
+    optim: OptimConfig = field(default_factory=dmd_optim)  # the generator's; AdamW betas (0, 0.999)
+    run: RunConfig = field(default_factory=RunConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    gen_every: int = 5  # generator update every N steps; the fake score updates every step
+    fake_lr_ratio: float = 5.0  # fake-score lr = ratio x generator lr
+    real_guidance: float = 3.0  # action guidance w of the real score, u + w (c - u)
+    shift: float = 3.0  # shift of the DMD noise level
+    min_level: float = 0.02
+    max_level: float = 0.98
+    score_len: int = 0  # frames the score models see at once (0: the teacher's training clip length)
+    min_sigma: float = 0.05  # fake-score v-loss (as stage 0)
+    bell_width: float = 0.3
+    engine: EngineConfig = field(default_factory=fewstep_engine)  # sample videos and output engine settings
+
+
+def guided(net, x, sigma, acts, w: float, no_action: int) -> torch.Tensor:
+    c = net(x, sigma, acts).float()
+    if w == 1.0:
+        return c
+    u = net(x, sigma, torch.full_like(acts, no_action)).float()
+    return u + w * (c - u)
+
+
+def dmd_gradient(x: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor, gen_mask: torch.Tensor) -> torch.Tensor:
+    """``(x0_fake - x0_real) / mean|x - x0_real|`` with the mean per sample over the generated frames
+    (``gen_mask`` (B, L) bool); NaN/inf -> 0."""
+    m = gen_mask[:, :, None, None, None].float()  # (B, L, 1, 1, 1)
+    per_frame = x[0, 0].numel()
+    norm = ((x - x0_real).abs() * m).sum((1, 2, 3, 4)) / (m.sum((1, 2, 3, 4)) * per_frame).clamp_min(1)  # (B,)
+    g = (x0_fake - x0_real) / norm.clamp_min(1e-6).view(-1, 1, 1, 1, 1)
+    return torch.nan_to_num(g)
+
+
+class DMDTrainer(StudentStageMixin, Trainer):
+    stage, stage_name, role = 3, "stage3_dmd", "student"
+
+    @property
+    def clip_len(self) -> int:
+        return self.cfg.rollout.context + self.cfg.rollout.frames
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        r = cfg.rollout
+        if r.context < 1 or r.frames < 1:
+            raise ValueError("rollout.context and rollout.frames must be >= 1")
+        gen, gmeta = load_stage_output(cfg.init.student, role="student", stages=(2,), what="the stage-2 few-step student",
+                                       needed_by="stage 3 (init.student)",
+                                       hint="the stage-2 output, e.g. OUT/stage2_consistency/final.safetensors")
+        check_same_game(gmeta, self.data, cfg.init.student, "stage 3")
+        real, tmeta = load_stage_output(cfg.init.teacher, role="teacher", stages=(0,), what="the stage-0 teacher",
+                                        needed_by="stage 3 (init.teacher)",
+                                        hint="the stage-0 output, e.g. OUT/stage0_teacher/final.safetensors")
+        check_same_game(tmeta, self.data, cfg.init.teacher, "stage 3")
+        if not gen.cfg.causal or real.cfg.causal:
+            raise ValueError("stage 3 needs a causal student and a bidirectional teacher")
+        if r.window < r.chunk:
+            raise ValueError(f"rollout.window {r.window} must be >= rollout.chunk {r.chunk}")
+        fake = type(real)(real.cfg)
+        fake.load_state_dict(real.state_dict())
+        self.score_len = cfg.score_len or int(tmeta.get("train_config", {}).get("data", {}).get("clip_len", 0)) \
+            or self.clip_len
+        self.add_net("real", real, trainable=False)
+        self.add_net("model", gen, ema_decay=cfg.optim.ema_decay)
+        self.add_net("fake", fake, lr=cfg.optim.lr * cfg.fake_lr_ratio)
+        self.init_info = {"from": "stage2", "student": gmeta["_path"], "student_hash": gmeta["_hash"],
+                          "teacher": tmeta["_path"], "teacher_hash": tmeta["_hash"]}
+
+    # -- pieces (the tests call them one by one) ---------------------------------------------
+    def rollout(self, ctx, prev, gen_acts, grad: bool, exit_step: int) -> torch.Tensor:
+        r = self.cfg.rollout
+        H = gen_acts.shape[1]
+        noise = self.randn_b(H, *ctx.shape[2:])  # (B, H, 3, R, R)
+        renoise = self.randn_b(r.steps, H, *ctx.shape[2:])  # (B, steps, H, 3, R, R)
+        return self_rollout(self.nets["model"], ctx, prev, gen_acts, chunk=r.chunk, steps=r.steps, shift=r.shift,
+                            window=r.window, sink=r.sink, exit_step=exit_step, noise=noise, renoise=renoise,
+                            grad=grad, context_sigma=r.context_sigma, autocast=self.autocast)
+
+    def score_window(self, full: torch.Tensor, acts: torch.Tensor):
+        """A window of ``score_len`` frames of the clip (B, L, ...) and its generated-frame mask (B, L)."""
+        K = self.cfg.rollout.context
+        L = full.shape[1]
+        gen = torch.arange(L, device=full.device) >= K  # (L,)
+        if L > self.score_len:
+            w = self.randint(L - self.score_len + 1)
+            full, acts, gen = full[:, w:w + self.score_len], acts[:, w:w + self.score_len], gen[w:w + self.score_len]
+        return full, acts, gen[None].expand(full.shape[0], -1)
+
+    def levels(self, gen_mask) -> torch.Tensor:
+        c = self.cfg
+        s = shift_sigma(self.rand_b(), c.shift).clamp(c.min_level, c.max_level)  # (B,)
+        return torch.where(gen_mask, s[:, None], torch.zeros_like(s)[:, None])  # (B, L): context clean
+
+    def generator_loss(self, full, acts, gen_mask):
+        """DMD loss of the clip ``full`` (B, L, ...) (generated frames carry the generator's graph)."""
+        c = self.cfg
+        sigma = self.levels(gen_mask)
+        eps = self.randn_b(*full.shape[1:])
+        no_action = self.nets["real"].cfg.num_actions
+        with torch.no_grad():
+            x_t = add_noise(full.detach(), eps, sigma)
+            with self.autocast():
+                x0_real = guided(self.nets["real"], x_t, sigma, acts, c.real_guidance, no_action)
+                x0_fake = self.nets["fake"](x_t, sigma, acts).float()
+            g = dmd_gradient(full.detach().float(), x0_real, x0_fake, gen_mask)
+        self.cost["teacher_nfe"] += c.optim.batch_size * (1 if c.real_guidance == 1.0 else 2)
+        m = gen_mask[:, :, None, None, None].float()
+        target = (full - g).detach()
+        per = 0.5 * (full.float() - target).pow(2) * m  # only generated frames
+        loss = per.sum() / (m.sum() * full[0, 0].numel()).clamp_min(1)
+        return loss, {"dmd_grad_abs": float(g.abs().mean())}
+
+    def fake_loss(self, full, acts, gen_mask):
+        c = self.cfg
+        x = full.detach()
+        s = shift_sigma(self.rand_b(), c.shift)  # (B,)
+        sigma = torch.where(gen_mask, s[:, None], torch.zeros_like(s)[:, None])
+        eps = self.randn_b(*x.shape[1:])
+        with self.autocast():
+            x0_hat = self.nets["fake"](add_noise(x, eps, sigma), sigma, acts)
+        per = v_loss(x0_hat, x, sigma, c.min_sigma) * bell_weight(sigma, c.bell_width)  # (B, L)
+        return masked_mean(per, gen_mask.float())
+
+    def train_step(self, batch):
+        c, r = self.cfg, self.cfg.rollout
+        x0, acts = self.model_inputs(batch)  # (B, K+H, 3, R, R), (B, K+H) actions that produced each frame
+        K = r.context
+        gen_step = self.step % c.gen_every == 0
+        exit_step = self.randint(r.steps)
+        gen = self.rollout(x0[:, :K], acts[:, :K], acts[:, K:], grad=gen_step, exit_step=exit_step)  # (B, H, ...)
+        self.cost["student_nfe"] += c.optim.batch_size * r.frames * (exit_step + 2)
+        full = torch.cat([x0[:, :K], gen], 1)  # (B, K+H, 3, R, R)
+        full_w, acts_w, gen_mask = self.score_window(full, acts)
+        metrics = {}
+        if gen_step:
+            loss_g, extra = self.generator_loss(full_w, acts_w, gen_mask)
+            metrics.update(extra, gen_loss=float(loss_g.detach()), gen_grad_norm=self.optimize("model", loss_g))
+        loss_f = self.fake_loss(full_w, acts_w, gen_mask)
+        metrics.update(loss=float(loss_f.detach()), fake_grad_norm=self.optimize("fake", loss_f))
+        with torch.no_grad():  # how far the rollout drifts from the recorded frames (a health figure, not a loss)
+            metrics["rollout_mse_real"] = float((gen.detach() - x0[:, K:]).pow(2).mean())
+        return metrics
+
+    def output_meta(self):
+        meta = super().output_meta()
+        meta["rollout"] = {"context": self.cfg.rollout.context, "frames": self.cfg.rollout.frames,
+                           "window": self.cfg.rollout.window, "sink": self.cfg.rollout.sink}
+        return meta
