@@ -10,9 +10,9 @@ cache=)`` over a ``KVCache`` (rolling window + sink frames), the few-step list i
 (``x' = (1 - s') x0 + s' eps``), and after each chunk a forward at ``context_sigma`` writes the clean
 chunk into the cache (the engine's unfused order, which its tests show equals the fused one).
 
-Gradients (RECIPE.md, "Stage 3"; Self-Forcing): one exit step ``exit_step`` is drawn per rollout and
-shared by every chunk; the steps before it run under no_grad, the exit step's forward carries the
-gradient and its x0 is the chunk's output; the cache refresh runs under no_grad, so no gradient
+Gradients (RECIPE.md, "Stage 3"; Self-Forcing): an exit step is drawn for every chunk (``exit_step``:
+one int shared by all chunks, or one per chunk); the steps before it run under no_grad, the exit
+step's forward carries the gradient and its x0 is the chunk's output; the cache refresh runs under no_grad, so no gradient
 crosses frames. ``TrainKVCache`` makes the cache safe for that: a forward with gradient reads the
 cached prefix as plain (detached) tensors and concatenates its own keys/values with their graph,
 instead of writing them into the buffers in place (an in-place write into a buffer that later
@@ -48,14 +48,15 @@ def make_cache(model, batch: int, *, chunk: int, window: int, sink: int, device,
 
 
 def self_rollout(model, ctx: torch.Tensor, prev: torch.Tensor, actions: torch.Tensor, *, chunk: int, steps: int,
-                 shift: float, window: int, sink: int, exit_step: int, noise: torch.Tensor,
+                 shift: float, window: int, sink: int, exit_step, noise: torch.Tensor,
                  renoise: torch.Tensor, grad: bool, context_sigma: float = 0.0, autocast=None) -> torch.Tensor:
     """Generate ``H = actions.shape[1]`` frames after the real context.
 
     ctx (B, K, 3, R, R) in [-1, 1] with ``prev`` (B, K) the actions that produced it; ``actions`` (B, H) the
     actions that produce the generated frames (model alignment); ``noise`` (B, H, 3, R, R) the initial noise of
     every frame and ``renoise`` (B, steps, H, 3, R, R) the fresh noise of each re-noise (drawn by the caller
-    from its checkpointed generator). Returns (B, H, 3, R, R); with ``grad`` the exit step's graph is kept.
+    from its checkpointed generator). ``exit_step``: an int for every chunk, or a sequence with one per chunk
+    (``ceil(H / chunk)`` entries). Returns (B, H, 3, R, R); with ``grad`` the exit steps' graphs are kept.
     """
     import contextlib
 
@@ -63,8 +64,12 @@ def self_rollout(model, ctx: torch.Tensor, prev: torch.Tensor, actions: torch.Te
     B, K = prev.shape
     H = actions.shape[1]
     sigmas = student_sigmas(steps, shift) + [0.0]
-    if not 0 <= exit_step < steps:
-        raise ValueError(f"exit_step {exit_step} outside [0, {steps})")
+    n_chunks = -(-H // chunk)
+    exits = [int(exit_step)] * n_chunks if isinstance(exit_step, int) else [int(e) for e in exit_step]
+    if len(exits) != n_chunks:
+        raise ValueError(f"{len(exits)} exit steps for {n_chunks} chunks")
+    if any(not 0 <= e < steps for e in exits):
+        raise ValueError(f"exit steps {exits} outside [0, {steps})")
     cache = make_cache(model, B, chunk=chunk, window=window, sink=sink, device=ctx.device)
     with torch.no_grad():  # prefill, in pieces that fit the scratch area (as Engine.prefill)
         piece = max(chunk, (cache.scratch_frames // chunk) * chunk)
@@ -76,18 +81,19 @@ def self_rollout(model, ctx: torch.Tensor, prev: torch.Tensor, actions: torch.Te
                       frame_pos=cache.next_positions(n, ctx.device), chunk=chunk, cache=cache)
             cache.commit(n)
     out = []
-    for t in range(0, H, chunk):
+    for j, t in enumerate(range(0, H, chunk)):
         n = min(chunk, H - t)
+        exit_j = exits[j]
         a = actions[:, t:t + n]  # (B, n)
         x = noise[:, t:t + n]  # (B, n, 3, R, R) at s = 1
         pos = cache.next_positions(n, ctx.device)
         x0 = None
-        for i in range(exit_step + 1):
+        for i in range(exit_j + 1):
             s = sigmas[i]
-            with torch.set_grad_enabled(grad and i == exit_step), ac():
+            with torch.set_grad_enabled(grad and i == exit_j), ac():
                 x0 = model(x, torch.full((B, n), s, device=ctx.device), a, frame_pos=pos, chunk=chunk,
                            cache=cache).float()  # (B, n, 3, R, R)
-            if i < exit_step:
+            if i < exit_j:
                 s_next = sigmas[i + 1]
                 x = ((1 - s_next) * x0 + s_next * renoise[:, i, t:t + n]).detach()
         out.append(x0)

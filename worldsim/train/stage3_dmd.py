@@ -7,8 +7,8 @@ generator's EMA, the model we ship) out.
 Each step (RECIPE.md, "Stage 3"; Self-Forcing / DMD2):
   1. Self-rollout: the generator continues K real context frames for ``rollout.frames`` frames under
      the clip's recorded actions, from its own KV cache, as the engine does at inference
-     (``self_rollout``: one exit step per rollout shared by all chunks, gradient only through that
-     step, cache refreshes under no_grad). ``rollout.frames`` may exceed ``rollout.window``: the
+     (``self_rollout``: a random exit step per chunk, gradient only through that step of each chunk,
+     cache refreshes under no_grad). ``rollout.frames`` may exceed ``rollout.window``: the
      rolling cache with sink frames then behaves as in endless play, which is what teaches the
      student to stay stable there.
   2. Scoring window: the teacher saw clips of ``score_len`` frames (default: its training clip);
@@ -140,7 +140,7 @@ class DMDTrainer(StudentStageMixin, Trainer):
                           "teacher": tmeta["_path"], "teacher_hash": tmeta["_hash"]}
 
     # -- pieces (the tests call them one by one) ---------------------------------------------
-    def rollout(self, ctx, prev, gen_acts, grad: bool, exit_step: int) -> torch.Tensor:
+    def rollout(self, ctx, prev, gen_acts, grad: bool, exit_step) -> torch.Tensor:
         r = self.cfg.rollout
         H = gen_acts.shape[1]
         noise = self.randn_b(H, *ctx.shape[2:])  # (B, H, 3, R, R)
@@ -199,9 +199,12 @@ class DMDTrainer(StudentStageMixin, Trainer):
         x0, acts = self.model_inputs(batch)  # (B, K+H, 3, R, R), (B, K+H) actions that produced each frame
         K = r.context
         gen_step = self.step % c.gen_every == 0
-        exit_step = self.randint(r.steps)
-        gen = self.rollout(x0[:, :K], acts[:, :K], acts[:, K:], grad=gen_step, exit_step=exit_step)  # (B, H, ...)
-        self.cost["student_nfe"] += c.optim.batch_size * r.frames * (exit_step + 2)
+        n_chunks = -(-r.frames // r.chunk)
+        exits = [self.randint(r.steps) for _ in range(n_chunks)]  # one exit step per chunk (same on every rank)
+        gen = self.rollout(x0[:, :K], acts[:, :K], acts[:, K:], grad=gen_step, exit_step=exits)  # (B, H, ...)
+        # forwards per chunk: exit + 1 denoising, 1 cache refresh (each over the chunk's frames)
+        self.cost["student_nfe"] += c.optim.batch_size * sum(
+            min(r.chunk, r.frames - j * r.chunk) * (e + 2) for j, e in enumerate(exits))
         full = torch.cat([x0[:, :K], gen], 1)  # (B, K+H, 3, R, R)
         full_w, acts_w, gen_mask = self.score_window(full, acts)
         metrics = {}
