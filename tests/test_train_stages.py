@@ -1,0 +1,234 @@
+"""The training stages at micro size: losses fall, the consistency target is the teacher's ODE step under
+no_grad, stage 3 updates each network only from its own loss, runs resume exactly, FINISH ends a stage with
+its output, and wrong or mismatched checkpoints are refused with a one-line message."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from worldsim.checkpoint import load_checkpoint, read_meta
+from worldsim.errors import CheckpointError, WorldsimError
+from worldsim.model import ModelConfig
+from worldsim.train.data import SYNTHETIC_ACTIONS, DataConfig, InMemoryClips, synthetic_episodes
+from worldsim.train.stage0_teacher import Stage0Config, TeacherTrainer
+from worldsim.train.stage1_teacher_forcing import Stage1Config, TeacherForcingTrainer, tf_forward
+from worldsim.train.stage2_consistency import ConsistencyTrainer, Stage2Config, consistency_target
+from worldsim.train.stage2_ode import ODETrainer, Stage2ODEConfig
+from worldsim.train.stage3_dmd import DMDTrainer, RolloutConfig, Stage3Config
+from worldsim.train.trainer import FINAL, FINISH, METRICS, OptimConfig, RunConfig
+
+R, CLIP = 16, 6
+EPISODES = synthetic_episodes(n=6, T=40, resolution=R, seed=0)
+
+
+def clips(clip_len: int = CLIP) -> InMemoryClips:
+    return InMemoryClips(EPISODES, clip_len, SYNTHETIC_ACTIONS)
+
+
+def model_cfg(causal: bool, dim: int = 32, depth: int = 2) -> ModelConfig:
+    return ModelConfig(resolution=R, patch=4, dim=dim, depth=depth, heads=2, kv_heads=2,
+                       num_actions=len(SYNTHETIC_ACTIONS), causal=causal, chunk=1)
+
+
+def run_cfg(out: Path, **kw) -> RunConfig:
+    base = dict(out_dir=str(out), bf16=False, device="cpu", log_every=1, ckpt_every=1000, sample_every=-1,
+                progress=False)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def optim(steps: int, lr: float = 3e-3, batch: int = 4, **kw) -> OptimConfig:
+    return OptimConfig(lr=lr, warmup=2, batch_size=batch, steps=steps, ema_decay=0.9, **kw)
+
+
+def data_cfg() -> DataConfig:
+    return DataConfig(paths=["(in memory)"], clip_len=CLIP, resolution=R)
+
+
+def losses(out: Path, key: str = "loss") -> list[float]:
+    import json
+
+    rows = [json.loads(ln) for ln in (out / METRICS).read_text().splitlines() if ln.strip()]
+    return [r[key] for r in rows if key in r]
+
+
+def fell(values: list[float], n: int = 5) -> bool:
+    return sum(values[-n:]) / n < 0.8 * sum(values[:n]) / n
+
+
+def stage0(out: Path, steps: int = 40, **run) -> Path:
+    cfg = Stage0Config(data=data_cfg(), model=model_cfg(False), optim=optim(steps), run=run_cfg(out, **run))
+    t = TeacherTrainer(cfg, data=clips(), heldout=clips())
+    return t.fit()
+
+
+def stage1_cfg(out: Path, teacher: str = "", steps: int = 40, **run) -> Stage1Config:
+    cfg = Stage1Config(data=data_cfg(), model=model_cfg(True), optim=optim(steps), run=run_cfg(out, **run))
+    cfg.init.teacher = teacher
+    cfg.chunks = [1, 2]
+    return cfg
+
+
+def stage3_cfg(out: Path, student: str, teacher: str, steps: int = 30, **run) -> Stage3Config:
+    cfg = Stage3Config(data=data_cfg(), optim=optim(steps, lr=1e-3, betas=[0.0, 0.999]), run=run_cfg(out, **run),
+                       rollout=RolloutConfig(context=2, frames=4, window=3, sink=1, steps=2), gen_every=2,
+                       real_guidance=1.5)
+    cfg.init.student, cfg.init.teacher = student, teacher
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """Stage outputs 0 -> 1 -> 2 at micro size (shared by the tests below)."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("chain")
+    s0 = stage0(root / "s0", steps=60)
+    s1 = TeacherForcingTrainer(stage1_cfg(root / "s1", str(s0), steps=60), data=clips(), heldout=clips()).fit()
+    cfg2 = Stage2Config(data=data_cfg(), optim=optim(40, lr=1e-3), run=run_cfg(root / "s2"), num_levels=8,
+                        guidance=1.5)
+    cfg2.init.teacher = str(s1)
+    s2 = ConsistencyTrainer(cfg2, data=clips(), heldout=clips()).fit()
+    return {"root": root, "s0": s0, "s1": s1, "s2": s2}
+
+
+def test_stage0_1_2_losses_fall(chain):
+    root = chain["root"]
+    assert fell(losses(root / "s0")), losses(root / "s0")
+    assert fell(losses(root / "s1")), losses(root / "s1")
+    # consistency: the x0 error against the real frames falls as the student learns the teacher's flow map
+    assert fell(losses(root / "s2", "loss"), 8) or fell(losses(root / "s2", "x0_mse_real"), 8)
+    meta = read_meta(chain["s2"])
+    assert meta["stage"] == 2 and meta["role"] == "student" and meta["cost"]["teacher_nfe"] == 40 * 4 * 2
+    assert meta["cost"]["storage_bytes"] == 0  # nothing stored
+    # stage 1 started from the teacher (same width, not deeper)
+    assert read_meta(chain["s1"])["init"]["from"] == "teacher"
+
+
+def test_ode_baseline_stores_trajectories_and_learns(chain, tmp_path):
+    cfg = Stage2ODEConfig(data=data_cfg(), optim=optim(30, lr=1e-3), run=run_cfg(tmp_path / "ode"), num_levels=8,
+                          guidance=1.5, num_trajectories=12)
+    cfg.init.teacher = str(chain["s1"])
+    out = ODETrainer(cfg, data=clips(), heldout=clips()).fit()
+    meta = read_meta(out)
+    assert meta["method"] == "ode" and meta["cost"]["storage_bytes"] > 0
+    # every stored trajectory costs num_levels guided teacher steps (2 evaluations each)
+    assert meta["cost"]["teacher_nfe"] >= 12 * 8 * 2
+    assert fell(losses(tmp_path / "ode"), 5)
+
+
+def test_consistency_target_is_the_teachers_ode_step_without_grad(chain):
+    from worldsim.checkpoint import load_model
+
+    teacher, _ = load_model(chain["s1"], device="cpu", dtype=torch.float32)
+    student, _ = load_model(chain["s1"], device="cpu", dtype=torch.float32)
+    student.train().requires_grad_(True)
+    torch.manual_seed(0)
+    x0 = torch.rand(2, CLIP, 3, R, R) * 2 - 1
+    acts = torch.randint(0, 5, (2, CLIP))
+    s, s_next = torch.tensor([0.8, 0.3]), torch.tensor([0.6, 0.0])
+    eps = torch.randn_like(x0)
+    x_s = (1 - s.view(-1, 1, 1, 1, 1)) * x0 + s.view(-1, 1, 1, 1, 1) * eps
+    target, x_next = consistency_target(teacher, student, x0, acts, x_s, s, s_next, 1, 1.0, 5)
+    assert not target.requires_grad and not x_next.requires_grad
+    with torch.no_grad():  # the Euler step by hand from the teacher's own x0 (w = 1)
+        x0_t = tf_forward(teacher, x0, torch.zeros(2, CLIP), x_s, s[:, None].expand(-1, CLIP), acts, 1)
+        v = (x_s - x0_t) / s.view(-1, 1, 1, 1, 1)
+        want_next = x_s + (s_next - s).view(-1, 1, 1, 1, 1) * v
+        f = tf_forward(student, x0, torch.zeros(2, CLIP), want_next, s_next[:, None].expand(-1, CLIP), acts, 1)
+    torch.testing.assert_close(x_next, want_next, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(target[0], f[0], atol=1e-5, rtol=1e-5)  # interior: the target net's x0
+    torch.testing.assert_close(target[1], want_next[1], atol=1e-5, rtol=1e-5)  # s' = 0: the Euler endpoint
+
+
+def test_stage3_each_loss_moves_only_its_network(chain, tmp_path):
+    cfg = stage3_cfg(tmp_path / "s3", str(chain["s2"]), str(chain["s0"]))
+    t = DMDTrainer(cfg, data=clips(6), heldout=clips(6))
+    t.setup()
+    batch = t.next_batch()
+    x0, acts = t.model_inputs(batch)
+    gen = t.rollout(x0[:, :2], acts[:, :2], acts[:, 2:], grad=True, exit_step=[1, 0, 1, 0])
+    full = torch.cat([x0[:, :2], gen], 1)
+    fw, aw, mask = t.score_window(full, acts)
+    loss_g, _ = t.generator_loss(fw, aw, mask)
+    for net in t.nets.values():
+        net.zero_grad(set_to_none=True)
+    loss_g.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in t.nets["model"].parameters())
+    assert all(p.grad is None for p in t.nets["fake"].parameters())
+    assert all(p.grad is None for p in t.nets["real"].parameters())
+    for net in t.nets.values():
+        net.zero_grad(set_to_none=True)
+    t.fake_loss(fw, aw, mask).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in t.nets["fake"].parameters())
+    assert all(p.grad is None for p in t.nets["model"].parameters())
+    assert all(p.grad is None for p in t.nets["real"].parameters())
+
+
+def test_stage3_trains_and_leaves_the_teacher_alone(chain, tmp_path):
+    cfg = stage3_cfg(tmp_path / "s3", str(chain["s2"]), str(chain["s0"]), steps=30)
+    t = DMDTrainer(cfg, data=clips(6), heldout=clips(6))
+    out = t.fit()
+    real_before, _ = load_checkpoint(chain["s0"], "model.")
+    assert all(torch.equal(v, real_before[k]) for k, v in t.nets["real"].state_dict().items())
+    assert fell(losses(tmp_path / "s3"), 5)  # the fake score tracks the generator's samples
+    meta = read_meta(out)
+    assert meta["stage"] == 3 and meta["cost"]["teacher_nfe"] == 15 * 4 * 2  # generator steps x batch x guidance
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path, "model.")[0]
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage3"])
+def test_resume_is_exact(chain, tmp_path, stage):
+    def make(out, **run):
+        if stage == "stage1":
+            return TeacherForcingTrainer(stage1_cfg(out, "", steps=12, **run), data=clips(), heldout=clips())
+        return DMDTrainer(stage3_cfg(out, str(chain["s2"]), str(chain["s0"]), steps=8, **run), data=clips(6),
+                          heldout=clips(6))
+
+    whole = make(tmp_path / "whole").fit()
+    assert make(tmp_path / "cut", stop_after=5).fit() is None  # stopped with a checkpoint, no output
+    assert not (tmp_path / "cut" / FINAL).exists()
+    resumed = make(tmp_path / "cut").fit()
+    a, b = _weights(whole), _weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert losses(tmp_path / "whole") == losses(tmp_path / "cut")
+
+
+def test_finish_file_ends_a_stage_with_its_output(tmp_path):
+    out = tmp_path / "s0"
+    out.mkdir()
+    (out / FINISH).touch()
+    path = stage0(out, steps=500)
+    meta = read_meta(path)
+    assert meta["finished_early"] == 0 and meta["step"] == 0
+    assert not (out / FINISH).exists()  # consumed
+
+
+def test_wrong_stage_and_mismatched_config_are_refused(chain, tmp_path):
+    # stage 2 given the stage-0 teacher instead of the stage-1 model
+    cfg2 = Stage2Config(data=data_cfg(), optim=optim(2), run=run_cfg(tmp_path / "s2"), num_levels=8)
+    cfg2.init.teacher = str(chain["s0"])
+    with pytest.raises(CheckpointError) as e:
+        ConsistencyTrainer(cfg2, data=clips(), heldout=clips()).fit()
+    msg = str(e.value)
+    assert "\n" not in msg and str(chain["s0"]) in msg and "stage1" in msg.replace("-", "").replace(" ", "")
+    # resume with a changed model config
+    TeacherForcingTrainer(stage1_cfg(tmp_path / "r", steps=4, stop_after=2), data=clips(), heldout=clips()).fit()
+    cfg = stage1_cfg(tmp_path / "r", steps=4)
+    cfg.model = dataclasses.replace(cfg.model, depth=3)
+    with pytest.raises(CheckpointError) as e:
+        TeacherForcingTrainer(cfg, data=clips(), heldout=clips()).fit()
+    assert "\n" not in str(e.value) and "model.depth" in str(e.value) and "fresh out_dir" in str(e.value)
+    # a truncated checkpoint
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(Path(chain["s1"]).read_bytes()[:300])
+    cfg2.init.teacher = str(bad)
+    with pytest.raises(WorldsimError) as e:
+        ConsistencyTrainer(cfg2, data=clips(), heldout=clips()).fit()
+    assert "\n" not in str(e.value) and "bad.safetensors" in str(e.value)
