@@ -45,7 +45,7 @@ def test_play_headless_json_record_and_replay(ckpt, tmp_path, capsys):
     rc = play_main(["--headless", "--checkpoint", ckpt, "--max-seconds", "1.5", "--json", str(out),
                     "--record", str(rec), "--steps", "1", "fps=30"])
     assert rc == 0
-    s = json.loads(out.read_text())
+    s = strict_json(out)
     assert s["settings"]["steps"] == 1 and s["frames"] > 10
     assert 3 < s["fps"] < 33  # the fps=30 override caps generation
     for k in ("p50", "p95", "p99", "max"):
@@ -57,6 +57,28 @@ def test_play_headless_json_record_and_replay(ckpt, tmp_path, capsys):
     capsys.readouterr()
     assert play_main(["--headless", "--replay", str(rec), "--fps", "1000"]) == 0
     assert f"replayed {len(read_episode(ep))} frames" in capsys.readouterr().out
+
+
+def strict_json(path):
+    """Parse as a strict reader would: a bare NaN/Infinity (no inputs -> no percentiles) is an error."""
+    def refuse(name):
+        raise ValueError(f"{path} holds {name}, which is not JSON")
+
+    return json.loads(Path(path).read_text(), parse_constant=refuse)
+
+
+def test_play_headless_synthetic_input_measures_latency(ckpt, tmp_path, capsys):
+    out = tmp_path / "play.json"
+    rc = play_main(["--headless", "--checkpoint", ckpt, "--max-seconds", "1.5", "--synthetic-input", "20",
+                    "--json", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    for word in ("p50", "p95", "p99", "max", "FPS", "jitter"):
+        assert word in printed
+    s = strict_json(out)
+    assert s["inputs"] > 0
+    lat = s["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"] < 5000
 
 
 def test_play_errors_are_one_line_exit_2(tmp_path, capsys):
@@ -84,7 +106,7 @@ def test_bench_latency_json(ckpt, tmp_path):
     out = tmp_path / "lat.json"
     assert bench_main(["--checkpoint", ckpt, "--duration", "1", "--warmup", "0.3", "--settings", "1:2,3:4",
                        "--rate", "15", "--json", str(out)]) == 0
-    r = json.loads(out.read_text())
+    r = strict_json(out)
     assert r["setting"] == {"chunk": 1, "steps": 2}
     assert set(r["latency_ms"]) >= {"p50", "p95", "p99", "max"} and r["fps"] > 10
     assert [(x["chunk"], x["steps"]) for x in r["settings"]] == [(1, 2), (3, 4)]

@@ -25,7 +25,7 @@ examples:
   python play.py --replay data/human               # watch it again
   python play.py --play-real ALE/Boxing-v5 --record data/human_real
   python play.py --kiosk                           # demo booth (configs/kiosk.yaml)
-  python play.py --headless --max-seconds 10 --json out/play.json"""
+  python play.py --headless --max-seconds 10 --synthetic-input 6 --json out/play.json"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--fullscreen", action="store_true", help="fullscreen window")
     ap.add_argument("--max-seconds", type=float, help="stop after this many seconds")
     ap.add_argument("--json", metavar="PATH", help="write the latency/FPS summary here at exit")
+    ap.add_argument("--synthetic-input", type=float, metavar="RATE",
+                    help="post random game-key events, RATE per second on average (some sub-frame taps), "
+                         "so a --headless run measures input-to-pixel latency as 'worldsim bench latency' does")
     return ap
 
 
@@ -127,7 +130,7 @@ def run(args) -> int:
         return 0
 
     from worldsim.app.keymap import Keymap
-    from worldsim.app.latency import format_summary
+    from worldsim.app.latency import format_summary, json_safe
     from worldsim.app.recorder import Recorder
     from worldsim.runtime import Session, SessionConfig
     from worldsim.runtime.loading import set_generation_threads
@@ -162,15 +165,36 @@ def run(args) -> int:
         from worldsim.app.player import Player
 
         player = Player(session, keymap, screen, play, recorder=recorder, model_label=label)
-        summary = player.run()
+        injector = _start_injector(args.synthetic_input, args.seed or 0)
+        try:
+            summary = player.run()
+        finally:
+            if injector is not None:
+                injector.stop()
         print(format_summary(summary))
     if recorder is not None and recorder.episodes:
         print(f"recorded {recorder.steps} steps in {len(recorder.episodes)} episode(s) under {play.record}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(summary, indent=2, default=str))
+        Path(args.json).write_text(json.dumps(json_safe(summary), indent=2, default=str))
     screen.close()
     return player.exit_code
+
+
+def _start_injector(rate: float | None, seed: int):
+    """The synthetic key poster of ``worldsim bench latency`` (arrows and space: moves, diagonals, fire)."""
+    if not rate:
+        return None
+    import pygame
+
+    from worldsim.app.synthetic import InputInjector
+
+    if rate < 0:
+        raise WorldsimError(f"--synthetic-input must be a positive rate in events per second (got {rate:g})")
+    keys = [pygame.K_UP, pygame.K_DOWN, pygame.K_LEFT, pygame.K_RIGHT, pygame.K_SPACE]
+    injector = InputInjector(keys, rate=rate, seed=seed)
+    injector.start()
+    return injector
 
 
 def _frame_hw(backend) -> tuple[int, int]:

@@ -15,6 +15,7 @@ Storage is bounded (deques), so a kiosk running all day keeps flat memory.
 from __future__ import annotations
 
 import collections
+import math
 
 import numpy as np
 
@@ -96,7 +97,20 @@ def format_summary(s: dict) -> str:
     frames = (f"{s['frames']} frames at {s['fps']:.1f} FPS; frame time p50 {ft['p50']:.1f} ms, p99 {ft['p99']:.1f} ms, "
               f"jitter (std) {s['jitter_ms']:.1f} ms")
     if not s["inputs"]:
-        return "input-to-pixel latency: no inputs\n" + frames
+        return ("input-to-pixel latency: no inputs, so no p50/p95/p99/max (--synthetic-input RATE posts "
+                "random key events)\n" + frames)
     return (f"input-to-pixel latency over {s['inputs']} inputs: p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, "
             f"p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms  (median wait {b['wait']['p50']:.1f} + generation "
             f"{b['generation']['p50']:.1f} + presentation {b['presentation']['p50']:.1f} ms)\n" + frames)
+
+
+def json_safe(obj):
+    """``obj`` with every NaN/inf float replaced by None: a run with no inputs has no percentiles, and
+    strict JSON readers (jq, browsers) reject the bare ``NaN`` that ``json.dumps`` would write."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

@@ -69,7 +69,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from worldsim.app.latency import format_summary
+    from worldsim.app.latency import format_summary, json_safe
     from worldsim.app.synthetic import run_headless
 
     from worldsim.runtime.loading import set_generation_threads
@@ -104,6 +104,6 @@ def main(argv=None) -> int:
     }
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        Path(args.json).write_text(json.dumps(json_safe(result), indent=2))
         print(f"wrote {args.json}")
     return 0
