@@ -138,3 +138,13 @@ def test_recording_survives_sigkill(ckpt, tmp_path):
     e = read_episode(ep, warn=False)
     assert not e.complete and len(e) > 10  # readable up to the last flush, and not passed off as complete
     assert e.frames.shape[0] == len(e.actions)
+
+
+def test_bench_usage_lists_benches(capsys):
+    from worldsim.bench.cli import main as bench_cli
+
+    assert bench_cli(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "engine" in out and "latency" in out
+    assert bench_cli(["lateny"]) == 2
+    assert "usage: worldsim bench" in capsys.readouterr().err
