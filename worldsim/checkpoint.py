@@ -36,6 +36,9 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: di
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=smeta)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600: a kiosk or CI user must be able to read a shipped model
     os.replace(tmp, path)
     return path
 

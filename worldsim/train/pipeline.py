@@ -73,6 +73,7 @@ class CollectSpec:
 class ShipConfig:
     engine: EngineConfig = field(default_factory=fewstep_engine)  # recommended settings written into the file
     context_frames: int = 4  # real frames stored as context.frames (the player starts from them)
+    dtype: str = "bf16"  # weights of the playable file: bf16 | fp16 | fp32 (inference runs bf16 on CPU anyway)
     eval: EvalSpec = field(default_factory=EvalSpec)  # held-out evaluation against copy-last-frame
 
 
@@ -226,7 +227,10 @@ def write_playable(cfg: PipelineConfig, student_final: Path, episodes, out_path:
     ep = episodes[0]
     if len(ep.frames) < K:
         raise ConfigError(f"ship.context_frames {K} exceeds the first held-out episode ({len(ep.frames)} frames)")
-    out = {f"model.{k}": v for k, v in tensors.items()}
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if cfg.ship.dtype not in dtypes:
+        raise ConfigError(f"ship.dtype '{cfg.ship.dtype}' is not one of {', '.join(dtypes)}")
+    out = {f"model.{k}": (v.to(dtypes[cfg.ship.dtype]) if v.is_floating_point() else v) for k, v in tensors.items()}
     out["context.frames"] = torch.from_numpy(np.ascontiguousarray(ep.frames[:K]))  # (K, R, R, 3) uint8
     out["context.actions"] = torch.from_numpy(np.ascontiguousarray(ep.actions[:K]))  # (K,) DESIGN alignment
     meta = {k: v for k, v in meta.items() if k not in ("format", "code_version", "_path", "_hash")}
