@@ -9,14 +9,14 @@ import torch
 from kernels.schedule_update import noise_update_torch
 from worldsim.engine import Engine, EngineConfig
 from worldsim.engine.schedule import student_sigmas
-from worldsim.model import ModelConfig, WorldDiT
+from worldsim.model import ModelConfig, WorldDiT, anchor_frames
 from worldsim.model.rope import apply_rope
 
 
-def tiny_model(chunk=1, temporal_every=1, seed=0):
+def tiny_model(chunk=1, temporal_every=1, seed=0, anchor=False):
     torch.manual_seed(seed)
     m = WorldDiT(ModelConfig(resolution=16, patch=4, dim=32, depth=2, heads=2, kv_heads=1, num_actions=5,
-                             chunk=chunk, temporal_every=temporal_every)).eval()
+                             chunk=chunk, temporal_every=temporal_every, anchor=anchor)).eval()
     with torch.no_grad():  # zero-init output layers would make every test trivially pass
         for p in m.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -28,22 +28,24 @@ def frames(B, T, seed=0):
     return torch.rand(B, T, 3, 16, 16, generator=g) * 2 - 1
 
 
+@pytest.mark.parametrize("anchor", [False, True], ids=["plain", "anchored"])
 @pytest.mark.parametrize("chunk", [1, 3], ids=lambda c: f"C={c}")
 @pytest.mark.parametrize("temporal_every", [1, 2], ids=lambda t: f"temporal_every={t}")
-def test_cached_forward_equals_full_forward(chunk, temporal_every):
-    m = tiny_model(chunk, temporal_every)
+def test_cached_forward_equals_full_forward(chunk, temporal_every, anchor):
+    m = tiny_model(chunk, temporal_every, anchor=anchor)
     T = 7  # not a multiple of the chunk: the last chunk is partial
     x, a = frames(2, T), torch.randint(0, 5, (2, T))
     sig = torch.rand(2, T)
+    anc = anchor_frames(frames(2, T, seed=1), chunk)
     with torch.no_grad():
-        full = m(x, sig, a)
+        full = m(x, sig, a, anchor=anc)
         eng = Engine(m, EngineConfig(chunk=chunk, window=12, sink=2))
         eng.reset(2)
         outs = []
         for s in range(0, T, chunk):
             e = min(s + chunk, T)
             outs.append(m(x[:, s:e], sig[:, s:e], a[:, s:e], frame_pos=eng.cache.next_positions(e - s),
-                          chunk=chunk, cache=eng.cache))
+                          chunk=chunk, cache=eng.cache, anchor=anc[:, s:e]))
             eng.cache.commit(e - s)
     torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=1e-5)
 
@@ -63,8 +65,9 @@ def reference_generate(m, cfg, ctx, prev_actions, actions, seed):
         for s, s_next in zip(sigmas[:-1], sigmas[1:]):
             K = seq.shape[1]
             sig = torch.cat([torch.full((B, K), cfg.context_sigma), torch.full((B, C), s)], 1)
-            with torch.no_grad():
-                x0 = m(torch.cat([seq, x], 1), sig, torch.cat([acts, a], 1), chunk=C)[:, K:]
+            full = torch.cat([seq, x], 1)
+            with torch.no_grad():  # anchors: the clean frame before each chunk (x's own are never used)
+                x0 = m(full, sig, torch.cat([acts, a], 1), chunk=C, anchor=anchor_frames(full, C))[:, K:]
             if s_next == 0.0:
                 x = x0
                 break
@@ -78,8 +81,9 @@ def reference_generate(m, cfg, ctx, prev_actions, actions, seed):
 
 @pytest.mark.parametrize("chunk,steps", [(1, 1), (1, 2), (1, 4), (3, 2)], ids=lambda v: str(v))
 @pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
-def test_engine_generation_equals_full_sequence_reference(chunk, steps, fuse):
-    m = tiny_model(chunk)
+@pytest.mark.parametrize("anchor", [False, True], ids=["plain", "anchored"])
+def test_engine_generation_equals_full_sequence_reference(chunk, steps, fuse, anchor):
+    m = tiny_model(chunk, anchor=anchor)
     cfg = EngineConfig(chunk=chunk, steps=steps, shift=2.0, window=16, sink=2, fuse_cache_write=fuse)
     ctx, prev = frames(2, 3), torch.tensor([[5, 1, 2], [5, 3, 4]])  # 5 = no action
     actions = torch.randint(0, 5, (2, 2 * chunk * 2))
@@ -171,3 +175,22 @@ def test_step_lists_are_nested_and_shifted():
     s4, s2, s1 = student_sigmas(4, 3.0), student_sigmas(2, 3.0), student_sigmas(1, 3.0)
     assert s1 == [1.0] and s2 == [s4[0], s4[2]]
     assert s4[1] == pytest.approx(3 * 0.75 / (1 + 2 * 0.75))
+
+
+def test_anchor_frames_follow_chunks():
+    clean = torch.arange(7, dtype=torch.float32).view(1, 7, 1, 1, 1).expand(1, 7, 3, 2, 2)
+    first = torch.full((1, 3, 2, 2), -1.0)
+    got = anchor_frames(clean, 3, first=first)[0, :, 0, 0, 0].tolist()
+    assert got == [-1, -1, -1, 2, 2, 2, 5]  # frame i: the clean frame before its chunk
+    assert anchor_frames(clean, 1)[0, :, 0, 0, 0].tolist() == [0, 0, 1, 2, 3, 4, 5]  # zeros before the clip
+
+
+def test_fresh_anchored_model_starts_at_copy_last():
+    # Zero-initialised output layer: an untrained anchored student predicts its anchor exactly, in fp32.
+    torch.manual_seed(0)
+    m = WorldDiT(ModelConfig(resolution=16, patch=4, dim=32, depth=2, heads=2, kv_heads=1, num_actions=5,
+                             anchor=True)).eval()
+    anc = frames(2, 4, seed=3)
+    with torch.no_grad():
+        out = m(torch.randn(2, 4, 3, 16, 16), torch.rand(2, 4), torch.randint(0, 5, (2, 4)), anchor=anc)
+    torch.testing.assert_close(out, anc, atol=0, rtol=0)

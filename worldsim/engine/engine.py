@@ -13,6 +13,9 @@ together under the block-causal mask, so a chunk costs ``steps`` forwards instea
 Step alignment (shared/DESIGN.md): ``step(a)`` takes the action chosen after seeing the latest
 frame and returns the frame(s) it produces. ``prefill(frames, prev_actions)`` takes context frames
 with the action that produced each (``no_action`` for an episode's first frame).
+
+Anchored models (``model.cfg.anchor``) also get, for every frame, the clean frame before its chunk
+(``worldsim.model.anchor_frames``): the engine keeps the last clean frame for that.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from worldsim.device import autocast
 from worldsim.engine.kv_cache import KVCache
 from worldsim.engine.schedule import euler_sigmas, student_sigmas
 from worldsim.errors import ConfigError
+from worldsim.model.dit import anchor_frames
 
 
 @dataclass
@@ -74,7 +78,8 @@ class Engine:
         self.no_action = model.cfg.num_actions
         self.cache: KVCache | None = None
         self.batch = 0
-        self._pending = None  # (frames, actions) of the last chunk, not yet in the cache
+        self._pending = None  # (frames, actions, anchors) of the last chunk, not yet in the cache
+        self._last = None  # (B, 3, H, W) the latest clean frame: the next chunk's anchor
         self._gen = None
         self.last_step_ms = 0.0
 
@@ -92,24 +97,30 @@ class Engine:
             self.cache.reset()
         self.batch = batch_size
         self._pending = None
+        self._last = None
         self._gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed if seed is None else seed)
 
     @property
     def frames_generated(self) -> int:
         return self.cache.frames + (self._pending[0].shape[1] if self._pending is not None else 0)
 
-    def _forward(self, x, sigma, actions, pos):
+    def _forward(self, x, sigma, actions, pos, anchor):
         with autocast(self.device, self.dtype):
-            return self.model_fn(x, sigma, actions, frame_pos=pos, chunk=self.cfg.chunk, cache=self.cache).float()
+            return self.model_fn(x, sigma, actions, frame_pos=pos, chunk=self.cfg.chunk, cache=self.cache,
+                                 anchor=anchor).float()
+
+    def _next_anchor(self, n: int):
+        """Anchors of the next n frames of one chunk: the latest clean frame (None before any)."""
+        return None if self._last is None else self._last[:, None].expand(-1, n, -1, -1, -1)
 
     def _flush(self) -> None:
         """Write the pending clean chunk into the cache with its own forward (unfused path)."""
         if self._pending is None:
             return
-        frames, acts = self._pending
+        frames, acts, anc = self._pending
         n = frames.shape[1]
         sig = torch.full((self.batch, n), self.cfg.context_sigma, device=self.device)
-        self._forward(frames, sig, acts, self.cache.next_positions(n, self.device))
+        self._forward(frames, sig, acts, self.cache.next_positions(n, self.device), anc)
         self.cache.commit(n)
         self._pending = None
 
@@ -130,8 +141,10 @@ class Engine:
         for start in range(0, K, piece):
             f, a = frames[:, start:start + piece], prev_actions[:, start:start + piece]
             sig = torch.full(a.shape, self.cfg.context_sigma, device=self.device)
-            self._forward(f, sig, a, self.cache.next_positions(f.shape[1], self.device))
+            anc = anchor_frames(f, C, first=self._last)  # pieces are whole chunks: the chunk rule holds across them
+            self._forward(f, sig, a, self.cache.next_positions(f.shape[1], self.device), anc)
             self.cache.commit(f.shape[1])
+            self._last = f[:, -1]
 
     @torch.no_grad()
     def step(self, actions) -> torch.Tensor:
@@ -147,20 +160,22 @@ class Engine:
         sigmas = self.cfg.sigmas()
         if not self.cfg.fuse_cache_write:
             self._flush()
+        anc = self._next_anchor(C)
         for i, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
             sig = torch.full((B, C), s, device=self.device)
             pos = self.cache.next_positions(C, self.device)
             if i == 0 and self._pending is not None:  # fused: [clean k | noisy k+1] in one forward
-                pf, pa = self._pending
+                pf, pa, panc = self._pending
                 n = pf.shape[1]
                 ctx_sig = torch.full((B, n), self.cfg.context_sigma, device=self.device)
+                both = None if anc is None else torch.cat([panc if panc is not None else torch.zeros_like(pf), anc], 1)
                 out = self._forward(torch.cat([pf, x], 1), torch.cat([ctx_sig, sig], 1),
-                                    torch.cat([pa, actions], 1), self.cache.next_positions(n + C, self.device))
+                                    torch.cat([pa, actions], 1), self.cache.next_positions(n + C, self.device), both)
                 self.cache.commit(n)
                 self._pending = None
                 x0 = out[:, n:]
             else:
-                x0 = self._forward(x, sig, actions, pos)
+                x0 = self._forward(x, sig, actions, pos, anc)
             if s_next == 0.0:
                 x = x0
                 break
@@ -168,7 +183,8 @@ class Engine:
             x = noise_update(x.flatten(0, 1), x0.flatten(0, 1), s, s_next, self.cfg.sampler,
                              seed=seed).view(shape)
         x = x.clamp(-1, 1)
-        self._pending = (x, actions)
+        self._pending = (x, actions, anc)
+        self._last = x[:, -1]
         if not self.cfg.fuse_cache_write:
             self._flush()
         self.last_step_ms = (time.perf_counter() - t0) * 1e3

@@ -5,6 +5,6 @@ the action that produced it. One class serves the bidirectional teacher and the 
 student; the engine drives it through a KV cache, training through full-sequence masks.
 """
 
-from worldsim.model.dit import ModelConfig, WorldDiT
+from worldsim.model.dit import ModelConfig, WorldDiT, anchor_frames
 
-__all__ = ["ModelConfig", "WorldDiT"]
+__all__ = ["ModelConfig", "WorldDiT", "anchor_frames"]

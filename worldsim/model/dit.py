@@ -12,6 +12,14 @@ The same weights run three attention patterns:
 With a ``cache`` (see ``worldsim.engine.kv_cache``) the current frames' keys and values go into
 the cache's scratch area and attention runs through ``kernels.block_causal_attention``.
 
+Anchored students (``anchor=True``): every frame also gets an *anchor*, the clean frame just before
+its chunk (``anchor_frames``), embedded into its tokens and added to its output, so the network
+predicts ``x0 = anchor + correction``. A game frame mostly repeats the previous one; without the
+anchor a small student must redraw the static ring, floor and score from its cache every frame, and
+that is where it loses sharpness and, in long play, the sprites. With it, copy-last-frame is where
+training starts and the network spends its capacity on what changes. Callers always pass anchors;
+models without ``anchor`` ignore them (the bidirectional teacher and score models).
+
 The network predicts ``x0`` (pixel-space x-prediction: the clean frame is low-dimensional next to
 the noise, so predicting it directly works at large patch sizes); callers derive ``v`` from it.
 Frames are (B, T, 3, H, W) floats in [-1, 1]; sigma is (B, T) in [0, 1]; actions are (B, T) ints,
@@ -49,6 +57,7 @@ class ModelConfig:
     temporal_every: int = 1  # every k-th block attends across frames; the others only within a frame
     rope_theta_time: float = 1000.0
     rope_theta_space: float = 100.0
+    anchor: bool = False  # predict x0 as the clean frame before the chunk + a correction (students)
 
     def validate(self) -> None:
         from worldsim.errors import ConfigError
@@ -103,6 +112,20 @@ def teacher_forcing_frame_mask(T: int, chunk: int, device=None) -> torch.Tensor:
     top = torch.cat([cc, torch.zeros_like(cc)], 1)
     bottom = torch.cat([nc, nn_], 1)
     return torch.cat([top, bottom], 0)
+
+
+def anchor_frames(clean: torch.Tensor, chunk: int, first: torch.Tensor | None = None) -> torch.Tensor:
+    """Anchors of a clip: frame i's anchor is the clean frame just before i's chunk.
+
+    clean (B, T, C, H, W); chunks of ``chunk`` frames counted from the clip's first frame; the first
+    chunk's anchor is ``first`` (B, C, H, W) (the frame before the clip) or zeros when nothing came
+    before. Inference (the engine, self-rollout) and training (teacher forcing) both build anchors
+    here, so a frame sees the same anchor whether it was generated or read from a dataset."""
+    B, T = clean.shape[:2]
+    before = torch.zeros_like(clean[:, :1]) if first is None else first[:, None].to(clean.dtype)
+    prev = torch.cat([before, clean], 1)  # (B, T+1, ...): index j+1 holds clean frame j
+    idx = (torch.arange(T, device=clean.device) // chunk) * chunk  # chunk start; its anchor is frame start-1
+    return prev[:, idx]
 
 
 def modulate(x, shift, mult):
@@ -201,6 +224,7 @@ class WorldDiT(nn.Module):
         p, ch = cfg.patch, cfg.channels
         self.grid = cfg.resolution // p
         self.patch_embed = nn.Linear(p * p * ch, cfg.dim)
+        self.anchor_embed = nn.Linear(p * p * ch, cfg.dim) if cfg.anchor else None
         self.action_embed = nn.Embedding(cfg.num_actions + 1, cfg.dim)
         self.sigma_embed = SigmaEmbedding(cfg.dim)
         self.blocks = nn.ModuleList([Block(cfg, cfg.is_temporal(i)) for i in range(cfg.depth)])
@@ -246,7 +270,7 @@ class WorldDiT(nn.Module):
         return x.reshape(B, T, C, g * p, g * p)
 
     # -- forward ---------------------------------------------------------------------------
-    def forward(self, x, sigma, actions, *, frame_pos=None, frame_mask=None, chunk=None, cache=None):
+    def forward(self, x, sigma, actions, *, frame_pos=None, frame_mask=None, chunk=None, cache=None, anchor=None):
         """Predict x0 for every frame of ``x``.
 
         x: (B, T, 3, H, W); sigma: (B, T) or (B,); actions: (B, T) long.
@@ -254,6 +278,8 @@ class WorldDiT(nn.Module):
         frame_mask: optional (T, T) bool frame-level mask (overrides the pattern).
         chunk: frames per causal chunk for this call (default cfg.chunk; ignored if not causal).
         cache: a KV cache; the frames then attend to the cache plus themselves.
+        anchor: (B, T, 3, H, W) clean frame before each frame's chunk (``anchor_frames``), used when
+        ``cfg.anchor`` (zeros if None: a session started from nothing); the output is then float32.
         """
         B, T = x.shape[:2]
         N = self.grid * self.grid
@@ -265,6 +291,9 @@ class WorldDiT(nn.Module):
         wdtype = self.patch_embed.weight.dtype
         rot = rope_matrices(*self.rope.tables(frame_pos)).to(wdtype)  # (T*N, d, d)
         tokens = self.patch_embed(self.patchify(x.to(wdtype)))  # (B, T, N, dim)
+        if self.anchor_embed is not None:
+            anc = self.patchify((torch.zeros_like(x) if anchor is None else anchor).float())  # (B, T, N, p*p*C)
+            tokens = tokens + self.anchor_embed(anc.to(wdtype))
         c = self.action_embed(actions) + self.sigma_embed(sigma)  # (B, T, dim)
         mods = self.ada(c).view(B, T, 1, 6 * self.cfg.depth + 2, D).unbind(3)  # each (B, T, 1, dim)
         attn_kw: dict = {}
@@ -281,6 +310,8 @@ class WorldDiT(nn.Module):
             cache_layer += blk.attn.temporal
         shift, mult = mods[-2:]
         out = self.out(modulate(F.layer_norm(tokens, (D,), eps=1e-6), shift, mult))
+        if self.anchor_embed is not None:
+            out = anc + out.float()  # the residual in fp32: the copied background stays exact under bf16
         return self.unpatchify(out)
 
     def num_params(self) -> int:

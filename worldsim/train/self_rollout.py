@@ -25,6 +25,7 @@ import torch
 
 from worldsim.engine.kv_cache import KVCache
 from worldsim.engine.schedule import student_sigmas
+from worldsim.model.dit import anchor_frames
 
 
 class TrainKVCache(KVCache):
@@ -71,6 +72,7 @@ def self_rollout(model, ctx: torch.Tensor, prev: torch.Tensor, actions: torch.Te
     if any(not 0 <= e < steps for e in exits):
         raise ValueError(f"exit steps {exits} outside [0, {steps})")
     cache = make_cache(model, B, chunk=chunk, window=window, sink=sink, device=ctx.device)
+    last = None  # the latest clean frame: anchor of the next chunk (anchored models)
     with torch.no_grad():  # prefill, in pieces that fit the scratch area (as Engine.prefill)
         piece = max(chunk, (cache.scratch_frames // chunk) * chunk)
         for a in range(0, K, piece):
@@ -78,8 +80,10 @@ def self_rollout(model, ctx: torch.Tensor, prev: torch.Tensor, actions: torch.Te
             n = f.shape[1]
             with ac():
                 model(f, torch.full((B, n), context_sigma, device=ctx.device), prev[:, a:a + piece],
-                      frame_pos=cache.next_positions(n, ctx.device), chunk=chunk, cache=cache)
+                      frame_pos=cache.next_positions(n, ctx.device), chunk=chunk, cache=cache,
+                      anchor=anchor_frames(f, chunk, first=last))
             cache.commit(n)
+            last = f[:, -1]
     out = []
     for j, t in enumerate(range(0, H, chunk)):
         n = min(chunk, H - t)
@@ -87,18 +91,20 @@ def self_rollout(model, ctx: torch.Tensor, prev: torch.Tensor, actions: torch.Te
         a = actions[:, t:t + n]  # (B, n)
         x = noise[:, t:t + n]  # (B, n, 3, R, R) at s = 1
         pos = cache.next_positions(n, ctx.device)
+        anc = None if last is None else last[:, None].expand(-1, n, -1, -1, -1)
         x0 = None
         for i in range(exit_j + 1):
             s = sigmas[i]
             with torch.set_grad_enabled(grad and i == exit_j), ac():
                 x0 = model(x, torch.full((B, n), s, device=ctx.device), a, frame_pos=pos, chunk=chunk,
-                           cache=cache).float()  # (B, n, 3, R, R)
+                           cache=cache, anchor=anc).float()  # (B, n, 3, R, R)
             if i < exit_j:
                 s_next = sigmas[i + 1]
                 x = ((1 - s_next) * x0 + s_next * renoise[:, i, t:t + n]).detach()
         out.append(x0)
         with torch.no_grad(), ac():  # cache refresh: the clean chunk's keys/values, no gradient across frames
             model(x0.detach().clamp(-1, 1), torch.full((B, n), context_sigma, device=ctx.device), a, frame_pos=pos,
-                  chunk=chunk, cache=cache)
+                  chunk=chunk, cache=cache, anchor=anc)
         cache.commit(n)
+        last = x0.detach().clamp(-1, 1)[:, -1]
     return torch.cat(out, 1)

@@ -29,7 +29,7 @@ import torch
 from worldsim.engine import EngineConfig
 from worldsim.engine.schedule import add_noise, shift_sigma
 from worldsim.model import ModelConfig, WorldDiT
-from worldsim.model.dit import teacher_forcing_frame_mask
+from worldsim.model.dit import anchor_frames, teacher_forcing_frame_mask
 from worldsim.train.data import DataConfig
 from worldsim.train.stage0_teacher import drop_actions
 from worldsim.train.trainer import (OptimConfig, RunConfig, Trainer, bell_weight, check_same_game, load_stage_output,
@@ -68,22 +68,27 @@ class Stage1Config:
 
 
 def tf_inputs(clean: torch.Tensor, clean_sigma: torch.Tensor, noisy: torch.Tensor, sigma: torch.Tensor,
-              acts: torch.Tensor, chunk: int):
+              acts: torch.Tensor, chunk: int, anchor_src: torch.Tensor | None = None):
     """The teacher-forcing call: ``[clean | noisy]`` (B, 2T, ...), levels (B, 2T), actions (B, 2T), and the
-    keywords ``frame_pos`` (2T,) and ``frame_mask`` (2T, 2T)."""
+    keywords ``frame_pos`` (2T,), ``frame_mask`` (2T, 2T) and ``anchor`` (B, 2T, ...): both halves of
+    frame i are anchored on the clean frame before i's chunk, as the engine anchors a generated chunk and
+    its cache refresh. ``anchor_src``: the clean frames the anchors come from (default ``clean``; give
+    the un-noised frames when ``clean`` is lightly noised context)."""
     T = clean.shape[1]
     x = torch.cat([clean, noisy], 1)  # (B, 2T, 3, R, R)
     s = torch.cat([clean_sigma, sigma], 1)  # (B, 2T)
     a = torch.cat([acts, acts], 1)  # (B, 2T)
+    anc = anchor_frames(clean if anchor_src is None else anchor_src, chunk)  # (B, T, 3, R, R)
     kw = {"frame_pos": torch.arange(T, device=x.device).repeat(2),
-          "frame_mask": teacher_forcing_frame_mask(T, chunk, device=x.device)}
+          "frame_mask": teacher_forcing_frame_mask(T, chunk, device=x.device),
+          "anchor": torch.cat([anc, anc], 1)}
     return x, s, a, kw
 
 
-def tf_forward(net, clean, clean_sigma, noisy, sigma, acts, chunk: int) -> torch.Tensor:
+def tf_forward(net, clean, clean_sigma, noisy, sigma, acts, chunk: int, anchor_src=None) -> torch.Tensor:
     """x0 prediction of the noisy half (B, T, 3, R, R) given clean context (teacher forcing)."""
     T = clean.shape[1]
-    x, s, a, kw = tf_inputs(clean, clean_sigma, noisy, sigma, acts, chunk)
+    x, s, a, kw = tf_inputs(clean, clean_sigma, noisy, sigma, acts, chunk, anchor_src)
     return net(x, s, a, **kw)[:, T:]
 
 
@@ -111,7 +116,9 @@ def init_from_teacher(student: WorldDiT, teacher_state: dict[str, torch.Tensor],
     pick = [round(i * (Dt - 1) / max(Ds - 1, 1)) for i in range(Ds)] if Ds > 1 else [Dt - 1]
     new = {}
     for k, v in student.state_dict().items():
-        if k.startswith("blocks."):
+        if k.startswith("anchor_embed.") and k not in teacher_state:
+            new[k] = v  # an anchored student's own input layer: the teacher has none
+        elif k.startswith("blocks."):
             i, rest = k.split(".", 2)[1:]
             new[k] = teacher_state[f"blocks.{pick[int(i)]}.{rest}"]
         elif k.startswith("ada.1."):
@@ -161,7 +168,7 @@ class TeacherForcingTrainer(Trainer):
             clean = add_noise(x0, self.randn_b(*x0.shape[1:]), clean_sigma)
         acts = drop_actions(self, acts, cfg.action_dropout, cfg.model.num_actions)
         with self.autocast():
-            x0_hat = tf_forward(self.nets["model"], clean, clean_sigma, x_t, sigma, acts, C)  # (B, T, 3, R, R)
+            x0_hat = tf_forward(self.nets["model"], clean, clean_sigma, x_t, sigma, acts, C, anchor_src=x0)
         loss = (v_loss(x0_hat, x0, sigma, cfg.min_sigma) * bell_weight(sigma, cfg.bell_width)).mean()
         gnorm = self.optimize("model", loss)
         with torch.no_grad():
