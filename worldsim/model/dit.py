@@ -19,6 +19,9 @@ anchor a small student must redraw the static ring, floor and score from its cac
 that is where it loses sharpness and, in long play, the sprites. With it, copy-last-frame is where
 training starts and the network spends its capacity on what changes. Callers always pass anchors;
 models without ``anchor`` ignore them (the bidirectional teacher and score models).
+Measured caveat: trained with clean anchors (teacher forcing) and 10-frame self-rollouts, an anchored
+Boxing student wins open-loop but diverges to noise within 1,000 frames of free play, because its own
+errors come back as the next anchor and are added again; the shipped model is therefore unanchored.
 
 The network predicts ``x0`` (pixel-space x-prediction: the clean frame is low-dimensional next to
 the noise, so predicting it directly works at large patch sizes); callers derive ``v`` from it.
