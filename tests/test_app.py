@@ -253,3 +253,20 @@ def test_repeated_faults_back_off_and_show_restarting(spy):
     assert backoffs[:4] == [0.0, 0.2, 0.4, 0.4]
     assert any(panel and "restarting" in " ".join(panel[1]) for panel in panels)
     assert p.screen.flips > 10  # the restarting screen was presented meanwhile
+
+
+def test_play_window_and_sink_override_the_checkpoint(ckpt):
+    """play.py window=/sink= reach the engine (0 / -1 keep the checkpoint's); a negative window is refused."""
+    import dataclasses
+
+    from worldsim.app.cli import build_model_session
+    from worldsim.errors import WorldsimError
+
+    base = PlayConfig(checkpoint=str(ckpt), dtype="fp32")
+    cfg0 = load_playable(ckpt, dtype="fp32").backend.cfg
+    backend = build_model_session(base)[0]
+    assert (backend.cfg.window, backend.cfg.sink) == (cfg0.window, cfg0.sink)
+    backend = build_model_session(dataclasses.replace(base, window=cfg0.window + 3, sink=0))[0]
+    assert (backend.cfg.window, backend.cfg.sink) == (cfg0.window + 3, 0)
+    with pytest.raises(WorldsimError, match="window"):
+        build_model_session(dataclasses.replace(base, window=-2))

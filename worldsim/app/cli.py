@@ -88,6 +88,12 @@ def build_model_session(play):
     from worldsim.runtime import load_playable
 
     overrides = {k: v for k, v in (("steps", play.steps), ("chunk", play.chunk)) if v}
+    if play.window < 0:
+        raise WorldsimError(f"window must be >= 1 frame, or 0 for the checkpoint's (got {play.window})")
+    if play.window:
+        overrides["window"] = play.window
+    if play.sink >= 0:
+        overrides["sink"] = play.sink
     if play.steps and play.steps not in (1, 2, 4):
         raise WorldsimError(f"steps must be 1, 2 or 4 (got {play.steps})")
     p = load_playable(play.checkpoint, device=None if play.device == "auto" else play.device,

@@ -47,6 +47,8 @@ class PlayConfig:
     threads: int = 0  # torch threads for generation (0: all cores but one, which the display loop keeps)
     steps: int = 0  # sampling steps per chunk (0: the checkpoint's recommendation); 1, 2 or 4
     chunk: int = 0  # frames per chunk (0: the checkpoint's; 1: frame-wise)
+    window: int = 0  # KV cache window in frames (0: the checkpoint's); smaller is faster, see assets/README.md
+    sink: int = -1  # sink frames kept at the start of the cache (-1: the checkpoint's)
     chunk_size: int = 3  # frames per chunk when C switches to chunk-wise during play
     fps: float = 60.0  # generation rate cap (0: as fast as the model runs)
     seed: int = 0  # noise seed of the first context (each reset takes the next)
