@@ -110,8 +110,11 @@ class Engine:
                                  anchor=anchor).float()
 
     def _next_anchor(self, n: int):
-        """Anchors of the next n frames of one chunk: the latest clean frame (None before any)."""
-        return None if self._last is None else self._last[:, None].expand(-1, n, -1, -1, -1)
+        """Anchors of the next n frames of one chunk: the latest clean frame (None before any, and
+        always None for unanchored models, so their hot path builds no anchor tensors)."""
+        if self._last is None or not self.model.cfg.anchor:
+            return None
+        return self._last[:, None].expand(-1, n, -1, -1, -1)
 
     def _flush(self) -> None:
         """Write the pending clean chunk into the cache with its own forward (unfused path)."""
@@ -141,7 +144,8 @@ class Engine:
         for start in range(0, K, piece):
             f, a = frames[:, start:start + piece], prev_actions[:, start:start + piece]
             sig = torch.full(a.shape, self.cfg.context_sigma, device=self.device)
-            anc = anchor_frames(f, C, first=self._last)  # pieces are whole chunks: the chunk rule holds across them
+            # pieces are whole chunks: the chunk rule holds across them
+            anc = anchor_frames(f, C, first=self._last) if self.model.cfg.anchor else None
             self._forward(f, sig, a, self.cache.next_positions(f.shape[1], self.device), anc)
             self.cache.commit(f.shape[1])
             self._last = f[:, -1]

@@ -72,6 +72,7 @@ def self_rollout(model, ctx: torch.Tensor, prev: torch.Tensor, actions: torch.Te
     if any(not 0 <= e < steps for e in exits):
         raise ValueError(f"exit steps {exits} outside [0, {steps})")
     cache = make_cache(model, B, chunk=chunk, window=window, sink=sink, device=ctx.device)
+    anchored = model.cfg.anchor
     last = None  # the latest clean frame: anchor of the next chunk (anchored models)
     with torch.no_grad():  # prefill, in pieces that fit the scratch area (as Engine.prefill)
         piece = max(chunk, (cache.scratch_frames // chunk) * chunk)
@@ -81,7 +82,7 @@ def self_rollout(model, ctx: torch.Tensor, prev: torch.Tensor, actions: torch.Te
             with ac():
                 model(f, torch.full((B, n), context_sigma, device=ctx.device), prev[:, a:a + piece],
                       frame_pos=cache.next_positions(n, ctx.device), chunk=chunk, cache=cache,
-                      anchor=anchor_frames(f, chunk, first=last))
+                      anchor=anchor_frames(f, chunk, first=last) if anchored else None)
             cache.commit(n)
             last = f[:, -1]
     out = []
@@ -91,7 +92,7 @@ def self_rollout(model, ctx: torch.Tensor, prev: torch.Tensor, actions: torch.Te
         a = actions[:, t:t + n]  # (B, n)
         x = noise[:, t:t + n]  # (B, n, 3, R, R) at s = 1
         pos = cache.next_positions(n, ctx.device)
-        anc = None if last is None else last[:, None].expand(-1, n, -1, -1, -1)
+        anc = None if last is None or not anchored else last[:, None].expand(-1, n, -1, -1, -1)
         x0 = None
         for i in range(exit_j + 1):
             s = sigmas[i]
