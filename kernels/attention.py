@@ -171,15 +171,20 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-def attention_config(D: int) -> dict:
-    """Launch configuration for head dim ``D``. These three are the only configurations shipped
-    (tests/test_kernels_compile.py compiles each for sm_90 and sm_80); D = 128 takes narrower key
-    blocks so the fp32 k/v tiles and the accumulator stay within registers and shared memory."""
+def attention_config(D: int, dtype: torch.dtype = torch.bfloat16) -> dict:
+    """Launch configuration for head dim ``D`` and input ``dtype``. These tile shapes are the only ones
+    shipped (tests/test_kernels_compile.py compiles each for sm_90 and sm_80, every dtype); D = 128
+    takes narrower key blocks, and in fp32 twice the warps, so the tiles stay within registers."""
     if not 1 <= D <= MAX_HEAD_DIM:
         raise ValueError(f"head dim {D} is outside the Triton kernel's range [1, {MAX_HEAD_DIM}]")
     block_d = max(32, _next_pow2(D))  # 16 would do for D <= 16, but one config fewer to ship
-    block_n = 64 if block_d <= 64 else 32
-    return dict(BLOCK_M=64, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4, num_stages=2)
+    if block_d <= 64:
+        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=block_d, num_warps=4, num_stages=2)
+    # D = 128, H100 (`worldsim bench kernels`): in fp32 (ieee dots, no tensor cores) 4 warps ran at 180 ms
+    # on the large shape (13.7x torch's time), 8 warps at 13.1 ms (0.93x); bf16 ran better on 4 warps
+    # (2.55 vs 3.52 ms).
+    warps = 8 if dtype == torch.float32 else 4
+    return dict(BLOCK_M=64, BLOCK_N=32, BLOCK_D=block_d, num_warps=warps, num_stages=2)
 
 
 def unsupported(q, k, v) -> str | None:
@@ -199,7 +204,7 @@ def _attention_launch(q, k, v, kv_len, chunk_tokens: int, scale: float | None):
         raise ValueError(f"Triton attention cannot take {why}")
     B, Hq, M, D = q.shape
     Hkv, n_max = k.shape[1], k.shape[2]
-    cfg = attention_config(D)
+    cfg = attention_config(D, q.dtype)
     scale = scale if scale is not None else 1.0 / math.sqrt(D)
     if isinstance(kv_len, int):  # one small fill, no host sync
         lens = torch.full((B,), kv_len, dtype=torch.int32, device=q.device)

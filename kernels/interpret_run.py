@@ -26,6 +26,28 @@ import torch
 CALLS = ("block_causal_attention", "noise_update")
 
 
+def interpreter_unusable() -> str | None:
+    """Why Triton's interpreter cannot run our kernels here (None if it can).
+
+    Triton 3.6's interpreter turns a loop bound computed from ``tl.program_id`` into ``int()`` of a
+    one-element array, which recent NumPy refuses ("only 0-dimensional arrays can be converted"; 2.4
+    here, 2.5 on the GPU machines); Triton 3.7+ passes a scalar. Compiled kernels are unaffected (tests/test_gpu.py runs them on a GPU).
+    """
+    try:
+        import numpy as np
+        import triton
+    except ImportError as e:
+        return f"triton is not installed ({e})"
+    major_minor = tuple(int(p) for p in triton.__version__.split(".")[:2])
+    if major_minor < (3, 7):
+        try:
+            int(np.ones(1, dtype=np.int32))
+        except TypeError:
+            return (f"triton {triton.__version__}'s interpreter cannot run with numpy {np.__version__} "
+                    f"(fixed in triton 3.7); the compiled kernels are tested by tests/test_gpu.py")
+    return None
+
+
 def run_interpreted(calls: list[tuple[str, tuple, dict]], timeout: float = 300.0) -> list[torch.Tensor]:
     """Run each ``(name, args, kwargs)`` through ``kernels.<name>`` on Triton's CPU interpreter."""
     for name, _, _ in calls:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 ARCHS = (90, 80)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,8 +50,10 @@ def test_every_kernel_config_compiles_and_fits(compile_rows, arch):
     # Every shipped attention tile config, in every dtype (kernels.attention.attention_config).
     from kernels.attention import attention_config
 
-    shipped = {(c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_D"]) for c in map(attention_config, (16, 40, 64, 128))}
-    seen = {(r["config"]["BLOCK_M"], r["config"]["BLOCK_N"], r["config"]["BLOCK_D"], r["dtype"])
-            for r in rows if r["kernel"].startswith("attention")}
-    assert seen == {s + (dt,) for s in shipped for dt in ("fp32", "fp16", "bf16")}
+    dts = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    keys = ("BLOCK_M", "BLOCK_N", "BLOCK_D", "num_warps")
+    shipped = {tuple(attention_config(D, dt)[k] for k in keys) + (name,)
+               for D in (16, 40, 64, 128) for name, dt in dts.items()}
+    seen = {tuple(r["config"][k] for k in keys) + (r["dtype"],) for r in rows if r["kernel"].startswith("attention")}
+    assert seen == shipped
     assert all(r["shared"] > 0 for r in rows if r["kernel"].startswith("attention"))  # real tiles were staged

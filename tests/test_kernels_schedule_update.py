@@ -56,7 +56,10 @@ def renoise_x0():
 @pytest.fixture(scope="module")
 def outputs():
     pytest.importorskip("triton", reason="triton is not installed (Linux only)")
-    from kernels.interpret_run import run_interpreted
+    from kernels.interpret_run import interpreter_unusable, run_interpreted
+
+    if why := interpreter_unusable():
+        pytest.skip(why)
 
     calls, keys = [], []
     for i, (mode, pt, dt) in enumerate(EXPLICIT):

@@ -1,4 +1,4 @@
-"""``worldsim bench <engine|latency>``: benchmarks print figures and write JSON; they assert nothing."""
+"""``worldsim bench <engine|latency|kernels>``: benchmarks print figures and write JSON; they assert nothing."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 BENCHES = {
     "engine": ("worldsim.bench.engine_bench", "engine speed per sampling setting: ms/frame, FPS, first-frame latency"),
     "latency": ("worldsim.bench.latency", "input-to-pixel latency of the real player loop, headless"),
+    "kernels": ("worldsim.bench.kernels_bench", "Triton kernels vs their torch references on a CUDA GPU: ms, TFLOP/s"),
 }
 
 

@@ -9,6 +9,9 @@ stay flat over N frames (rolling KV cache).
 
 dtype ``bf16`` means bf16 weights and activations (no autocast: on CPU, autocast re-casts every
 weight on every forward and is slower); ``fp32`` is plain fp32.
+
+``--device cuda`` times the CUDA path (Triton kernels; ``--kernels torch`` times the torch references
+there instead, for comparison); every timer then waits for the GPU, so the figures are real latencies.
 """
 
 from __future__ import annotations
@@ -30,13 +33,21 @@ from worldsim.engine import Engine, EngineConfig
 SETTINGS = [(1, 1), (1, 2), (1, 4), (3, 4)]  # (chunk, steps)
 
 
-def matmul_peak_gflops(dtype=torch.bfloat16, n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so a wall-clock timer measures it (a no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak_gflops(dtype=torch.bfloat16, n: int = 2048, reps: int = 10, device=torch.device("cpu")) -> float:
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     for _ in range(3):
         a @ b
+    sync(device)
     t = time.perf_counter()
     for _ in range(reps):
         a @ b
+    sync(device)
     return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
 
@@ -67,28 +78,35 @@ def _flops_per_step(engine: Engine) -> float:
 
 
 def bench_setting(model, base: EngineConfig, chunk: int, steps: int, dtype: torch.dtype, iters: int,
-                  warmup: int, context: int = 8, first_reps: int = 5) -> dict:
-    m = model.to(dtype)
+                  warmup: int, context: int = 8, first_reps: int = 5, device=torch.device("cpu")) -> dict:
+    m = model.to(device, dtype)
     cfg = replace(base, chunk=chunk, steps=steps, sampler="renoise", timesteps=[])
-    eng = Engine(m, cfg, device="cpu", dtype=torch.float32)
+    eng = Engine(m, cfg, device=device, dtype=torch.float32)
     mc = model.cfg
     ctx = torch.zeros(1, context, mc.channels, mc.resolution, mc.resolution)
+    eng.reset(1, seed=0)  # one untimed frame first: CUDA compiles the Triton kernels on first launch
+    eng.prefill(ctx)
+    eng.step(0)
     first = []
     for r in range(first_reps):
         eng.reset(1, seed=r)
         eng.prefill(ctx)
+        sync(device)
         t = time.perf_counter()
         eng.step(0)
+        sync(device)
         first.append((time.perf_counter() - t) * 1e3)
     eng.reset(1, seed=0)
     eng.prefill(ctx)
     for _ in range(warmup):
         eng.step(0)
     per_frame = []
+    sync(device)
     t_all = time.perf_counter()
     for _ in range(iters):
         t = time.perf_counter()
         eng.step(0)
+        sync(device)
         per_frame.append((time.perf_counter() - t) * 1e3 / chunk)
     wall = time.perf_counter() - t_all
     flops = _flops_per_step(eng) / chunk
@@ -101,23 +119,37 @@ def bench_setting(model, base: EngineConfig, chunk: int, steps: int, dtype: torc
     }
 
 
-def long_run(model, base: EngineConfig, frames: int, dtype=torch.bfloat16) -> dict:
+def long_run(model, base: EngineConfig, frames: int, dtype=torch.bfloat16, device=torch.device("cpu")) -> dict:
     """Cost and memory at the start and end of a long session (flat if the cache rolls)."""
-    eng = Engine(model.to(dtype), replace(base, chunk=1, steps=2), device="cpu", dtype=torch.float32)
+    eng = Engine(model.to(device, dtype), replace(base, chunk=1, steps=2), device=device, dtype=torch.float32)
     mc = model.cfg
     eng.reset(1)
     eng.prefill(torch.zeros(1, 8, mc.channels, mc.resolution, mc.resolution))
-    times, rss = [], []
+    times, rss, gpu = [], [], []
     for i in range(frames):
         t = time.perf_counter()
         eng.step(i % mc.num_actions)
+        sync(device)
         times.append((time.perf_counter() - t) * 1e3)
         if i == 99 or i == frames - 1:
             rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            if device.type == "cuda":
+                gpu.append(torch.cuda.memory_allocated(device) / 2**20)
     first = percentiles(times[:100])["p50"]
     last = percentiles(times[-100:])["p50"]
-    return {"frames": frames, "ms_per_frame_p50_first100": first, "ms_per_frame_p50_last100": last,
-            "max_rss_mb_at_100": rss[0], "max_rss_mb_at_end": rss[-1], "kv_cache_bytes": eng.cache.nbytes()}
+    out = {"frames": frames, "ms_per_frame_p50_first100": first, "ms_per_frame_p50_last100": last,
+           "max_rss_mb_at_100": rss[0], "max_rss_mb_at_end": rss[-1], "kv_cache_bytes": eng.cache.nbytes()}
+    if gpu:
+        out.update(gpu_allocated_mb_at_100=gpu[0], gpu_allocated_mb_at_end=gpu[-1])
+    return out
+
+
+def _kernels_label(device: torch.device) -> str:
+    if device.type != "cuda":
+        return "torch reference (CPU)"
+    from kernels.dispatch import use_triton
+
+    return "triton" if use_triton(torch.empty(1, device=device)) else "torch reference"
 
 
 def main(argv=None) -> int:
@@ -128,16 +160,32 @@ def main(argv=None) -> int:
     ap.add_argument("--dtypes", default="bf16,fp32", help="comma list of bf16, fp32")
     ap.add_argument("--long", type=int, default=0, help="also run this many frames to show flat cost (e.g. 10000)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    ap.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu or cuda")
+    ap.add_argument("--kernels", choices=["auto", "torch"], default=None,
+                    help="on CUDA: auto = Triton kernels (default), torch = the torch references, to compare")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
+    from worldsim.device import pick_device
+    from worldsim.errors import ConfigError
+
+    try:
+        device = pick_device(args.device)
+    except ConfigError as e:
+        ap.error(str(e))
+    if device.type not in ("cpu", "cuda"):
+        ap.error(f"--device {device.type}: this benchmark times cpu or cuda")
+    if args.kernels:
+        os.environ["WORLDSIM_KERNELS"] = args.kernels
     if args.threads:
         torch.set_num_threads(args.threads)
     model, source, base = load_bench_model(args.checkpoint)
     iters = 40 if args.quick else args.iters
     dtypes = ["bf16"] if args.quick else [d.strip() for d in args.dtypes.split(",")]
-    peak = matmul_peak_gflops(n=1024 if args.quick else 2048)
+    peak = matmul_peak_gflops(n=1024 if args.quick else (8192 if device.type == "cuda" else 2048), device=device)
+    kernels_used = _kernels_label(device)
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, threads {torch.get_num_threads()}")
     print(f"model: {source} ({model.num_params() / 1e6:.2f}M params, {model.cfg.resolution}x{model.cfg.resolution}, "
-          f"window {base.window} + sink {base.sink}); threads {torch.get_num_threads()}; "
+          f"window {base.window} + sink {base.sink}); {where}; kernels: {kernels_used}; "
           f"bf16 matmul peak {peak:.0f} GFLOP/s")
     rows = []
     hdr = f"{'chunk':>5} {'steps':>5} {'dtype':>5} {'FPS':>7} {'ms/frame p50':>12} {'p95':>7} {'first frame ms':>14} {'GFLOP/s':>8} {'% peak':>6}"
@@ -145,7 +193,8 @@ def main(argv=None) -> int:
     for dname in dtypes:
         dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dname]
         for chunk, steps in SETTINGS:
-            row = bench_setting(model, base, chunk, steps, dtype, iters, warmup=10 if args.quick else 20)
+            row = bench_setting(model, base, chunk, steps, dtype, iters, warmup=10 if args.quick else 20,
+                                device=device)
             row["fraction_of_bf16_peak"] = row["gflops_achieved"] / peak
             rows.append(row)
             print(f"{chunk:>5} {steps:>5} {dname:>5} {row['fps']:>7.1f} {row['ms_per_frame_p50']:>12.2f} "
@@ -153,9 +202,9 @@ def main(argv=None) -> int:
                   f"{100 * row['fraction_of_bf16_peak']:>5.1f}%")
     result = {"rows": rows, "model": source, "params": model.num_params(), "bf16_matmul_peak_gflops": peak,
               "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-              "cpu_count": os.cpu_count()}
+              "cpu_count": os.cpu_count(), "device": where, "kernels": kernels_used}
     if args.long:
-        lr = long_run(model, base, args.long)
+        lr = long_run(model, base, args.long, device=device)
         result["long_run"] = lr
         print(f"long run {lr['frames']} frames (frame-wise 2-step bf16): ms/frame p50 first 100 "
               f"{lr['ms_per_frame_p50_first100']:.2f}, last 100 {lr['ms_per_frame_p50_last100']:.2f}; max RSS "

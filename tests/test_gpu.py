@@ -1,0 +1,164 @@
+"""The CUDA path on a real GPU: each Triton kernel compiled and run against its torch reference, and
+the engine with Triton kernels against the engine with the references. Skips without a CUDA device
+(CI has none; run ``python -m pytest -q -m gpu`` on a GPU machine).
+
+The kernel cases and tolerances are the interpreter tests' (test_kernels_attention.py and
+test_kernels_schedule_update.py say why each bound is what it is), plus the shapes the engine
+actually launches; here the kernels are compiled by Triton for the device instead of interpreted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import test_kernels_attention as ta
+import test_kernels_schedule_update as ts
+from kernels.attention import block_causal_attention_torch
+from kernels.schedule_update import noise_update_torch
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run -m gpu on a GPU machine)"),
+]
+
+triton = pytest.importorskip("triton", reason="triton is not installed (Linux only)")
+CUDA = torch.device("cuda")
+
+# The engine's launches: the shipped student (D=64, 64 tokens per frame) at frame-wise and chunk-wise
+# settings, the cache full (window 12 + 2 sinks) and nearly empty; plus batch 8 for training-sized calls.
+ENGINE_SHAPES = [
+    ta.Case("engine,frame,full-cache", 1, 2, 2, 64, 64, 64, (15 * 64,), 15 * 64, int_len=True),
+    ta.Case("engine,frame,fused-context", 1, 2, 2, 128, 64, 64, (9 * 64,), 15 * 64, int_len=True),
+    ta.Case("engine,chunk3,full-cache", 1, 2, 2, 192, 64, 64, (17 * 64,), 17 * 64, int_len=True),
+    ta.Case("batch8,ragged", 8, 4, 2, 64, 64, 64, tuple(64 * (2 + i) for i in range(8)), 10 * 64),
+]
+ATTN_CASES = [(c, dt) for c in ta.SHAPES + ENGINE_SHAPES for dt in ta.DTYPES]
+
+
+@pytest.fixture(autouse=True)
+def _demand_triton(monkeypatch):
+    """No quiet fallback: a declined launch raises instead of testing the reference against itself."""
+    monkeypatch.setenv("WORLDSIM_KERNELS", "triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+
+@pytest.mark.parametrize("case,dtype", ATTN_CASES, ids=[f"{c.id}-{dt}" for c, dt in ATTN_CASES])
+def test_attention_on_cuda_matches_reference(case, dtype):
+    import kernels
+
+    i = ATTN_CASES.index((case, dtype))
+    q, k, v, lens = ta.make_inputs(case, seed=i)
+    lo = ta.DTYPES[dtype]
+    qd, kd, vd = (t.to(CUDA, lo) for t in (q, ta.poison(k, case.lens), ta.poison(v, case.lens)))
+    lens_d = lens if isinstance(lens, int) else lens.to(CUDA)
+    out = kernels.block_causal_attention(qd, kd, vd, lens_d, case.chunk, case.scale)
+    torch.cuda.synchronize()
+    ref = block_causal_attention_torch(q, k, v, lens, case.chunk, case.scale)  # fp32 oracle on the CPU
+    assert out.shape == q.shape and out.dtype == lo and out.is_cuda
+    assert torch.isfinite(out).all(), "NaN/inf in the output: the kernel read the poisoned tail or a 0/0"
+    err = ta.rel_rms(out.cpu(), ref)
+    if dtype == "fp32":
+        assert err <= ta.FP32_TOL, f"{case.id}: fp32 rel-RMS {err:.2e} > {ta.FP32_TOL:.0e}"
+        return
+    torch_out = block_causal_attention_torch(qd, kd, vd, lens_d, case.chunk, case.scale)  # torch on the GPU, same dtype
+    torch_err = ta.rel_rms(torch_out.cpu(), ref)
+    bound = max(ta.LOW_PREC_RATIO * torch_err, ta.LOW_PREC_FLOOR)
+    assert err <= bound, f"{case.id}: {dtype} rel-RMS {err:.2e} > {ta.LOW_PREC_RATIO} x torch's {torch_err:.2e}"
+
+
+@pytest.mark.parametrize("mode,pred_type,dtype", ts.EXPLICIT, ids=[f"{m}-{p}-{d}" for m, p, d in ts.EXPLICIT])
+def test_noise_update_on_cuda_matches_reference(mode, pred_type, dtype):
+    import kernels
+
+    i = ts.EXPLICIT.index((mode, pred_type, dtype))
+    x, pred, noise = ts.explicit_inputs(i, dtype)
+    out = kernels.noise_update(x.to(CUDA), pred.to(CUDA), ts.SIGMA.to(CUDA), ts.SIGMA_NEXT.to(CUDA), mode,
+                               noise=noise.to(CUDA), pred_type=pred_type)
+    ref = noise_update_torch(x, pred, ts.SIGMA, ts.SIGMA_NEXT, mode, noise=noise, pred_type=pred_type)
+    ts.assert_matches(out.cpu(), ref)
+
+
+def test_noise_update_on_cuda_draws_standard_normal_noise_per_seed():
+    import kernels
+
+    z = torch.zeros(ts.NOISE_SHAPE, device=CUDA)
+    eps = kernels.noise_update(z, z, 1.0, 1.0, "renoise", seed=5).cpu()
+    assert torch.equal(eps, kernels.noise_update(z, z, 1.0, 1.0, "renoise", seed=5).cpu())  # deterministic
+    assert torch.equal(kernels.noise_update(z[:1], z[:1], 1.0, 1.0, "renoise", seed=5).cpu(), eps[:1])  # flat index
+    other = kernels.noise_update(z, z, 1.0, 1.0, "renoise", seed=6).cpu()
+    assert float((other == eps).float().mean()) < 1e-3
+    e = eps.flatten().double()
+    n = e.numel()
+    assert abs(float(e.mean())) < 5 / n**0.5 and abs(float(e.std()) - 1) < 5 * (0.5 / n) ** 0.5
+    assert abs(float((e[1:] * e[:-1]).mean())) < 5 / n**0.5  # neighbours uncorrelated
+
+
+def _generate(model, cfg, kernels_mode, monkeypatch, n_steps=12, seed=3):
+    from worldsim.engine import Engine
+
+    monkeypatch.setenv("WORLDSIM_KERNELS", kernels_mode)
+    mc = model.cfg
+    g = torch.Generator().manual_seed(0)
+    ctx = torch.rand(2, 4, mc.channels, mc.resolution, mc.resolution, generator=g) * 2 - 1
+    actions = torch.randint(0, mc.num_actions, (2, n_steps * cfg.chunk), generator=g)
+    eng = Engine(model, cfg, device=CUDA, dtype=torch.float32)
+    eng.reset(2, seed=seed)
+    eng.prefill(ctx)
+    out = torch.cat([eng.step(a) for a in actions.split(cfg.chunk, dim=1)], 1)
+    torch.cuda.synchronize()
+    return out.cpu()
+
+
+def _tiny(chunk: int, anchor: bool):
+    from test_engine import tiny_model
+
+    return tiny_model(chunk, anchor=anchor).to(CUDA)
+
+
+# Deterministic settings only: renoise draws its noise in-kernel (Philox) under Triton and from torch's
+# generator in the reference, so those runs differ by design; 1-step and Euler draw nothing after the start.
+GEN_SETTINGS = [(1, 1, "renoise"), (1, 2, "euler"), (3, 2, "euler"), (1, 4, "euler")]
+
+
+@pytest.mark.parametrize("anchor", [False, True], ids=["plain", "anchored"])
+@pytest.mark.parametrize("chunk,steps,sampler", GEN_SETTINGS, ids=lambda v: str(v))
+def test_engine_triton_equals_reference_on_cuda(chunk, steps, sampler, anchor, monkeypatch):
+    from worldsim.engine import EngineConfig
+
+    m = _tiny(chunk, anchor)
+    cfg = EngineConfig(chunk=chunk, steps=steps, sampler=sampler, shift=2.0, window=6, sink=1)  # rolls over
+    got = _generate(m, cfg, "triton", monkeypatch)
+    want = _generate(m, cfg, "torch", monkeypatch)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_shipped_model_on_cuda_triton_vs_reference(monkeypatch):
+    """The real model: in fp32 the Triton run equals the reference run (1 step: deterministic); in bf16
+    (how it plays) the Triton run's distance to the fp32 frames is at most twice the bf16 reference's."""
+    from pathlib import Path
+
+    from worldsim.checkpoint import build_model, load_checkpoint
+    from worldsim.config import from_dict
+    from worldsim.engine import EngineConfig
+
+    path = Path(__file__).resolve().parent.parent / "assets" / "default.safetensors"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    tensors, meta = load_checkpoint(str(path), "model.")
+    model = build_model(meta)
+    model.load_state_dict(tensors)
+    model = model.eval().to(CUDA)
+    base = from_dict(EngineConfig, meta.get("engine", {}), "shipped engine settings")
+    cfg = dataclasses.replace(base, chunk=1, steps=1, sampler="renoise", timesteps=[])
+    a = _generate(model, cfg, "triton", monkeypatch, n_steps=16)
+    ref = _generate(model, cfg, "torch", monkeypatch, n_steps=16)
+    torch.testing.assert_close(a, ref, atol=2e-3, rtol=1e-3)
+    a16 = _generate(model.to(torch.bfloat16), cfg, "triton", monkeypatch, n_steps=16)
+    r16 = _generate(model, cfg, "torch", monkeypatch, n_steps=16)  # still bf16: .to() works in place
+    assert torch.isfinite(a16).all()
+    err_t, err_r = float((a16 - ref).abs().mean()), float((r16 - ref).abs().mean())
+    assert err_t <= 2 * err_r + 1e-3, f"bf16 Triton mean |diff| to fp32 {err_t:.4f} > 2 x torch bf16's {err_r:.4f}"
