@@ -42,7 +42,8 @@ def ckpt(tmp_path_factory):
 
 def test_play_headless_json_record_and_replay(ckpt, tmp_path, capsys):
     out, rec = tmp_path / "play.json", tmp_path / "rec"
-    rc = play_main(["--headless", "--checkpoint", ckpt, "--max-seconds", "1.5", "--json", str(out),
+    # The default worker: the model in a child process (a second or two to start, then ~3 s of play).
+    rc = play_main(["--headless", "--checkpoint", ckpt, "--max-seconds", "5", "--json", str(out),
                     "--record", str(rec), "--steps", "1", "fps=30"])
     assert rc == 0
     s = strict_json(out)
@@ -70,7 +71,7 @@ def strict_json(path):
 def test_play_headless_synthetic_input_measures_latency(ckpt, tmp_path, capsys):
     out = tmp_path / "play.json"
     rc = play_main(["--headless", "--checkpoint", ckpt, "--max-seconds", "1.5", "--synthetic-input", "20",
-                    "--json", str(out)])
+                    "--json", str(out), "worker=thread"])
     assert rc == 0
     printed = capsys.readouterr().out
     for word in ("p50", "p95", "p99", "max", "FPS", "jitter"):

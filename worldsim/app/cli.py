@@ -108,6 +108,28 @@ def build_model_session(play):
     return p.backend, label, meta, play.fps
 
 
+def in_worker_process(backend, play):
+    """The model backend in a child process (``play.worker=process``, CPU only), else as it is.
+
+    The parent keeps one torch thread (it only draws); the child takes ``play.threads`` (0: every core).
+    On CUDA the model stays in a worker thread: the GPU does the work, and CUDA state does not cross a
+    spawn cheaply."""
+    from worldsim.runtime import ProcessBackend
+
+    if play.worker != "process" or torch_device_type(backend) != "cpu":
+        return backend
+    import torch
+
+    torch.set_num_threads(1)
+    return ProcessBackend(backend, threads=play.threads)
+
+
+def torch_device_type(backend) -> str:
+    import torch
+
+    return torch.device(getattr(backend, "device", "cpu") or "cpu").type
+
+
 def build_real_session(env_id: str, play, *, fps_given: bool):
     from worldsim.envs import make_env
     from worldsim.runtime import EnvBackend
@@ -138,16 +160,20 @@ def run(args) -> int:
     from worldsim.app.keymap import Keymap
     from worldsim.app.latency import format_summary, json_safe
     from worldsim.app.recorder import Recorder
-    from worldsim.runtime import Session, SessionConfig
+    from worldsim.runtime import ProcessBackend, Session, SessionConfig
     from worldsim.runtime.loading import set_generation_threads
 
     play, kcfg = load_configs(args)
+    if play.worker not in ("process", "thread"):
+        raise WorldsimError(f"worker must be 'process' or 'thread' (got {play.worker!r})")
     set_generation_threads(play.threads)
     if args.play_real:
         fps_given = args.fps is not None or any(o.split("=")[0] in ("fps", "play.fps") for o in args.overrides)
         backend, label, meta, fps = build_real_session(args.play_real, play, fps_given=fps_given)
     else:
         backend, label, meta, fps = build_model_session(play)
+        backend = in_worker_process(backend, play)
+        meta["worker"] = "process" if isinstance(backend, ProcessBackend) else "thread"
     play = dataclasses.replace(play, fps=fps)
     session = Session(backend, SessionConfig(seed=play.seed, fps=fps, stall_timeout_s=play.stall_timeout_s))
     keymap = Keymap(backend.action_meanings)

@@ -44,7 +44,11 @@ class PlayConfig:
     context: str = ""  # optional plain .npz episode to start from instead of the checkpoint's context
     device: str = "auto"  # auto | cpu | cuda (worldsim.device policy)
     dtype: str = "auto"  # auto | fp32 | bf16 (auto: bf16 where the CPU has native bf16)
-    threads: int = 0  # torch threads for generation (0: all cores but one, which the display loop keeps)
+    # Where the model generates: 'process' (a child process; CPU only, where it is 1.4x faster and a hung
+    # generation can be killed) or 'thread' (a worker thread of this process; always used on CUDA and
+    # for --play-real). See worldsim/runtime/process_backend.py.
+    worker: str = "process"
+    threads: int = 0  # torch threads for generation (0: every core in a process worker; all but one in a thread)
     steps: int = 0  # sampling steps per chunk (0: the checkpoint's recommendation); 1, 2 or 4
     chunk: int = 0  # frames per chunk (0: the checkpoint's; 1: frame-wise)
     window: int = 0  # KV cache window in frames (0: the checkpoint's); smaller is faster, see assets/README.md
@@ -294,11 +298,13 @@ class Player:
         self.meter.gap()
         self.log({"event": "fault", "kind": h.state, "error": h.error, "mode": self.state,
                   "consecutive": n, "backoff_s": backoff, "restarts": self.session.restarts,
-                  "abandoned_workers": self.session.abandoned + (h.state == "stalled"),
+                  "abandoned_workers": self.session.abandoned + (h.state == "stalled"
+                                                                 and not self.session.kills_hung_workers),
                   **({"traceback": h.detail} if h.detail and self.mode == "play" else {})})
-        if h.state == "stalled" and self.session.abandoned + 1 > cfg.max_abandoned_workers:
-            # Hung threads cannot be killed; past the limit the process exits and its supervisor
-            # (systemd Restart=always) starts a clean one.
+        if (h.state == "stalled" and not self.session.kills_hung_workers
+                and self.session.abandoned + 1 > cfg.max_abandoned_workers):
+            # Hung threads cannot be killed (a generation process can, and is); past the limit the
+            # process exits and its supervisor (systemd Restart=always) starts a clean one.
             self.request_quit("too many hung workers", code=3)
             return
         if backoff == 0:

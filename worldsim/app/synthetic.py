@@ -90,17 +90,25 @@ def run_headless(backend, *, seconds: float, warmup_s: float = 1.0, fps: float =
     from worldsim.app.player import NS, PlayConfig
 
     pg = init_pygame(headless=True)
-    cfg = PlayConfig(fps=fps, hud=hud, start_screen=False, max_seconds=warmup_s + seconds, scale=scale, seed=seed)
+    # The clock starts at the first frame (a process worker takes seconds to start); a hard cap stays.
+    cfg = PlayConfig(fps=fps, hud=hud, start_screen=False, max_seconds=warmup_s + seconds + 120.0, scale=scale,
+                     seed=seed)
     player = build_player(backend, cfg, model_label=model_label)
     bindings = default_bindings()
     injector = InputInjector([k for k in bindings if k not in (pg.K_RETURN, pg.K_w, pg.K_a, pg.K_s, pg.K_d)],
                              rate=rate, seed=seed)
-    state = {"warm": False}
+    state = {"warm": False, "first_ns": None, "warm_ns": None}
 
     def hook(p, now):
-        if not state["warm"] and now - p.started_ns >= warmup_s * NS:
-            state["warm"] = True
+        if state["first_ns"] is None:
+            if p.frames_presented:
+                state["first_ns"] = now
+            return
+        if not state["warm"] and now - state["first_ns"] >= warmup_s * NS:
+            state["warm"], state["warm_ns"] = True, now
             p.meter.reset()  # cold caches and the first context do not count
+        elif state["warm"] and now - state["warm_ns"] >= seconds * NS:
+            p.request_quit("synthetic run done")
 
     player.tick_hook = hook
     pg.event.clear()

@@ -61,7 +61,10 @@ def main(argv=None) -> int:
                     help="CHUNK:STEPS list; the first is the default setting (default 1:2,1:1,1:4,3:4)")
     ap.add_argument("--fps", type=float, default=60.0, help="generation rate cap as in play.py (0: uncapped)")
     ap.add_argument("--rate", type=float, default=6.0, help="mean synthetic key events per second")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (default 0: all cores but one, as play.py)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="generation threads (default 0, as play.py: every core in a process worker, all but one in a thread)")
+    ap.add_argument("--worker", choices=["process", "thread"], default="process",
+                    help="where the model generates, as play.py's worker= (default process)")
     ap.add_argument("--dtype", help="auto | fp32 | bf16")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the results here")
@@ -74,19 +77,28 @@ def main(argv=None) -> int:
 
     from worldsim.runtime.loading import set_generation_threads
 
-    set_generation_threads(args.threads)
+    set_generation_threads(1 if args.worker == "process" else args.threads)
     settings = parse_settings(args.settings)
     with tempfile.TemporaryDirectory() as tmp:
         playable, label = load_backend(args.checkpoint, args.dtype, tmp)
         model = playable.backend.model
+        from worldsim.app.cli import in_worker_process
+        from worldsim.app.player import PlayConfig
+
+        play = PlayConfig(worker=args.worker, threads=args.threads)
+        probe = in_worker_process(playable.backend, play)
+        worker = "process" if probe is not playable.backend else "thread"
+        threads = torch.get_num_threads() if worker == "thread" else (args.threads or os.cpu_count())
         print(f"model: {label} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
               f"{model.cfg.resolution}x{model.cfg.resolution}, weights {str(playable.weights_dtype).split('.')[-1]}); "
-              f"threads {torch.get_num_threads()}; fps cap {args.fps:g}; {args.duration:g} s per setting")
+              f"{worker} worker, {threads} generation threads; fps cap {args.fps:g}; {args.duration:g} s per setting")
         rows = []
         for chunk, steps in settings:
-            backend = playable.backend.with_settings(steps=steps, chunk=chunk)
+            backend = in_worker_process(playable.backend.with_settings(steps=steps, chunk=chunk), play)
             s = run_headless(backend, seconds=args.duration, warmup_s=args.warmup, fps=args.fps, rate=args.rate,
                              seed=args.seed, model_label=label)
+            if hasattr(backend, "close"):
+                backend.close()
             row = {"chunk": chunk, "steps": steps, **{k: s[k] for k in (
                 "latency_ms", "breakdown_ms", "fps", "frames", "frame_time_ms", "jitter_ms", "inputs",
                 "inputs_posted", "restarts")}}
@@ -99,7 +111,7 @@ def main(argv=None) -> int:
         "setting": {"chunk": default["chunk"], "steps": default["steps"]},
         **{k: default[k] for k in ("latency_ms", "fps", "breakdown_ms", "frame_time_ms", "jitter_ms")},
         "settings": rows, "model": label, "fps_cap": args.fps, "duration_s": args.duration,
-        "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+        "worker": worker, "threads": threads, "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(), "load_avg_1m": os.getloadavg()[0],
     }
     if args.json:

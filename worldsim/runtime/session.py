@@ -19,8 +19,8 @@ and anything still in flight from the old context is dropped.
 Faults: the worker records an exception it raised; ``health()`` reports ``raised``, ``died``
 (thread gone without one) or ``stalled`` (one generation running longer than
 ``stall_timeout_s``); ``restart()`` abandons the old worker (a Python thread cannot be killed: a
-hung one is left to finish on its own, its output ignored) and starts a new one on a fresh copy
-of the backend. The app's supervisor decides when to call it. ``fault_hook(step)`` runs inside
+hung one is left to finish on its own, its output ignored; a backend with ``abort()``, which runs in a
+child process, is killed) and starts a new one on a fresh copy of the backend. The app's supervisor decides when to call it. ``fault_hook(step)`` runs inside
 the generation, for tests that make a worker raise, die or hang.
 """
 
@@ -144,16 +144,21 @@ class Session:
         close = getattr(self.backend, "close", None)
         if close is not None and (t is None or not t.is_alive()):
             close()
+        elif hasattr(self.backend, "abort"):  # a hung generation in a child process: end it
+            self.backend.abort()
 
     def restart(self) -> None:
         """Replace the worker (raised, died or hung) with a new one on a fresh backend copy."""
         with self._cv:
             old = self._thread
-            if old is not None and old.is_alive():
+            if old is not None and old.is_alive() and not self.kills_hung_workers:
                 self.abandoned += 1
             self.restarts += 1
             self._epoch += 1  # the old worker sees this and leaves at its next check
             self._cv.notify_all()
+            old_backend = self.backend
+        if hasattr(old_backend, "abort"):  # a process backend: kill the raised, dead or hung child
+            old_backend.abort()
         backend = self.backend.fresh()
         with self._cv:
             self.backend = backend
@@ -180,6 +185,11 @@ class Session:
             self._cv.notify_all()
         if not paused:
             self.slot.clear_stamps()
+
+    @property
+    def kills_hung_workers(self) -> bool:
+        """True when the backend runs in a child process that ``restart()`` can kill (nothing is left behind)."""
+        return hasattr(self.backend, "abort")
 
     @property
     def paused(self) -> bool:
@@ -262,6 +272,9 @@ class Session:
 
     def _work(self, epoch: int, backend, seed: int) -> None:
         try:
+            start = getattr(backend, "start_worker", None)
+            if start is not None:  # a process backend: seconds to start, not a stalled generation
+                start()
             with self._cv:
                 context_id = self._context_id
             self._open_context(epoch, backend, seed, context_id)

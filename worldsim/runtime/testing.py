@@ -119,3 +119,38 @@ class SpyBackend:
     def configure(self, **kw):
         self.log["configures"].append(dict(kw))
         return self.inner.configure(**kw)
+
+
+class HangingBackend:
+    """Wraps a backend; its ``hang_at``-th ``step`` (counted from 0) sleeps for ``seconds``. Picklable,
+    so a ``ProcessBackend`` can run it in a child process: a hung generation that only a kill can end."""
+
+    def __init__(self, inner, hang_at: int = 3, seconds: float = 60.0):
+        self.inner, self.hang_at, self.seconds = inner, hang_at, seconds
+        self.steps = 0
+
+    def __getattr__(self, name):
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    @property
+    def settings(self):
+        return self.inner.settings
+
+    def fresh(self) -> "HangingBackend":
+        return HangingBackend(self.inner.fresh(), hang_at=10**9, seconds=self.seconds)  # a restart runs clean
+
+    def reset(self, seed=None):
+        return self.inner.reset(seed)
+
+    def step(self, action):
+        import time
+
+        if self.steps == self.hang_at:
+            time.sleep(self.seconds)
+        self.steps += 1
+        return self.inner.step(action)
+
+    def configure(self, **kw):
+        return self.inner.configure(**kw)

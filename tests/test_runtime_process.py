@@ -1,0 +1,86 @@
+"""The process backend (how play.py runs the model on CPU): the same frames as in-process, live
+settings, errors and a dead child reported as exceptions, and a hung child killed by the Session's
+restart instead of being abandoned. A tiny random model; each test starts real child processes."""
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from worldsim.runtime import ProcessBackend, Session, SessionConfig, load_playable
+from worldsim.runtime.testing import HangingBackend, write_random_checkpoint
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory):
+    ckpt = write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", context_frames=4)
+    return load_playable(ckpt, dtype="fp32").backend
+
+
+def test_child_generates_the_same_frames_and_switches_settings(backend):
+    local = backend.fresh()
+    pb = ProcessBackend(backend.fresh(), threads=1)
+    try:
+        f0, a0 = local.reset(3)
+        f1, a1 = pb.reset(3)
+        assert pb.pid is not None and pb.pid != os.getpid() and pb.child_threads == 1
+        assert np.array_equal(f0, f1) and np.array_equal(a0, a1)
+        for a in (1, 2, 0, 5):
+            want, _ = local.step(a)
+            got, info = pb.step(a)
+            assert got.dtype == np.uint8 and np.array_equal(got, want)
+        pb.configure(steps=1, chunk=3)
+        assert pb.settings["steps"] == 1 and pb.settings["chunk"] == 3
+        frames, _ = pb.step(2)
+        assert frames.shape[0] == 3
+        assert pb.model is backend.model and pb.kind == "model"  # static attributes from the parent's copy
+    finally:
+        pb.close()
+    assert pb._proc.exitcode == 0  # a clean 'close', not a kill
+
+
+def test_child_error_and_death_raise_in_the_caller(backend):
+    pb = ProcessBackend(backend.fresh(), threads=1)
+    try:
+        pb.reset(0)
+        with pytest.raises(RuntimeError, match="in the generation process: .*action"):
+            pb.step(999)  # out of range: the engine's check raises in the child
+        pb.step(1)  # the child survives its own exceptions
+        os.kill(pb.pid, signal.SIGKILL)
+        with pytest.raises(RuntimeError, match=r"generation process died \(exit code -9\)"):
+            pb.step(1)
+    finally:
+        pb.close()
+
+
+def wait_for(cond, timeout):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_session_kills_a_hung_child_and_resumes(backend):
+    pb = ProcessBackend(HangingBackend(backend.fresh(), hang_at=3), threads=1)
+    s = Session(pb, SessionConfig(fps=0, stall_timeout_s=0.5))
+    assert s.kills_hung_workers
+    s.start()
+    try:
+        assert wait_for(lambda: s.poll() is None and s.health().state == "stalled", 60), s.health()
+        hung_pid = pb.pid
+        s.restart()
+        assert s.restarts == 1 and s.abandoned == 0  # killed, not left behind
+        assert not pb._proc.is_alive() and pb._proc.exitcode == -signal.SIGKILL
+        with pytest.raises(ProcessLookupError):
+            os.kill(hung_pid, 0)
+        got = []
+        assert wait_for(lambda: (c := s.poll()) is not None and got.append(c) is None and c.kind == "gen", 60)
+        assert s.backend.pid not in (None, hung_pid)
+        assert s.health().state == "ok"
+    finally:
+        s.stop()
+    assert not s.backend._proc.is_alive()
