@@ -39,7 +39,7 @@ def parse_settings(text: str) -> list[tuple[int, int]]:
     return out
 
 
-def load_backend(checkpoint: str | None, dtype: str | None, tmp: str):
+def load_backend(checkpoint: str | None, dtype: str | None, tmp: str, engine_overrides: dict | None = None):
     from worldsim.runtime import DEFAULT_CHECKPOINT, load_playable
     from worldsim.runtime.testing import write_random_checkpoint
 
@@ -48,7 +48,7 @@ def load_backend(checkpoint: str | None, dtype: str | None, tmp: str):
     if path is None:
         path = write_random_checkpoint(Path(tmp) / "random-default.safetensors", "default", context_frames=8)
         label = "random default-size student"
-    p = load_playable(path, dtype=dtype)
+    p = load_playable(path, dtype=dtype, engine_overrides=engine_overrides)
     return p, label
 
 
@@ -65,6 +65,8 @@ def main(argv=None) -> int:
                     help="generation threads (default 0, as play.py: every core in a process worker, all but one in a thread)")
     ap.add_argument("--worker", choices=["process", "thread"], default="process",
                     help="where the model generates, as play.py's worker= (default process)")
+    ap.add_argument("--window", type=int, default=0, help="KV cache window in frames, as play.py's window= (0: the checkpoint's)")
+    ap.add_argument("--sink", type=int, default=-1, help="sink frames, as play.py's sink= (-1: the checkpoint's)")
     ap.add_argument("--dtype", help="auto | fp32 | bf16")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the results here")
@@ -80,7 +82,8 @@ def main(argv=None) -> int:
     set_generation_threads(1 if args.worker == "process" else args.threads)
     settings = parse_settings(args.settings)
     with tempfile.TemporaryDirectory() as tmp:
-        playable, label = load_backend(args.checkpoint, args.dtype, tmp)
+        overrides = {**({"window": args.window} if args.window > 0 else {}), **({"sink": args.sink} if args.sink >= 0 else {})}
+        playable, label = load_backend(args.checkpoint, args.dtype, tmp, overrides or None)
         model = playable.backend.model
         from worldsim.app.cli import in_worker_process
         from worldsim.app.player import PlayConfig
@@ -91,6 +94,7 @@ def main(argv=None) -> int:
         threads = torch.get_num_threads() if worker == "thread" else (args.threads or os.cpu_count())
         print(f"model: {label} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
               f"{model.cfg.resolution}x{model.cfg.resolution}, weights {str(playable.weights_dtype).split('.')[-1]}); "
+              f"window {playable.backend.cfg.window} + sink {playable.backend.cfg.sink}; "
               f"{worker} worker, {threads} generation threads; fps cap {args.fps:g}; {args.duration:g} s per setting")
         rows = []
         for chunk, steps in settings:
@@ -111,7 +115,7 @@ def main(argv=None) -> int:
         "setting": {"chunk": default["chunk"], "steps": default["steps"]},
         **{k: default[k] for k in ("latency_ms", "fps", "breakdown_ms", "frame_time_ms", "jitter_ms")},
         "settings": rows, "model": label, "fps_cap": args.fps, "duration_s": args.duration,
-        "worker": worker, "threads": threads, "machine": platform.processor() or platform.machine(),
+        "worker": worker, "threads": threads, "window": playable.backend.cfg.window, "sink": playable.backend.cfg.sink, "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(), "load_avg_1m": os.getloadavg()[0],
     }
     if args.json:

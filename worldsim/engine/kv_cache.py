@@ -35,8 +35,11 @@ class KVCache:
         shape = (batch, kv_heads, slots, head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)]
-        self.sink_raw = [torch.zeros((batch, kv_heads, sink * tokens_per_frame, head_dim), device=device,
-                                     dtype=torch.float32) for _ in range(layers)]
+        # Un-rotated fp32 sink keys of every layer in one tensor, so that re-rotating them is one call
+        # (per-layer views for the writes).
+        self._sink_raw_all = torch.zeros((layers, batch, kv_heads, sink * tokens_per_frame, head_dim), device=device,
+                                         dtype=torch.float32)
+        self.sink_raw = list(self._sink_raw_all.unbind(0))
         self.reset()
 
     def reset(self) -> None:
@@ -108,5 +111,6 @@ class KVCache:
         oldest = min(self.slot_pos[self.S:])
         pos = torch.arange(oldest - self.S, oldest)
         cos, sin = self.rope.tables(pos)
+        rotated = apply_rope(self._sink_raw_all, cos, sin)  # (L, B, H, S*N, D): every layer at once
         for l in range(self.L):
-            self.k[l][:, :, :self.S * self.N] = apply_rope(self.sink_raw[l], cos, sin).to(self.k[l].dtype)
+            self.k[l][:, :, :self.S * self.N] = rotated[l]
