@@ -179,6 +179,23 @@ def test_stage3_trains_and_leaves_the_teacher_alone(chain, tmp_path):
     assert meta["stage"] == 3 and meta["cost"]["teacher_nfe"] == 15 * 4 * 2  # generator steps x batch x guidance
 
 
+def test_stage3_continues_from_a_stage3_student_with_a_longer_rollout(chain, tmp_path):
+    """DMD continued on a stage-3 student (how configs/boxing_stage3_long.yaml tunes the shipped model)."""
+    first = DMDTrainer(stage3_cfg(tmp_path / "a", str(chain["s2"]), str(chain["s0"]), steps=4),
+                       data=clips(6), heldout=clips(6)).fit()
+    cfg = stage3_cfg(tmp_path / "b", str(first), str(chain["s0"]), steps=4)
+    cfg.rollout = dataclasses.replace(cfg.rollout, frames=8)  # twice the window + sink
+    t = DMDTrainer(cfg, data=clips(10), heldout=clips(10))
+    assert t.clip_len == 10
+    out = t.fit()
+    meta = read_meta(out)
+    assert meta["stage"] == 3 and meta["init"]["from"] == "stage3" and meta["init"]["student"] == str(first)
+    # a stage-1 model is still refused as the generator's init
+    with pytest.raises(CheckpointError, match="stage 2 or 3"):
+        DMDTrainer(stage3_cfg(tmp_path / "c", str(chain["s1"]), str(chain["s0"]), steps=2),
+                   data=clips(6), heldout=clips(6)).fit()
+
+
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path, "model.")[0]
 

@@ -52,7 +52,7 @@ def dmd_optim() -> OptimConfig:
 
 @dataclass
 class Stage3Init:
-    student: str = ""  # stage-2 final.safetensors: the generator's initialisation
+    student: str = ""  # stage-2 final.safetensors (or a stage-3 student, to continue): the generator's initialisation
     teacher: str = ""  # stage-0 final.safetensors: the real score, and the fake score's initialisation
 
 
@@ -117,7 +117,9 @@ class DMDTrainer(StudentStageMixin, Trainer):
         r = cfg.rollout
         if r.context < 1 or r.frames < 1:
             raise ValueError("rollout.context and rollout.frames must be >= 1")
-        gen, gmeta = load_stage_output(cfg.init.student, role="student", stages=(2,), what="the stage-2 few-step student",
+        # A stage-3 student is accepted too: DMD continued with another rollout (e.g. longer than the cache).
+        gen, gmeta = load_stage_output(cfg.init.student, role="student", stages=(2, 3),
+                                       what="the stage-2 few-step student (or a stage-3 one, to continue)",
                                        needed_by="stage 3 (init.student)",
                                        hint="the stage-2 output, e.g. OUT/stage2_consistency/final.safetensors")
         check_same_game(gmeta, self.data, cfg.init.student, "stage 3")
@@ -136,7 +138,7 @@ class DMDTrainer(StudentStageMixin, Trainer):
         self.add_net("real", real, trainable=False)
         self.add_net("model", gen, ema_decay=cfg.optim.ema_decay)
         self.add_net("fake", fake, lr=cfg.optim.lr * cfg.fake_lr_ratio)
-        self.init_info = {"from": "stage2", "student": gmeta["_path"], "student_hash": gmeta["_hash"],
+        self.init_info = {"from": f"stage{int(gmeta.get('stage', 2))}", "student": gmeta["_path"], "student_hash": gmeta["_hash"],
                           "teacher": tmeta["_path"], "teacher_hash": tmeta["_hash"]}
 
     # -- pieces (the tests call them one by one) ---------------------------------------------
