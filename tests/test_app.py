@@ -272,3 +272,37 @@ def test_play_window_and_sink_override_the_checkpoint(ckpt):
     assert (backend.cfg.window, backend.cfg.sink) == (cfg0.window + 3, 0)
     with pytest.raises(WorldsimError, match="window"):
         build_model_session(dataclasses.replace(base, window=-2))
+
+
+class ChunkFeed:
+    """A stand-in session for ``Player.pull``: hands out the chunks put in ``queue``."""
+
+    def __init__(self):
+        self.queue = []
+
+    def poll(self):
+        return self.queue.pop(0) if self.queue else None
+
+
+def test_chunk_schedule_never_falls_more_than_an_interval_behind(spy):
+    """Chunk-wise frames are spread over the chunk period; jittery arrivals must not pile up a backlog."""
+    import numpy as np
+
+    from worldsim.app.player import NS
+    from worldsim.runtime.session import Chunk
+
+    player = build_player(spy, PlayConfig(start_screen=False, fps=60))
+    feed = ChunkFeed()
+    player.session = feed
+    frames = np.zeros((3, 16, 16, 3), np.uint8)
+    now = 0
+    rng = np.random.default_rng(0)
+    for i in range(200):  # chunks of 3 every 50-90 ms, at random
+        now += int(rng.uniform(0.05, 0.09) * NS)
+        feed.queue.append(Chunk(frames, "gen", 0, [], now, now, i, 1, {}))
+        while player.schedule and player.schedule[0][0] <= now:  # the display presents what is due
+            player.schedule.popleft()
+        player.pull(now)
+        interval = max(NS / 60, player.arrival_ema_ns)
+        lag = player.schedule[-1][0] - now  # when the newest frame will show, from now
+        assert lag <= 3 * interval + 1, f"chunk {i}: the last frame is due {lag / 1e6:.0f} ms from now"

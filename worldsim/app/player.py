@@ -336,6 +336,9 @@ class Player:
             else:  # spread the chunk over its period: the cap, or how fast chunks really come
                 interval = max(NS / self.cfg.fps if self.cfg.fps > 0 else 0, self.arrival_ema_ns)
             base = now if not self.schedule else max(now, self.schedule[-1][0] + int(interval))
+            # Never more than one interval behind: with jittery arrivals the spread would otherwise pile
+            # up into a growing backlog of frames already made (seen: 164 ms of presentation delay).
+            base = min(base, now + int(interval))
             for i in range(C):
                 self.schedule.append((base + int(i * interval), chunk.frames[i], chunk, i))
 
