@@ -90,6 +90,9 @@ def test_play_errors_are_one_line_exit_2(tmp_path, capsys):
     assert "did you mean 'fps'" in capsys.readouterr().err
     assert play_main(["--headless", "--kiosk", "idle_timeout=3"]) == 2
     assert "idle_timeout_s" in capsys.readouterr().err
+    assert play_main(["--headless", "worker=fork"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "worker must be 'process' or 'thread'" in err and "'fork'" in err and "\n" not in err
 
 
 def test_play_real_game_records_the_same_way(tmp_path):
