@@ -19,9 +19,10 @@ and anything still in flight from the old context is dropped.
 Faults: the worker records an exception it raised; ``health()`` reports ``raised``, ``died``
 (thread gone without one) or ``stalled`` (one generation running longer than
 ``stall_timeout_s``); ``restart()`` abandons the old worker (a Python thread cannot be killed: a
-hung one is left to finish on its own, its output ignored; a backend with ``abort()``, which runs in a
-child process, is killed) and starts a new one on a fresh copy of the backend. The app's supervisor decides when to call it. ``fault_hook(step)`` runs inside
-the generation, for tests that make a worker raise, die or hang.
+hung one is left to finish on its own, its output ignored; a backend with ``abort()``, which runs
+in a child process, is killed) and starts a new one on a fresh copy of the backend. The app's
+supervisor decides when to call it. ``fault_hook(step)`` runs inside the generation, for tests
+that make a worker raise, die or hang.
 """
 
 from __future__ import annotations
@@ -336,7 +337,8 @@ class Session:
                     index, next_start = 0, 0
         except Exception as e:  # reported through health(); the supervisor restarts the worker
             with self._cv:
-                self._fault = (epoch, f"{type(e).__name__}: {e}", traceback.format_exc())
+                if epoch == self._epoch:  # an abandoned (or killed) worker must not mask a live one's fault
+                    self._fault = (epoch, f"{type(e).__name__}: {e}", traceback.format_exc())
                 self._cv.notify_all()
         finally:
             self._busy(epoch, None)
