@@ -249,3 +249,34 @@ def test_wrong_stage_and_mismatched_config_are_refused(chain, tmp_path):
     with pytest.raises(WorldsimError) as e:
         ConsistencyTrainer(cfg2, data=clips(), heldout=clips()).fit()
     assert "\n" not in str(e.value) and "bad.safetensors" in str(e.value)
+
+
+def test_stage1_continues_an_anchored_student_with_noised_anchors(tmp_path):
+    """init.student + anchor_noise: the anchored student fine-tuned on wrong anchors (its own, in free play)."""
+    cfg = stage1_cfg(tmp_path / "a", steps=6)
+    cfg.model = dataclasses.replace(cfg.model, anchor=True)
+    first = TeacherForcingTrainer(cfg, data=clips(), heldout=clips()).fit()
+    cont = stage1_cfg(tmp_path / "b", steps=6)
+    cont.model, cont.anchor_noise = cfg.model, 0.3
+    cont.init.student = str(first)
+    t = TeacherForcingTrainer(cont, data=clips(), heldout=clips())
+    before = {k: v.clone() for k, v in load_checkpoint(first, "model.")[0].items()}
+    out = t.fit()
+    meta = read_meta(out)
+    assert meta["init"]["from"] == "stage1" and meta["init"]["student"] == str(first)
+    after = load_checkpoint(out, "model.")[0]
+    assert any(not torch.equal(after[k].float(), before[k].float()) for k in before)  # it trained
+    assert all(torch.isfinite(v.float()).all() for v in after.values())
+    # refused: both inits, noise without anchors, another model config
+    both = stage1_cfg(tmp_path / "c", teacher="x.safetensors", steps=2)
+    both.init.student = str(first)
+    with pytest.raises(WorldsimError, match="not both"):
+        TeacherForcingTrainer(both, data=clips(), heldout=clips()).fit()
+    plain = stage1_cfg(tmp_path / "d", steps=2)
+    plain.anchor_noise = 0.2
+    with pytest.raises(WorldsimError, match="model.anchor=true"):
+        TeacherForcingTrainer(plain, data=clips(), heldout=clips()).fit()
+    other = stage1_cfg(tmp_path / "e", steps=2)
+    other.init.student = str(first)  # model.anchor=false here
+    with pytest.raises(WorldsimError, match="another model config"):
+        TeacherForcingTrainer(other, data=clips(), heldout=clips()).fit()

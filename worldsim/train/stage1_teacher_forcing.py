@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from worldsim.engine import EngineConfig
+from worldsim.errors import ConfigError
 from worldsim.engine.schedule import add_noise, shift_sigma
 from worldsim.model import ModelConfig, WorldDiT
 from worldsim.model.dit import anchor_frames, teacher_forcing_frame_mask
@@ -49,6 +50,7 @@ def multistep_engine() -> EngineConfig:
 @dataclass
 class Stage1Init:
     teacher: str = ""  # stage-0 final.safetensors to initialise from ('' : from scratch)
+    student: str = ""  # or a stage-1 final.safetensors to continue from (same model config), e.g. with anchor_noise
 
 
 @dataclass
@@ -61,6 +63,10 @@ class Stage1Config:
     chunks: list[int] = field(default_factory=lambda: [1])  # chunk size per batch, drawn from this list
     shift: float = 3.0  # timestep shift of the training levels (the engine's shift)
     context_sigma: float = 0.0  # clean half noised to a level in [0, context_sigma] per sample (0: clean)
+    # Anchored students: the anchor frames noised to a level in [0, anchor_noise] per sample (0: clean). In
+    # free play the anchors are the student's own outputs; a student that never saw a wrong anchor copies
+    # its errors forward (the anchored Boxing student diverged to noise within 1,000 frames).
+    anchor_noise: float = 0.0
     action_dropout: float = 0.1  # enables action guidance u + w (c - u) in stage 2
     min_sigma: float = 0.05
     bell_width: float = 0.3
@@ -143,6 +149,22 @@ class TeacherForcingTrainer(Trainer):
         torch.manual_seed(cfg.run.seed)
         student = WorldDiT(cfg.model)
         self.init_info = {"from": "scratch", "reason": "no init.teacher given"}
+        if cfg.init.teacher and cfg.init.student:
+            raise ConfigError("stage 1: give init.teacher (start from the teacher) or init.student (continue a "
+                              "stage-1 student), not both")
+        if cfg.anchor_noise < 0 or (cfg.anchor_noise > 0 and not cfg.model.anchor):
+            raise ConfigError(f"stage 1: anchor_noise={cfg.anchor_noise} needs model.anchor=true and a level >= 0")
+        if cfg.init.student:
+            prev, meta = load_stage_output(cfg.init.student, role="student", stages=(1,), what="a stage-1 student",
+                                           needed_by="stage 1 (init.student)",
+                                           hint="a stage-1 output, e.g. OUT/stage1_teacher_forcing/final.safetensors")
+            check_same_game(meta, self.data, cfg.init.student, "stage 1")
+            if prev.cfg != cfg.model:
+                raise ConfigError(f"stage 1: init.student '{cfg.init.student}' has another model config than "
+                                  f"model.* ({prev.cfg} vs {cfg.model}); set model.* to match it")
+            student.load_state_dict(prev.state_dict())
+            self.init_info = {"from": "stage1", "student": meta["_path"], "student_hash": meta["_hash"]}
+            del prev
         if cfg.init.teacher:
             teacher, meta = load_stage_output(cfg.init.teacher, role="teacher", stages=(0,), what="the stage-0 teacher",
                                               needed_by="stage 1 (init.teacher)",
@@ -167,8 +189,12 @@ class TeacherForcingTrainer(Trainer):
             clean_sigma = (self.rand_b(1) * cfg.context_sigma).expand(-1, T)  # (B, T)
             clean = add_noise(x0, self.randn_b(*x0.shape[1:]), clean_sigma)
         acts = drop_actions(self, acts, cfg.action_dropout, cfg.model.num_actions)
+        anchor_src = x0
+        if cfg.anchor_noise > 0:
+            level = (self.rand_b(1) * cfg.anchor_noise).expand(-1, T)  # (B, T)
+            anchor_src = add_noise(x0, self.randn_b(*x0.shape[1:]), level)
         with self.autocast():
-            x0_hat = tf_forward(self.nets["model"], clean, clean_sigma, x_t, sigma, acts, C, anchor_src=x0)
+            x0_hat = tf_forward(self.nets["model"], clean, clean_sigma, x_t, sigma, acts, C, anchor_src=anchor_src)
         loss = (v_loss(x0_hat, x0, sigma, cfg.min_sigma) * bell_weight(sigma, cfg.bell_width)).mean()
         gnorm = self.optimize("model", loss)
         with torch.no_grad():
