@@ -11,7 +11,7 @@ import torch
 
 from worldsim.errors import CheckpointError
 from worldsim.runtime import ActionSlot, Session, SessionConfig, load_playable
-from worldsim.runtime.testing import SpyBackend, write_random_checkpoint
+from worldsim.runtime.testing import SpyBackend, wait_for, write_random_checkpoint
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -33,15 +33,6 @@ def ckpt(tmp_path_factory):
 @pytest.fixture
 def backend(ckpt):
     return load_playable(ckpt, dtype="fp32").backend
-
-
-def wait_for(cond, timeout=5.0):
-    t = time.monotonic() + timeout
-    while time.monotonic() < t:
-        if cond():
-            return True
-        time.sleep(0.002)
-    return False
 
 
 def drain(session, kind=None, timeout=3.0, until=None):

@@ -85,12 +85,11 @@ def main(argv=None) -> int:
         overrides = {**({"window": args.window} if args.window > 0 else {}), **({"sink": args.sink} if args.sink >= 0 else {})}
         playable, label = load_backend(args.checkpoint, args.dtype, tmp, overrides or None)
         model = playable.backend.model
-        from worldsim.app.cli import in_worker_process
+        from worldsim.app.cli import in_worker_process, torch_device_type
         from worldsim.app.player import PlayConfig
 
         play = PlayConfig(worker=args.worker, threads=args.threads)
-        probe = in_worker_process(playable.backend, play)
-        worker = "process" if probe is not playable.backend else "thread"
+        worker = "process" if args.worker == "process" and torch_device_type(playable.backend) == "cpu" else "thread"
         threads = torch.get_num_threads() if worker == "thread" else (args.threads or os.cpu_count())
         print(f"model: {label} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
               f"{model.cfg.resolution}x{model.cfg.resolution}, weights {str(playable.weights_dtype).split('.')[-1]}); "

@@ -154,3 +154,15 @@ class HangingBackend:
 
     def configure(self, **kw):
         return self.inner.configure(**kw)
+
+
+def wait_for(cond, timeout: float = 5.0, poll: float = 0.002) -> bool:
+    """Poll ``cond()`` until it is true (True) or ``timeout`` seconds pass (False)."""
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(poll)
+    return False
