@@ -168,6 +168,8 @@ def main(argv=None) -> int:
     from worldsim.device import pick_device
     from worldsim.errors import ConfigError
 
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
     try:
         device = pick_device(args.device)
     except ConfigError as e:
