@@ -13,10 +13,16 @@ from worldsim.model import ModelConfig, WorldDiT, anchor_frames
 from worldsim.model.rope import apply_rope
 
 
+ANCHORS = [False, "residual", "input"]  # plain, and the two ways an anchored student uses its anchor
+ANCHOR_IDS = ["plain", "anchored", "anchor-input"]
+
+
 def tiny_model(chunk=1, temporal_every=1, seed=0, anchor=False):
     torch.manual_seed(seed)
+    mode = anchor if isinstance(anchor, str) else "residual"
     m = WorldDiT(ModelConfig(resolution=16, patch=4, dim=32, depth=2, heads=2, kv_heads=1, num_actions=5,
-                             chunk=chunk, temporal_every=temporal_every, anchor=anchor)).eval()
+                             chunk=chunk, temporal_every=temporal_every, anchor=bool(anchor),
+                             anchor_mode=mode)).eval()
     with torch.no_grad():  # zero-init output layers would make every test trivially pass
         for p in m.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -28,7 +34,7 @@ def frames(B, T, seed=0):
     return torch.rand(B, T, 3, 16, 16, generator=g) * 2 - 1
 
 
-@pytest.mark.parametrize("anchor", [False, True], ids=["plain", "anchored"])
+@pytest.mark.parametrize("anchor", ANCHORS, ids=ANCHOR_IDS)
 @pytest.mark.parametrize("chunk", [1, 3], ids=lambda c: f"C={c}")
 @pytest.mark.parametrize("temporal_every", [1, 2], ids=lambda t: f"temporal_every={t}")
 def test_cached_forward_equals_full_forward(chunk, temporal_every, anchor):
@@ -81,7 +87,7 @@ def reference_generate(m, cfg, ctx, prev_actions, actions, seed):
 
 @pytest.mark.parametrize("chunk,steps", [(1, 1), (1, 2), (1, 4), (3, 2)], ids=lambda v: str(v))
 @pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
-@pytest.mark.parametrize("anchor", [False, True], ids=["plain", "anchored"])
+@pytest.mark.parametrize("anchor", ANCHORS, ids=ANCHOR_IDS)
 def test_engine_generation_equals_full_sequence_reference(chunk, steps, fuse, anchor):
     m = tiny_model(chunk, anchor=anchor)
     cfg = EngineConfig(chunk=chunk, steps=steps, shift=2.0, window=16, sink=2, fuse_cache_write=fuse)
@@ -194,3 +200,30 @@ def test_fresh_anchored_model_starts_at_copy_last():
     with torch.no_grad():
         out = m(torch.randn(2, 4, 3, 16, 16), torch.rand(2, 4), torch.randint(0, 5, (2, 4)), anchor=anc)
     torch.testing.assert_close(out, anc, atol=0, rtol=0)
+
+
+def test_input_anchor_enters_the_tokens_not_the_output():
+    # anchor_mode=input: a fresh model (zero output layer) predicts zeros whatever the anchor, and once
+    # trained its output depends on the anchor through the network only.
+    cfg = ModelConfig(resolution=16, patch=4, dim=32, depth=2, heads=2, kv_heads=1, num_actions=5, anchor=True,
+                      anchor_mode="input")
+    torch.manual_seed(0)
+    fresh = WorldDiT(cfg).eval()
+    x, sig, a = torch.randn(2, 4, 3, 16, 16), torch.rand(2, 4), torch.randint(0, 5, (2, 4))
+    with torch.no_grad():
+        assert fresh(x, sig, a, anchor=frames(2, 4, seed=3)).abs().max() == 0
+    m = tiny_model(anchor="input")
+    with torch.no_grad():
+        one, two = m(x, sig, a, anchor=frames(2, 4, seed=3)), m(x, sig, a, anchor=frames(2, 4, seed=4))
+    assert (one - two).abs().max() > 1e-3  # the anchor reaches the output
+    residual = tiny_model(anchor="residual")  # the same weights, the anchor added back to the output
+    with torch.no_grad():
+        torch.testing.assert_close(residual(x, sig, a, anchor=frames(2, 4, seed=3)), one + frames(2, 4, seed=3))
+
+
+def test_unknown_anchor_mode_is_refused():
+    from worldsim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="anchor_mode"):
+        WorldDiT(ModelConfig(resolution=16, patch=4, dim=32, depth=2, heads=2, kv_heads=1, anchor=True,
+                             anchor_mode="add"))

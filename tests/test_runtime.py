@@ -132,6 +132,19 @@ def test_bf16_weights_on_cpu(ckpt):
 
 
 # -- the session ----------------------------------------------------------------------------------
+def test_frame_clock_does_not_drift_and_never_bursts():
+    from worldsim.runtime.session import next_frame_start
+
+    period, t = 16_666_667, 1_000_000_000
+    scheduled = next_frame_start(0, t, period)  # a new context: the clock starts at the first start
+    assert scheduled == t + period
+    for _ in range(600):  # every wait wakes 0.3 ms late: ten seconds later the clock has not moved
+        scheduled = next_frame_start(scheduled, scheduled + 300_000, period)
+    assert scheduled == t + 601 * period
+    late = scheduled + 5 * period  # a start five periods late (slow model): no catch-up burst
+    assert next_frame_start(scheduled, late, period) == late + period
+
+
 def test_session_actions_reach_engine_in_order(backend):
     spy = SpyBackend(backend)
     s = Session(spy, SessionConfig(fps=0)).start()

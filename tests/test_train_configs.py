@@ -52,3 +52,14 @@ def test_bad_stage_inputs_are_one_line_errors(tiny, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "missing.safetensors" in err
     assert worldsim(["train", "stage7", "configs/stage1_teacher_forcing.yaml"]) == 2
     assert "unknown stage" in capsys.readouterr().err
+
+
+def test_keys_added_later_match_checkpoints_written_before_them():
+    from worldsim.train.trainer import config_differences
+
+    old = {"model": {"dim": 32, "anchor": True}}  # written before model.anchor_mode existed
+    assert config_differences(old, {"model": {"dim": 32, "anchor": True, "anchor_mode": "residual"}}) == []
+    diffs = config_differences(old, {"model": {"dim": 32, "anchor": True, "anchor_mode": "input"}})
+    assert diffs == ["model.anchor_mode='residual' in the checkpoint but 'input' now"]
+    assert config_differences(old, {"model": {"dim": 32, "anchor": True, "other": 1}}) == \
+        ["model.other='<absent>' in the checkpoint but 1 now"]

@@ -22,6 +22,9 @@ models without ``anchor`` ignore them (the bidirectional teacher and score model
 Measured caveat: trained with clean anchors (teacher forcing) and 10-frame self-rollouts, an anchored
 Boxing student wins open-loop but diverges to noise within 1,000 frames of free play, because its own
 errors come back as the next anchor and are added again; the shipped model is therefore unanchored.
+``anchor_mode="input"`` keeps the anchor in the tokens but drops the residual: the network draws the
+whole frame (as DIAMOND's frame-stacked denoiser does), so a small bias is not integrated frame after
+frame.
 
 The network predicts ``x0`` (pixel-space x-prediction: the clean frame is low-dimensional next to
 the noise, so predicting it directly works at large patch sizes); callers derive ``v`` from it.
@@ -60,7 +63,10 @@ class ModelConfig:
     temporal_every: int = 1  # every k-th block attends across frames; the others only within a frame
     rope_theta_time: float = 1000.0
     rope_theta_space: float = 100.0
-    anchor: bool = False  # predict x0 as the clean frame before the chunk + a correction (students)
+    anchor: bool = False  # students: the clean frame before the chunk goes into every token (anchor_mode)
+    # "residual": x0 = anchor + the network's output (a correction); "input": the anchor only enters the
+    # tokens and the network draws the whole frame, so its own small errors are not re-added every frame.
+    anchor_mode: str = "residual"
 
     def validate(self) -> None:
         from worldsim.errors import ConfigError
@@ -75,6 +81,8 @@ class ModelConfig:
             raise ConfigError(f"head dim {self.dim // self.heads} must be a multiple of 8; change model.dim or model.heads")
         if self.temporal_every < 1 or self.temporal_every > self.depth:
             raise ConfigError(f"model.temporal_every must be in [1, depth={self.depth}], got {self.temporal_every}")
+        if self.anchor_mode not in ("residual", "input"):
+            raise ConfigError(f"model.anchor_mode must be 'residual' or 'input', got {self.anchor_mode!r}")
         if self.num_actions < 1 or self.chunk < 1:
             raise ConfigError("model.num_actions and model.chunk must be >= 1")
 
@@ -313,7 +321,7 @@ class WorldDiT(nn.Module):
             cache_layer += blk.attn.temporal
         shift, mult = mods[-2:]
         out = self.out(modulate(F.layer_norm(tokens, (D,), eps=1e-6), shift, mult))
-        if self.anchor_embed is not None:
+        if self.anchor_embed is not None and self.cfg.anchor_mode == "residual":
             out = anc + out.float()  # the residual in fp32: the copied background stays exact under bf16
         return self.unpatchify(out)
 

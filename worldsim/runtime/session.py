@@ -39,6 +39,15 @@ import numpy as np
 from worldsim.runtime.slot import ActionSlot
 
 
+def next_frame_start(scheduled_ns: int, t0_ns: int, period_ns: int) -> int:
+    """When the next generation may start, on a fixed clock: the start that was scheduled plus one
+    period, so the wake-up lateness of each wait does not add up (timed from ``t0``, a 60 FPS cap
+    ran at 56-59 FPS with a model that kept up). A start more than a period late (a slow model, a
+    pause, a new context: ``scheduled_ns`` 0) restarts the clock from ``t0``: no burst of catch-up frames."""
+    base = scheduled_ns if scheduled_ns and 0 <= t0_ns - scheduled_ns < period_ns else t0_ns
+    return base + period_ns
+
+
 @dataclass
 class SessionConfig:
     seed: int = 0  # noise seed of the first context; every reset draws the next one
@@ -322,7 +331,7 @@ class Session:
                     return  # abandoned while it ran: its frames belong to nobody
                 settings = dict(backend.settings)
                 if self.cfg.fps > 0:
-                    next_start = t0 + int(len(frames) * 1e9 / self.cfg.fps)
+                    next_start = next_frame_start(next_start, t0, int(len(frames) * 1e9 / self.cfg.fps))
                 gen_ms = (t1 - t0) / 1e6
                 self.gen_ms_ema = gen_ms if self.steps == 0 else 0.9 * self.gen_ms_ema + 0.1 * gen_ms
                 self.steps += 1

@@ -214,8 +214,16 @@ def flatten_config(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# Keys added to a config after checkpoints were written, with the value that older checkpoints behave
+# as (matched on the key's last part): such a checkpoint is the same config as one that sets it so.
+ADDED_KEYS = {"anchor_mode": "residual"}
+
+
 def config_differences(saved: dict, current: dict, ignore=RESUMABLE_CHANGES) -> list[str]:
     a, b = flatten_config(saved), flatten_config(current)
+    for k in set(b) - set(a):
+        if k.rsplit(".", 1)[-1] in ADDED_KEYS:
+            a[k] = ADDED_KEYS[k.rsplit(".", 1)[-1]]
     diffs = []
     for k in sorted(set(a) | set(b)):
         if k in ignore or any(k.startswith(p + ".") for p in ignore):
