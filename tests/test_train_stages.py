@@ -280,3 +280,27 @@ def test_stage1_continues_an_anchored_student_with_noised_anchors(tmp_path):
     other.init.student = str(first)  # model.anchor=false here
     with pytest.raises(WorldsimError, match="another model config"):
         TeacherForcingTrainer(other, data=clips(), heldout=clips()).fit()
+
+
+def test_stage1_self_anchors_are_the_students_own_predictions(tmp_path):
+    """anchor_self: a fraction of samples anchored on the student's own one-step predictions."""
+    cfg = stage1_cfg(tmp_path / "a", steps=4)
+    cfg.model = dataclasses.replace(cfg.model, anchor=True, anchor_mode="input")
+    cfg.anchor_self = 1.0
+    t = TeacherForcingTrainer(cfg, data=clips(), heldout=clips())
+    t.setup()
+    x0, acts = t.model_inputs(t.next_batch())
+    real = x0.clone()
+    # a fresh input-anchored student (zero output layer) predicts zeros: every anchor becomes its prediction
+    got = t.self_anchors(x0, x0, torch.zeros(acts.shape), acts, 1, real)
+    assert torch.equal(got, torch.zeros_like(real))
+    t.cfg.anchor_self = 0.0  # none replaced
+    assert torch.equal(t.self_anchors(x0, x0, torch.zeros(acts.shape), acts, 1, real), real)
+    cfg2 = stage1_cfg(tmp_path / "b", steps=4)
+    cfg2.model, cfg2.anchor_self = cfg.model, 0.5
+    out = TeacherForcingTrainer(cfg2, data=clips(), heldout=clips()).fit()
+    assert all(torch.isfinite(v.float()).all() for v in load_checkpoint(out, "model.")[0].values())
+    plain = stage1_cfg(tmp_path / "c", steps=2)
+    plain.anchor_self = 0.5
+    with pytest.raises(WorldsimError, match="anchor_self"):
+        TeacherForcingTrainer(plain, data=clips(), heldout=clips()).fit()

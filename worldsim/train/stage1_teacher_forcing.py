@@ -28,7 +28,7 @@ import torch
 
 from worldsim.engine import EngineConfig
 from worldsim.errors import ConfigError
-from worldsim.engine.schedule import add_noise, shift_sigma
+from worldsim.engine.schedule import add_noise, shift_sigma, student_sigmas
 from worldsim.model import ModelConfig, WorldDiT
 from worldsim.model.dit import anchor_frames, teacher_forcing_frame_mask
 from worldsim.train.data import DataConfig
@@ -67,6 +67,10 @@ class Stage1Config:
     # free play the anchors are the student's own outputs; a student that never saw a wrong anchor copies
     # its errors forward (the anchored Boxing student diverged to noise within 1,000 frames).
     anchor_noise: float = 0.0
+    # Anchored students: the fraction of samples whose anchors are the student's own one-step predictions
+    # of the frames before (no gradient; input noise at a level the 2-step sampler predicts from, 1.0 or
+    # its second level), so it learns from anchors with the errors it really makes, not Gaussian ones.
+    anchor_self: float = 0.0
     action_dropout: float = 0.1  # enables action guidance u + w (c - u) in stage 2
     min_sigma: float = 0.05
     bell_width: float = 0.3
@@ -154,6 +158,8 @@ class TeacherForcingTrainer(Trainer):
                               "stage-1 student), not both")
         if cfg.anchor_noise < 0 or (cfg.anchor_noise > 0 and not cfg.model.anchor):
             raise ConfigError(f"stage 1: anchor_noise={cfg.anchor_noise} needs model.anchor=true and a level >= 0")
+        if not 0 <= cfg.anchor_self <= 1 or (cfg.anchor_self > 0 and not cfg.model.anchor):
+            raise ConfigError(f"stage 1: anchor_self={cfg.anchor_self} needs model.anchor=true and a fraction in [0, 1]")
         if cfg.init.student:
             prev, meta = load_stage_output(cfg.init.student, role="student", stages=(1,), what="a stage-1 student",
                                            needed_by="stage 1 (init.student)",
@@ -193,6 +199,8 @@ class TeacherForcingTrainer(Trainer):
         if cfg.anchor_noise > 0:
             level = (self.rand_b(1) * cfg.anchor_noise).expand(-1, T)  # (B, T)
             anchor_src = add_noise(x0, self.randn_b(*x0.shape[1:]), level)
+        if cfg.anchor_self > 0:
+            anchor_src = self.self_anchors(x0, clean, clean_sigma, acts, C, anchor_src)
         with self.autocast():
             x0_hat = tf_forward(self.nets["model"], clean, clean_sigma, x_t, sigma, acts, C, anchor_src=anchor_src)
         loss = (v_loss(x0_hat, x0, sigma, cfg.min_sigma) * bell_weight(sigma, cfg.bell_width)).mean()
@@ -200,6 +208,18 @@ class TeacherForcingTrainer(Trainer):
         with torch.no_grad():
             x0_mse = (x0_hat.float() - x0).pow(2).mean()
         return {"loss": float(loss.detach()), "x0_mse": float(x0_mse), "grad_norm": gnorm, "chunk": C}
+
+    def self_anchors(self, x0, clean, clean_sigma, acts, chunk: int, anchor_src):
+        """``anchor_src`` with a fraction ``anchor_self`` of its samples replaced by the student's own
+        one-step predictions of every frame (their anchors then carry its errors, as in free play)."""
+        B, T = acts.shape
+        levels = torch.tensor(student_sigmas(2, self.cfg.shift), device=x0.device)  # what 2 steps predict from
+        lvl = levels[(self.rand_b() * len(levels)).long()][:, None].expand(B, T)  # (B, T)
+        with torch.no_grad(), self.autocast():
+            pred = tf_forward(self.nets["model"], clean, clean_sigma, add_noise(x0, self.randn_b(*x0.shape[1:]), lvl),
+                              lvl, acts, chunk, anchor_src=anchor_src).float().clamp(-1, 1)
+        use = (self.rand_b(1) < self.cfg.anchor_self).view(B, 1, 1, 1, 1)
+        return torch.where(use, pred, anchor_src)
 
     def sample_frames(self, ctx, prev, actions, seed):
         from worldsim.train.samples import engine_rollout
