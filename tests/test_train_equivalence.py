@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from worldsim.checkpoint import load_checkpoint
+from worldsim.checkpoint import load_checkpoint, read_meta
 from worldsim.model import ModelConfig, WorldDiT
 from worldsim.train.self_rollout import make_cache
 from worldsim.train.stage1_teacher_forcing import TeacherForcingTrainer, tf_forward
@@ -113,6 +113,13 @@ def test_pipeline_runs_a_subset_then_skips_finished_stages(tmp_path, capsys):
     rep = run_pipeline(load_config(PipelineConfig, "configs/smoke.yaml", over))
     assert rep["stages"]["stage0_teacher"]["skipped"] and not rep["stages"]["stage3_dmd"]["skipped"]
     assert Path(rep["playable"]).is_file() and "copy_last" in rep["eval"]
+    assert read_meta(rep["playable"])["stage"] == 3 and rep["shipped_stage"] == "stage3"
+    # ship.stage=stage2: every stage done (skipped), the CCD student shipped, the stage-3 one still evaluated
+    rep2 = run_pipeline(load_config(PipelineConfig, "configs/smoke.yaml", over + ["ship.stage=stage2"]))
+    assert all(r["skipped"] for r in rep2["stages"].values())
+    assert read_meta(rep2["playable"])["stage"] == 2 and "copy_last" in rep2["eval_stage3"]
+    with pytest.raises(ConfigError, match="ship.stage"):
+        run_pipeline(load_config(PipelineConfig, "configs/smoke.yaml", over + ["ship.stage=stage1"]))
     # a finished stage trained with another config is refused, not silently reused
     from worldsim.errors import CheckpointError
 
