@@ -13,18 +13,20 @@ With a ``cache`` (see ``worldsim.engine.kv_cache``) the current frames' keys and
 the cache's scratch area and attention runs through ``kernels.block_causal_attention``.
 
 Anchored students (``anchor=True``): every frame also gets an *anchor*, the clean frame just before
-its chunk (``anchor_frames``), embedded into its tokens and added to its output, so the network
-predicts ``x0 = anchor + correction``. A game frame mostly repeats the previous one; without the
-anchor a small student must redraw the static ring, floor and score from its cache every frame, and
-that is where it loses sharpness and, in long play, the sprites. With it, copy-last-frame is where
-training starts and the network spends its capacity on what changes. Callers always pass anchors;
-models without ``anchor`` ignore them (the bidirectional teacher and score models).
-Measured caveat: trained with clean anchors (teacher forcing) and 10-frame self-rollouts, an anchored
-Boxing student wins open-loop but diverges to noise within 1,000 frames of free play, because its own
-errors come back as the next anchor and are added again; the shipped model is therefore unanchored.
-``anchor_mode="input"`` keeps the anchor in the tokens but drops the residual: the network draws the
-whole frame (as DIAMOND's frame-stacked denoiser does), so a small bias is not integrated frame after
-frame.
+its chunk (``anchor_frames``), embedded into its tokens. A game frame mostly repeats the previous one;
+without the anchor a small student must redraw the static ring, floor and score from its cache every
+frame, and that is where it loses sharpness and, in long play, the sprites. Two forms:
+
+* ``anchor_mode="residual"``: the anchor is also added to the output, ``x0 = anchor + correction``;
+  training starts exactly at copy-last-frame. Measured caveat: a Boxing student of this form won
+  open-loop but diverged to noise within 1,000 frames of free play, even trained on noised anchors:
+  its own errors come back as the next anchor and are added again, frame after frame.
+* ``anchor_mode="input"``: the anchor only enters the tokens and the network draws the whole frame
+  (as DIAMOND's frame-stacked denoiser does), so a small bias is not integrated over time. The shipped
+  Boxing student is of this form (trained with noised anchors, ``anchor_noise``).
+
+Callers always pass anchors; models without ``anchor`` ignore them (the bidirectional teacher and
+score models).
 
 The network predicts ``x0`` (pixel-space x-prediction: the clean frame is low-dimensional next to
 the noise, so predicting it directly works at large patch sizes); callers derive ``v`` from it.
@@ -290,7 +292,7 @@ class WorldDiT(nn.Module):
         chunk: frames per causal chunk for this call (default cfg.chunk; ignored if not causal).
         cache: a KV cache; the frames then attend to the cache plus themselves.
         anchor: (B, T, 3, H, W) clean frame before each frame's chunk (``anchor_frames``), used when
-        ``cfg.anchor`` (zeros if None: a session started from nothing); the output is then float32.
+        ``cfg.anchor`` (zeros if None: a session started from nothing); the residual form returns float32.
         """
         B, T = x.shape[:2]
         N = self.grid * self.grid
