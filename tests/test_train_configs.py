@@ -63,3 +63,14 @@ def test_keys_added_later_match_checkpoints_written_before_them():
     assert diffs == ["model.anchor_mode='residual' in the checkpoint but 'input' now"]
     assert config_differences(old, {"model": {"dim": 32, "anchor": True, "other": 1}}) == \
         ["model.other='<absent>' in the checkpoint but 1 now"]
+
+
+def test_an_empty_override_says_how_to_write_an_empty_string():
+    from worldsim.config import load_config
+    from worldsim.errors import ConfigError
+    from worldsim.train.stage1_teacher_forcing import Stage1Config
+
+    with pytest.raises(ConfigError, match=r"init.teacher.*write init.teacher=''") as e:
+        load_config(Stage1Config, overrides=["init.teacher="])
+    assert "\n" not in str(e.value)
+    assert load_config(Stage1Config, overrides=["init.teacher=''"]).init.teacher == ""

@@ -49,6 +49,8 @@ def _merge(schema: DictConfig, other: Any, where: str) -> DictConfig:
     except ValidationError as e:
         key = getattr(e, "full_key", "?")
         msg = str(e).splitlines()[0]
+        if "Incompatible value 'None'" in msg:  # `key=` parses as null, not as an empty string
+            msg += f"; for an empty value write {key}=''"
         raise ConfigError(f"bad value for config key '{key}' in {where}: {msg}") from None
     except OmegaConfBaseException as e:
         raise ConfigError(f"invalid config in {where}: {str(e).splitlines()[0]}") from None
