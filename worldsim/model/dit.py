@@ -305,8 +305,10 @@ class WorldDiT(nn.Module):
         rot = rope_matrices(*self.rope.tables(frame_pos)).to(wdtype)  # (T*N, d, d)
         tokens = self.patch_embed(self.patchify(x.to(wdtype)))  # (B, T, N, dim)
         if self.anchor_embed is not None:
-            anc = self.patchify((torch.zeros_like(x) if anchor is None else anchor).float())  # (B, T, N, p*p*C)
-            tokens = tokens + self.anchor_embed(anc.to(wdtype))
+            residual = self.cfg.anchor_mode == "residual"  # fp32 only where it is added back to the output
+            anc = torch.zeros_like(x) if anchor is None else anchor
+            anc = self.patchify(anc.to(torch.float32 if residual else wdtype))
+            tokens = tokens + self.anchor_embed(anc.to(wdtype))  # anc: (B, T, N, p*p*C)
         c = self.action_embed(actions) + self.sigma_embed(sigma)  # (B, T, dim)
         mods = self.ada(c).view(B, T, 1, 6 * self.cfg.depth + 2, D).unbind(3)  # each (B, T, 1, dim)
         attn_kw: dict = {}
@@ -323,7 +325,7 @@ class WorldDiT(nn.Module):
             cache_layer += blk.attn.temporal
         shift, mult = mods[-2:]
         out = self.out(modulate(F.layer_norm(tokens, (D,), eps=1e-6), shift, mult))
-        if self.anchor_embed is not None and self.cfg.anchor_mode == "residual":
+        if self.anchor_embed is not None and residual:
             out = anc + out.float()  # the residual in fp32: the copied background stays exact under bf16
         return self.unpatchify(out)
 

@@ -341,8 +341,6 @@ def compare_stage2(cfg: PipelineConfig) -> dict:
     guidance; each evaluated at 1/2/4 steps on held-out episodes, beside copy-last-frame and the
     stage-1 multi-step model."""
     stages = stage_configs(cfg)
-    if cfg.ship.stage not in ("stage2", "stage3"):
-        raise ConfigError(f"pipeline: ship.stage '{cfg.ship.stage}' must be stage3 (the default) or stage2")
     ensure_data(cfg)
     out = Path(cfg.out_dir) / "compare_stage2"
     for key, name, cls in STAGES[:2]:
