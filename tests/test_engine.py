@@ -8,6 +8,7 @@ import torch
 
 from kernels.schedule_update import noise_update_torch
 from worldsim.engine import Engine, EngineConfig
+from worldsim.engine.kv_cache import KVCache
 from worldsim.engine.schedule import student_sigmas
 from worldsim.model import ModelConfig, WorldDiT, anchor_frames
 from worldsim.model.rope import apply_rope
@@ -227,3 +228,66 @@ def test_unknown_anchor_mode_is_refused():
     with pytest.raises(ConfigError, match="anchor_mode"):
         WorldDiT(ModelConfig(resolution=16, patch=4, dim=32, depth=2, heads=2, kv_heads=1, anchor=True,
                              anchor_mode="add"))
+
+
+@pytest.mark.parametrize("anchor", ANCHORS, ids=ANCHOR_IDS)
+@pytest.mark.parametrize("temporal_every,depth", [(1, 2), (2, 2), (2, 3)], ids=lambda v: str(v))
+def test_drop_first_gives_the_same_rows_and_cache(anchor, temporal_every, depth):
+    """The fused cache write drops the clean frames' outputs: the kept rows and the cache it leaves
+    equal a forward that computes everything (last block temporal, or frame-local at depth 3);
+    without a cache, or dropping every frame, it refuses."""
+    m = tiny_model(1, temporal_every, anchor=anchor)
+    if depth != 2:
+        cfg = dataclasses.replace(m.cfg, depth=depth)
+        torch.manual_seed(0)
+        m = WorldDiT(cfg).eval()
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+        assert not m.blocks[-1].attn.temporal
+    mc = m.cfg
+    x, a = frames(1, 3), torch.randint(0, 5, (1, 3))
+    sig, anc = torch.rand(1, 3), anchor_frames(frames(1, 3, seed=1), 1)
+    outs, caches = [], []
+    for drop in (0, 2):
+        cache = KVCache(layers=mc.cache_layers, batch=1, kv_heads=mc.kv_heads, head_dim=mc.head_dim,
+                        tokens_per_frame=mc.tokens_per_frame, sink=1, window=4, scratch_frames=4, rope=m.rope,
+                        device=torch.device("cpu"), dtype=torch.float32)
+        with torch.no_grad():
+            outs.append(m(x, sig, a, frame_pos=torch.arange(3), cache=cache, anchor=anc, drop_first=drop))
+        caches.append(cache)
+    full, dropped = outs
+    assert dropped.shape[1] == 1
+    torch.testing.assert_close(dropped, full[:, 2:], atol=1e-5, rtol=1e-5)
+    for l in range(mc.cache_layers):
+        torch.testing.assert_close(caches[1].k[l][:, :, :3 * mc.tokens_per_frame],
+                                   caches[0].k[l][:, :, :3 * mc.tokens_per_frame])
+    with pytest.raises(ValueError, match="drop_first"):
+        m(x, sig, a, drop_first=1)
+    with pytest.raises(ValueError, match="drop_first"):
+        m(x, sig, a, cache=caches[0], drop_first=3)
+
+
+def test_memoised_rotations_and_conditioning_match_direct_computation():
+    """The rope memo returns what rope_matrices/tables compute (also past its LRU bound), and the
+    conditioning memo serves terms of the current weights: a weight update is seen at once."""
+    from worldsim.model.rope import MEMO_FRAMES, rope_matrices
+
+    m = tiny_model()
+    rope = m.rope
+    for pos in ([3, 4], [4], list(range(MEMO_FRAMES + 5)), [3, 4]):
+        p = torch.tensor(pos)
+        want_c, want_s = rope._tables(p)
+        got_c, got_s = rope.tables(p)
+        torch.testing.assert_close(got_c, want_c, atol=0, rtol=0)
+        torch.testing.assert_close(got_s, want_s, atol=0, rtol=0)
+        for dt in (torch.float32, torch.bfloat16):
+            torch.testing.assert_close(rope.matrices(p, dt), rope_matrices(want_c, want_s).to(dt), atol=0, rtol=0)
+    a, s = torch.tensor([[1, 2]]), torch.tensor([[0.0, 0.7]])
+    with torch.no_grad():
+        first = m.conditioning(a, s)
+        torch.testing.assert_close(first, m._conditioning(a, s), atol=1e-6, rtol=1e-6)
+        assert torch.equal(m.conditioning(a, s), first)  # served from the memo, bit for bit
+        m.ada[1].bias.add_(0.5)  # an optimizer step changes the weights in place
+        torch.testing.assert_close(m.conditioning(a, s), m._conditioning(a, s), atol=1e-6, rtol=1e-6)
+        assert not torch.allclose(m.conditioning(a, s), first)

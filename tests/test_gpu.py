@@ -18,6 +18,7 @@ import test_kernels_attention as ta
 import test_kernels_schedule_update as ts
 from kernels.attention import block_causal_attention_torch
 from kernels.schedule_update import noise_update_torch
+from test_engine import ANCHOR_IDS, ANCHORS
 
 pytestmark = [
     pytest.mark.gpu,
@@ -112,7 +113,7 @@ def _generate(model, cfg, kernels_mode, monkeypatch, n_steps=12, seed=3):
     return out.cpu()
 
 
-def _tiny(chunk: int, anchor: bool):
+def _tiny(chunk: int, anchor: bool | str):
     from test_engine import tiny_model
 
     return tiny_model(chunk, anchor=anchor).to(CUDA)
@@ -123,7 +124,7 @@ def _tiny(chunk: int, anchor: bool):
 GEN_SETTINGS = [(1, 1, "renoise"), (1, 2, "euler"), (3, 2, "euler"), (1, 4, "euler")]
 
 
-@pytest.mark.parametrize("anchor", [False, True], ids=["plain", "anchored"])
+@pytest.mark.parametrize("anchor", ANCHORS, ids=ANCHOR_IDS)
 @pytest.mark.parametrize("chunk,steps,sampler", GEN_SETTINGS, ids=lambda v: str(v))
 def test_engine_triton_equals_reference_on_cuda(chunk, steps, sampler, anchor, monkeypatch):
     from worldsim.engine import EngineConfig

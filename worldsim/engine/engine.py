@@ -3,12 +3,13 @@
 For every chunk of C frames: start from noise, run the few-step list (predict x0, re-noise to the
 next level; or Euler steps for a multi-step model), then write the clean chunk into the KV cache.
 The engine depends only on the model interface ``model(x, sigma, actions, frame_pos=, chunk=,
-cache=) -> x0`` and its ``cfg`` (tokens per frame, layers, heads), not on a model class.
+cache=, anchor=, drop_first=) -> x0`` and its ``cfg`` (tokens per frame, layers, heads), not on a model class.
 
 Fused cache write (``fuse_cache_write``): the forward that writes chunk k's clean keys into the
 cache is the same forward as chunk k+1's first denoising step: ``[clean k | noisy k+1]`` go in
 together under the block-causal mask, so a chunk costs ``steps`` forwards instead of
-``steps + 1``. The outputs are the same as the unfused order (the tests check it).
+``steps + 1``; the clean frames' outputs are not wanted, so the model's last block skips them
+(``drop_first``). The outputs are the same as the unfused order (the tests check it).
 
 Step alignment (shared/DESIGN.md): ``step(a)`` takes the action chosen after seeing the latest
 frame and returns the frame(s) it produces. ``prefill(frames, prev_actions)`` takes context frames
@@ -104,10 +105,10 @@ class Engine:
     def frames_generated(self) -> int:
         return self.cache.frames + (self._pending[0].shape[1] if self._pending is not None else 0)
 
-    def _forward(self, x, sigma, actions, pos, anchor):
+    def _forward(self, x, sigma, actions, pos, anchor, drop_first: int = 0):
         with autocast(self.device, self.dtype):
             return self.model_fn(x, sigma, actions, frame_pos=pos, chunk=self.cfg.chunk, cache=self.cache,
-                                 anchor=anchor).float()
+                                 anchor=anchor, drop_first=drop_first).float()
 
     def _next_anchor(self, n: int):
         """Anchors of the next n frames of one chunk: the latest clean frame (None before any, and
@@ -123,7 +124,7 @@ class Engine:
         frames, acts, anc = self._pending
         n = frames.shape[1]
         sig = torch.full((self.batch, n), self.cfg.context_sigma, device=self.device)
-        self._forward(frames, sig, acts, self.cache.next_positions(n, self.device), anc)
+        self._forward(frames, sig, acts, self.cache.next_positions(n), anc)
         self.cache.commit(n)
         self._pending = None
 
@@ -146,7 +147,7 @@ class Engine:
             sig = torch.full(a.shape, self.cfg.context_sigma, device=self.device)
             # pieces are whole chunks: the chunk rule holds across them
             anc = anchor_frames(f, C, first=self._last) if self.model.cfg.anchor else None
-            self._forward(f, sig, a, self.cache.next_positions(f.shape[1], self.device), anc)
+            self._forward(f, sig, a, self.cache.next_positions(f.shape[1]), anc)
             self.cache.commit(f.shape[1])
             self._last = f[:, -1]
 
@@ -167,19 +168,18 @@ class Engine:
         anc = self._next_anchor(C)
         for i, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
             sig = torch.full((B, C), s, device=self.device)
-            pos = self.cache.next_positions(C, self.device)
             if i == 0 and self._pending is not None:  # fused: [clean k | noisy k+1] in one forward
                 pf, pa, panc = self._pending
                 n = pf.shape[1]
                 ctx_sig = torch.full((B, n), self.cfg.context_sigma, device=self.device)
                 both = None if anc is None else torch.cat([panc if panc is not None else torch.zeros_like(pf), anc], 1)
-                out = self._forward(torch.cat([pf, x], 1), torch.cat([ctx_sig, sig], 1),
-                                    torch.cat([pa, actions], 1), self.cache.next_positions(n + C, self.device), both)
+                # the clean frames are there for their keys and values only: their outputs are not computed
+                x0 = self._forward(torch.cat([pf, x], 1), torch.cat([ctx_sig, sig], 1),
+                                   torch.cat([pa, actions], 1), self.cache.next_positions(n + C), both, drop_first=n)
                 self.cache.commit(n)
                 self._pending = None
-                x0 = out[:, n:]
             else:
-                x0 = self._forward(x, sig, actions, pos, anc)
+                x0 = self._forward(x, sig, actions, self.cache.next_positions(C), anc)
             if s_next == 0.0:
                 x = x0
                 break

@@ -57,7 +57,8 @@ class KVCache:
         return sum(t.numel() * t.element_size() for t in self.k + self.v + self.sink_raw)
 
     def next_positions(self, n: int, device=None) -> torch.Tensor:
-        """Absolute frame positions of the next ``n`` frames."""
+        """Absolute frame positions of the next ``n`` frames (on the host by default: the model
+        memoises its rotations per position, which a GPU tensor would have to be read back for)."""
         return torch.arange(self.frames, self.frames + n, device=device)
 
     def write_scratch(self, layer: int, k: torch.Tensor, v: torch.Tensor):

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from kernels import block_causal_attention
 from kernels.attention import block_causal_attention_torch
-from worldsim.model.rope import AxialRope, rope_matrices
+from worldsim.model.rope import AxialRope
 
 
 @dataclass
@@ -186,10 +186,13 @@ class Attention(nn.Module):
         self.qk_norm = nn.Parameter(torch.ones(cfg.heads + cfg.kv_heads, self.d))
         self.proj = nn.Linear(cfg.dim, cfg.dim)
 
-    def forward(self, x, rot, *, mask=None, chunk_tokens=None, cache=None, cache_layer=0):
-        # x: (B, L, dim); rot: (L, d, d) rotary matrices for these tokens.
+    def forward(self, x, rot, *, mask=None, chunk_tokens=None, cache=None, cache_layer=0, q_from=0):
+        # x: (B, L, dim); rot: (L, d, d) rotary matrices for these tokens. q_from: the first token
+        # whose output is wanted (the earlier ones only give keys and values; cache or frame-local).
         B, L, _ = x.shape
         h, hkv, d = self.h, self.hkv, self.d
+        if q_from and not self.temporal:  # frame-local: the skipped frames' keys are never read
+            x, rot, L, q_from = x[:, q_from:], rot[q_from:], L - q_from, 0
         qkv = self.qkv(x).view(B, L, h + 2 * hkv, d)
         qk = F.rms_norm(qkv[:, :, :h + hkv], (d,), eps=1e-6) * self.qk_norm
         qk = torch.matmul(qk, rot)  # rotary embedding, (B, L, h+hkv, d)
@@ -202,14 +205,17 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(per_frame(q), per_frame(k), per_frame(v), enable_gqa=h != hkv)
             out = out.unflatten(0, (B, T)).transpose(1, 2).flatten(2, 3)  # (B, h, L, d)
         elif cache is not None:
-            out = cached_attention(cache, cache_layer, q, k, v, chunk_tokens)
+            # The queries are the last L - q_from tokens; the attention takes queries as the newest tokens.
+            out = cached_attention(cache, cache_layer, q[:, :, q_from:], k, v, chunk_tokens)
+        elif q_from:
+            raise ValueError("q_from needs a cache (or a frame-local block): skipped tokens must still be kept somewhere")
         elif mask is not None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=h != hkv)
         elif torch.is_grad_enabled():  # training: autograd through the torch path
             out = block_causal_attention_torch(q, k, v, L, chunk_tokens)
         else:
             out = block_causal_attention(q, k, v, L, chunk_tokens)
-        return self.proj(out.transpose(1, 2).reshape(B, L, h * d))
+        return self.proj(out.transpose(1, 2).reshape(B, L - q_from, h * d))
 
 
 class Block(nn.Module):
@@ -219,12 +225,17 @@ class Block(nn.Module):
         hidden = int(cfg.dim * cfg.mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(cfg.dim, hidden), nn.GELU(), nn.Linear(hidden, cfg.dim))
 
-    def forward(self, x, mod, rot, **attn_kw):
+    def forward(self, x, mod, rot, skip: int = 0, **attn_kw):
         # x: (B, T, N, dim) tokens grouped by frame; mod: 6 x (B, T, 1, dim) per-frame adaLN terms.
+        # skip: the first frames only give keys and values (the caller drops their outputs): the
+        # block returns (B, T - skip, N, dim).
         B, T, N, D = x.shape
-        shift_a, mult_a, gate_a, shift_m, mult_m, gate_m = mod
-        h = modulate(F.layer_norm(x, (D,), eps=1e-6), shift_a, mult_a).view(B, T * N, D)
-        x = torch.addcmul(x, gate_a, self.attn(h, rot, **attn_kw).view(B, T, N, D))
+        h = modulate(F.layer_norm(x, (D,), eps=1e-6), mod[0], mod[1]).view(B, T * N, D)
+        a = self.attn(h, rot, q_from=skip * N, **attn_kw).view(B, T - skip, N, D)
+        if skip:
+            x, mod = x[:, skip:], [m[:, skip:] for m in mod]
+        _, _, gate_a, shift_m, mult_m, gate_m = mod
+        x = torch.addcmul(x, gate_a, a)
         h = self.mlp(modulate(F.layer_norm(x, (D,), eps=1e-6), shift_m, mult_m))
         return torch.addcmul(x, gate_m, h)
 
@@ -245,6 +256,8 @@ class WorldDiT(nn.Module):
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, (6 * cfg.depth + 2) * cfg.dim))
         self.out = nn.Linear(cfg.dim, p * p * ch)
         self.rope = AxialRope(cfg.head_dim, self.grid, cfg.rope_theta_time, cfg.rope_theta_space)
+        self._cond_memo: dict = {}  # (action, sigma) -> adaLN terms (conditioning())
+        self._cond_stamp = None
         self._init_weights()
 
     def _init_weights(self):
@@ -283,7 +296,8 @@ class WorldDiT(nn.Module):
         return x.reshape(B, T, C, g * p, g * p)
 
     # -- forward ---------------------------------------------------------------------------
-    def forward(self, x, sigma, actions, *, frame_pos=None, frame_mask=None, chunk=None, cache=None, anchor=None):
+    def forward(self, x, sigma, actions, *, frame_pos=None, frame_mask=None, chunk=None, cache=None, anchor=None,
+                drop_first: int = 0):
         """Predict x0 for every frame of ``x``.
 
         x: (B, T, 3, H, W); sigma: (B, T) or (B,); actions: (B, T) long.
@@ -293,24 +307,31 @@ class WorldDiT(nn.Module):
         cache: a KV cache; the frames then attend to the cache plus themselves.
         anchor: (B, T, 3, H, W) clean frame before each frame's chunk (``anchor_frames``), used when
         ``cfg.anchor`` (zeros if None: a session started from nothing); the residual form returns float32.
+        drop_first: with a cache, the first frames are there only for their keys and values (the
+        engine's fused cache write): the last block computes nothing else for them, and the result
+        holds the other T - drop_first frames. Their rows are the same as without it.
         """
         B, T = x.shape[:2]
         N = self.grid * self.grid
         D = self.cfg.dim
+        if drop_first and (cache is None or not 0 <= drop_first < T):
+            raise ValueError(f"drop_first={drop_first} needs a cache and fewer than the {T} frames given")
         if sigma.dim() == 1:
             sigma = sigma[:, None].expand(B, T)
         if frame_pos is None:
-            frame_pos = frame_positions(T, x.device)
+            frame_pos = frame_positions(T)  # on the host: rotations are memoised per position
         wdtype = self.patch_embed.weight.dtype
-        rot = rope_matrices(*self.rope.tables(frame_pos)).to(wdtype)  # (T*N, d, d)
+        rot = self.rope.matrices(frame_pos, wdtype)  # (T*N, d, d)
         tokens = self.patch_embed(self.patchify(x.to(wdtype)))  # (B, T, N, dim)
         if self.anchor_embed is not None:
             residual = self.cfg.anchor_mode == "residual"  # fp32 only where it is added back to the output
             anc = torch.zeros_like(x) if anchor is None else anchor
             anc = self.patchify(anc.to(torch.float32 if residual else wdtype))
             tokens = tokens + self.anchor_embed(anc.to(wdtype))  # anc: (B, T, N, p*p*C)
-        c = self.action_embed(actions) + self.sigma_embed(sigma)  # (B, T, dim)
-        mods = self.ada(c).view(B, T, 1, 6 * self.cfg.depth + 2, D).unbind(3)  # each (B, T, 1, dim)
+        # memoised only with a cache (the engine, self-rollout): a few discrete noise levels there,
+        # continuous random ones in training batches
+        cond = self.conditioning(actions, sigma) if cache is not None else self._conditioning(actions, sigma)
+        mods = cond[:, :, None].unbind(3)  # each (B, T, 1, dim)
         attn_kw: dict = {}
         if frame_mask is not None:
             attn_kw["mask"] = frame_mask.repeat_interleave(N, 0).repeat_interleave(N, 1)
@@ -320,14 +341,47 @@ class WorldDiT(nn.Module):
         if cache is not None:
             attn_kw["cache"] = cache
         cache_layer = 0
+        last = len(self.blocks) - 1
         for i, blk in enumerate(self.blocks):
-            tokens = blk(tokens, mods[6 * i:6 * i + 6], rot, cache_layer=cache_layer, **attn_kw)
+            tokens = blk(tokens, mods[6 * i:6 * i + 6], rot, skip=drop_first if i == last else 0,
+                         cache_layer=cache_layer, **attn_kw)
             cache_layer += blk.attn.temporal
-        shift, mult = mods[-2:]
+        shift, mult = (m[:, drop_first:] for m in mods[-2:])
         out = self.out(modulate(F.layer_norm(tokens, (D,), eps=1e-6), shift, mult))
         if self.anchor_embed is not None and residual:
-            out = anc + out.float()  # the residual in fp32: the copied background stays exact under bf16
+            out = anc[:, drop_first:] + out.float()  # in fp32: the copied background stays exact under bf16
         return self.unpatchify(out)
+
+    def conditioning(self, actions, sigma) -> torch.Tensor:
+        """Every block's adaLN terms for each frame, (B, T, 6 * depth + 2, dim), from its action and
+        noise level. At inference on the CPU they are memoised per (action, sigma): play asks for
+        the same few pairs every frame (a held key, the 2-3 noise levels of the step list), and the
+        sinusoids, two MLPs and one wide linear were ~4% of a frame. The memo is keyed on the
+        weights' identity and version counters (an optimizer step or a load bumps them) and on the
+        autocast state, so it never serves terms computed from other weights or another precision."""
+        if torch.is_grad_enabled() or actions.device.type != "cpu" or sigma.device.type != "cpu":
+            return self._conditioning(actions, sigma)
+        stamp = (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"),
+                 tuple((p.data_ptr(), p._version) for p in self._conditioning_params()))
+        if stamp != self._cond_stamp:
+            self._cond_memo, self._cond_stamp = {}, stamp
+        keys = list(zip(actions.reshape(-1).tolist(), sigma.reshape(-1).tolist()))
+        if len(self._cond_memo) > 512:  # random actions and noise levels (evaluation batches): stay bounded
+            self._cond_memo = {}
+        for k in set(keys) - self._cond_memo.keys():
+            # one pair per call: a row must not depend on what it was batched with (replays are bit-exact)
+            a = torch.tensor([[k[0]]], dtype=actions.dtype)
+            s = torch.tensor([[k[1]]], dtype=sigma.dtype)
+            self._cond_memo[k] = self._conditioning(a, s)[0, 0]
+        return torch.stack([self._cond_memo[k] for k in keys]).view(*actions.shape, -1, self.cfg.dim)
+
+    def _conditioning_params(self):
+        return [*self.action_embed.parameters(), *self.sigma_embed.parameters(), *self.ada.parameters()]
+
+    def _conditioning(self, actions, sigma) -> torch.Tensor:
+        B, T = actions.shape
+        c = self.action_embed(actions) + self.sigma_embed(sigma)  # (B, T, dim)
+        return self.ada(c).view(B, T, 6 * self.cfg.depth + 2, self.cfg.dim)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

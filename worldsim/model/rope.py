@@ -7,9 +7,15 @@ before cos/sin: a key rotated at frame 10^6 is as exact as one at frame 10.
 
 from __future__ import annotations
 
+import collections
 import math
 
 import torch
+
+# Rotation blocks kept per frame position (each N x d x d: 0.5 MB in bf16 at the shipped size). Play
+# visits each position in 2-3 forwards (the fused cache write, then the next chunk's steps) and a
+# training clip reuses positions 0..T-1 every batch, so a few dozen cover both.
+MEMO_FRAMES = 64  # entries: a frame's tables and its rotation block in each dtype used
 
 
 def split_dims(head_dim: int) -> tuple[int, int, int]:
@@ -43,14 +49,51 @@ class AxialRope:
         self.space_cos = sp.cos().float().to(device)
         self.space_sin = sp.sin().float().to(device)
         self.tokens = grid * grid
+        # (pos, None) -> that frame's (cos, sin); (pos, dtype) -> its rotation block (N, d, d)
+        self._memo: collections.OrderedDict = collections.OrderedDict()
 
     def to(self, device):
         self.space_cos = self.space_cos.to(device)
         self.space_sin = self.space_sin.to(device)
+        self._memo.clear()
         return self
 
+    def _frame(self, p: int, dtype) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+        """One frame's (cos, sin) tables (dtype None) or rotation block (dtype), memoised."""
+        key = (p, dtype)
+        hit = self._memo.get(key)
+        if hit is not None:
+            self._memo.move_to_end(key)
+            return hit
+        if dtype is None:
+            hit = self._tables(torch.tensor([p]))
+        else:
+            hit = rope_matrices(*self._frame(p, None)).to(dtype)
+        self._memo[key] = hit
+        if len(self._memo) > MEMO_FRAMES:
+            self._memo.popitem(last=False)
+        return hit
+
+    def matrices(self, frame_pos: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``rope_matrices(*tables(frame_pos))`` in ``dtype``: (F*N, d, d) on the tables' device.
+        Why memoised: building them was ~4% of a played frame on the 2-core CPU (float64 angles,
+        cos/sin, a scatter into zeros), for the same few positions again and again."""
+        if frame_pos.device.type != "cpu":  # positions on a GPU are not read back: built there
+            return rope_matrices(*self._tables(frame_pos)).to(dtype)
+        blocks = [self._frame(p, dtype) for p in frame_pos.tolist()]
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
+
     def tables(self, frame_pos: torch.Tensor):
-        """cos, sin of shape (F*N, D/2) for frames at positions ``frame_pos`` (F,)."""
+        """cos, sin of shape (F*N, D/2) for frames at positions ``frame_pos`` (F,); per frame
+        memoised for host positions (the KV cache re-rotates its sinks with them every frame)."""
+        if frame_pos.device.type != "cpu":
+            return self._tables(frame_pos)
+        pairs = [self._frame(p, None) for p in frame_pos.tolist()]
+        if len(pairs) == 1:
+            return pairs[0]
+        return torch.cat([c for c, _ in pairs]), torch.cat([s for _, s in pairs])
+
+    def _tables(self, frame_pos: torch.Tensor):
         t = angles(frame_pos, self.dt, self.theta_time)  # (F, dt/2)
         F, N = t.shape[0], self.tokens
         t_cos = t.cos().float().to(self.space_cos.device)

@@ -81,7 +81,7 @@ def self_rollout(model, ctx: torch.Tensor, prev: torch.Tensor, actions: torch.Te
             n = f.shape[1]
             with ac():
                 model(f, torch.full((B, n), context_sigma, device=ctx.device), prev[:, a:a + piece],
-                      frame_pos=cache.next_positions(n, ctx.device), chunk=chunk, cache=cache,
+                      frame_pos=cache.next_positions(n), chunk=chunk, cache=cache,
                       anchor=anchor_frames(f, chunk, first=last) if anchored else None)
             cache.commit(n)
             last = f[:, -1]
@@ -91,7 +91,7 @@ def self_rollout(model, ctx: torch.Tensor, prev: torch.Tensor, actions: torch.Te
         exit_j = exits[j]
         a = actions[:, t:t + n]  # (B, n)
         x = noise[:, t:t + n]  # (B, n, 3, R, R) at s = 1
-        pos = cache.next_positions(n, ctx.device)
+        pos = cache.next_positions(n)
         anc = None if last is None or not anchored else last[:, None].expand(-1, n, -1, -1, -1)
         x0 = None
         for i in range(exit_j + 1):
