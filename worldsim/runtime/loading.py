@@ -1,9 +1,11 @@
 """Load a playable model: weights, recommended engine settings and the context frames it starts from.
 
 Boundary: files in, a ready ``ModelBackend`` out. Device and dtype come from ``worldsim.device``.
-On a CPU with fast bf16 the weights themselves are cast to bf16 and the engine runs without
-autocast (autocast re-casts every weight on every forward, which costs more than the matmuls of
-a small model); on CUDA the engine uses bf16 autocast over fp32 weights.
+Where bf16 is the compute dtype (CUDA, and CPUs with fast bf16) the weights themselves are cast to
+bf16 and the engine runs without autocast: autocast re-casts every weight on every forward, which
+on the CPU costs more than the matmuls of a small model and on a GPU adds a launch per weight
+(play.py on an H100 generated a 2-step frame in 20 ms with autocast against 10-16 ms for bf16
+weights in `bench engine`). ``bench engine`` and the GPU tests time and check this same form.
 
 A checkpoint without ``context.*`` tensors (e.g. straight from training) still plays: it starts
 from a plain grey frame, or from an episode given as a plain ``.npz`` (``context_path``).
@@ -126,10 +128,10 @@ def load_playable(path: str | Path = DEFAULT_CHECKPOINT, *, device: str | None =
     engine_dtype = torch.float32
     weights_dtype = torch.float32
     if want != torch.float32:
-        if dev.type == "cpu":
+        if dev.type in ("cpu", "cuda"):
             model = model.to(want)
             weights_dtype = want
-        else:
+        else:  # other backends (MPS): autocast over fp32 weights, the conservative form
             engine_dtype = want
     eng = from_dict(EngineConfig, dict(meta.get("engine") or {}), f"{path} engine settings")
     if engine_overrides:
