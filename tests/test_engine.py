@@ -291,3 +291,6 @@ def test_memoised_rotations_and_conditioning_match_direct_computation():
         m.ada[1].bias.add_(0.5)  # an optimizer step changes the weights in place
         torch.testing.assert_close(m.conditioning(a, s), m._conditioning(a, s), atol=1e-6, rtol=1e-6)
         assert not torch.allclose(m.conditioning(a, s), first)
+        m.to(torch.bfloat16)  # new weight tensors (a cast, a move): the memo starts again
+        assert m.conditioning(a, s).dtype == torch.bfloat16
+        torch.testing.assert_close(m.conditioning(a, s), m._conditioning(a, s), atol=0, rtol=0)

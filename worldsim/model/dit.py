@@ -279,7 +279,8 @@ class WorldDiT(nn.Module):
 
     def _apply(self, fn, recurse=True):  # keep the rope tables on the module's device
         out = super()._apply(fn, recurse)
-        self.rope.to(self.patch_embed.weight.device)
+        self.rope.to(self.patch_embed.weight.device)  # (and drops its memo)
+        self._cond_memo, self._cond_stamp = {}, None  # new weight tensors: nothing memoised stays
         return out
 
     # -- patches ---------------------------------------------------------------------------
