@@ -13,7 +13,7 @@ from worldsim.config import to_dict
 from worldsim.data.episode import read_episode
 from worldsim.engine import EngineConfig
 from worldsim.envs.tiny import TINY_ACTIONS, TINY_ENV_ID, TinyGame
-from worldsim.errors import CheckpointError, DataError
+from worldsim.errors import CheckpointError, DataError, WorldsimError
 from worldsim.eval import cli
 from worldsim.model import ModelConfig, WorldDiT
 
@@ -83,6 +83,9 @@ def test_eval_end_to_end(setup, capsys):
         assert fp["frames"] == 6 and fp["windows"][-1]["last_frame"] == 6
         assert {"mean", "std", "hist_l1", "temporal_change", "sprite_found_rate"} <= set(fp["windows"][0])
         assert sorted(fp["snapshots"]) == ["1", "6", "strip"]
+        resp = s["action_response"]  # --action-response: on by default (12 frames)
+        assert resp["frames"] == 12 and set(resp["actions"]) <= {"UP", "DOWN", "LEFT", "RIGHT"} and resp["actions"]
+    assert set(res["real_action_displacement"]) >= {"NOOP", "UP", "DOWN", "LEFT", "RIGHT"}
     for name in ("copy_last", "mean_frame"):
         assert len(res["baselines"][name]["per_horizon"]["psnr"]) == H
     assert [r["setting"] for r in res["table"]] == ["1x1", "2x2", "copy-last", "mean-frame"]
@@ -110,6 +113,14 @@ def test_single_setting_writes_rollouts_flat_and_is_seeded(setup):
     assert [s["name"] for s in a["settings"]] == ["1x2"]  # the checkpoint's engine settings
     assert sorted(p.name for p in (d / "flat").iterdir()) == ["run0_11.npz", "run0_3.npz", "run1_11.npz", "run1_3.npz"]
     assert a["settings"][0]["per_horizon"] == b["settings"][0]["per_horizon"]
+
+
+def test_action_response_can_be_skipped_and_refuses_negative_frames(setup):
+    d, ckpt, eps = setup
+    res = run(ckpt, eps, d / "noresp.json", "--settings", "1x1", "--action-response", "0")
+    assert "action_response" not in res["settings"][0] and "real_action_displacement" not in res
+    with pytest.raises(WorldsimError, match="--action-response"):
+        run(ckpt, eps, d / "bad.json", "--action-response", "-1")
 
 
 def test_refuses_episodes_of_another_game(setup):

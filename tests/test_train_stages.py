@@ -304,3 +304,29 @@ def test_stage1_self_anchors_are_the_students_own_predictions(tmp_path):
     plain.anchor_self = 0.5
     with pytest.raises(WorldsimError, match="anchor_self"):
         TeacherForcingTrainer(plain, data=clips(), heldout=clips()).fit()
+
+
+def test_stage1_motion_weight_weights_the_pixels_that_moved(tmp_path):
+    """motion_weight: 1 + w on pixels that changed since the previous frame, 1 elsewhere and on a clip's
+    first frame; v_loss with all-ones weights is the plain loss; a stage-1 run with it trains; < 0 is refused."""
+    from worldsim.train.stage1_teacher_forcing import motion_weights
+    from worldsim.train.trainer import v_loss
+
+    x0 = torch.zeros(1, 3, 3, 4, 4)
+    x0[:, 1, :, 0, 0] = 1.0  # one pixel lights up in frame 1, and stays lit in frame 2
+    w = motion_weights(x0, 9.0)
+    assert w.shape == (1, 3, 1, 4, 4)
+    assert float(w[0, 1, 0, 0, 0]) == 10.0 and float(w[0, 1].sum()) == 10.0 + 15
+    assert torch.equal(w[0, 0], torch.ones(1, 4, 4))  # the first frame has nothing before it
+    assert float(w[0, 2, 0, 0, 0]) == 10.0  # frame 2 differs from frame 1 there (it went dark again)
+    pred, sig = torch.rand(1, 3, 3, 4, 4), torch.rand(1, 3)
+    torch.testing.assert_close(v_loss(pred, x0, sig, 0.05, torch.ones(1, 3, 1, 4, 4)), v_loss(pred, x0, sig, 0.05))
+    assert bool((v_loss(pred, x0, sig, 0.05, w) >= v_loss(pred, x0, sig, 0.05)).all())
+    cfg = stage1_cfg(tmp_path / "a", steps=3)
+    cfg.motion_weight = 10.0
+    out = TeacherForcingTrainer(cfg, data=clips(), heldout=clips()).fit()
+    assert all(torch.isfinite(v.float()).all() for v in load_checkpoint(out, "model.")[0].values())
+    bad = stage1_cfg(tmp_path / "b", steps=2)
+    bad.motion_weight = -1.0
+    with pytest.raises(WorldsimError, match="motion_weight"):
+        TeacherForcingTrainer(bad, data=clips(), heldout=clips()).fit()

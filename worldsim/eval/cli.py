@@ -26,6 +26,7 @@ import torch
 from worldsim.errors import CheckpointError, ConfigError, WorldsimError
 from worldsim.eval.rollout import (EvalConfig, evaluate_baselines, evaluate_model, free_play, load_eval_episodes,
                                    make_plan, real_reference, summarize, window_edges)
+from worldsim.eval.response import action_response, format_response, real_step_displacement
 from worldsim.eval.sprites import NoSpriteSpec, sprite_spec
 
 DEFAULT_CHECKPOINT = Path("assets/default.safetensors")
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--free-play", type=int, default=0, metavar="FRAMES",
                     help="frames of free play under sticky random actions (the model card uses 10000)")
     ap.add_argument("--sticky", type=float, default=0.8, help="free play: probability of repeating an action")
+    ap.add_argument("--action-response", type=int, default=12, metavar="FRAMES",
+                    help="hold each direction this many frames and compare the player's move with the real "
+                         "game's (default 12; 0: skip)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--split", help="only episodes of this split (e.g. heldout)")
     ap.add_argument("--max-episodes", type=int, default=0, help="use at most this many episodes (0: all)")
@@ -223,6 +227,8 @@ def main(argv=None) -> int:
     cfg = EvalConfig(context=args.context, horizon=args.horizon, starts=args.starts, batch=args.batch,
                      seed=args.seed, free_play=args.free_play, sticky=args.sticky, miss_penalty_px=args.miss_penalty)
     cfg.validate()
+    if args.action_response < 0:
+        raise WorldsimError(f"--action-response must be >= 0 frames (0: skip), got {args.action_response}")
     json_path = Path(args.json)
     ckpt = resolve_checkpoint(args.checkpoint)
     device = pick_device(args.device)
@@ -274,6 +280,10 @@ def main(argv=None) -> int:
         copy_h1_8 = result["baselines"]["copy_last"]["summary"]["psnr_h1_8"]
         reference = real_reference(episodes, sprite, max(1, cfg.free_play // max(cfg.windows, 1))) \
             if cfg.free_play else None
+        real_moves = real_step_displacement(episodes, sprite, meanings) \
+            if sprite is not None and args.action_response > 0 else None
+        if real_moves is not None:
+            result["real_action_displacement"] = real_moves
         for name, ecfg in settings:
             engine = Engine(model, ecfg, device=device, dtype=torch.float32)
             sub = save_dir / name if save_dir is not None and len(settings) > 1 else save_dir
@@ -299,6 +309,10 @@ def main(argv=None) -> int:
                      "gen_frames_per_s": len(plan) * H / max(secs, 1e-9),
                      "bench_fps": fps_table.get((ecfg.chunk, ecfg.steps))}
             result["settings"].append(entry)
+            if real_moves:
+                entry["action_response"] = action_response(engine, episodes, plan, cfg, sprite, meanings, no_action,
+                                                            args.action_response, real_moves)
+                print(format_response(name, entry["action_response"]), file=sys.stderr)
             if cfg.free_play:
                 entry["free_play"] = run_free_play(engine, episodes, plan, cfg, meanings, sprite, reference,
                                                    no_action, name, json_path if save_dir is not None else None,

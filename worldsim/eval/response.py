@@ -1,0 +1,88 @@
+"""Action response: when the player holds a direction, does the model move the player's sprite?
+
+The sprite error of ``worldsim eval`` compares positions under the recorded actions; a model that
+ignores actions can still score near copy-last there, because the recorded player mostly stands or
+jitters. This measures the action's effect directly. From the same real contexts and the same noise,
+the model is rolled out holding each direction (``UP``, ``DOWN``, ``LEFT``, ``RIGHT``, as the game
+names them) and holding ``NOOP``; the sprite's displacement over ``frames`` frames, minus the NOOP
+rollout's, is the action's effect in the model. The real game's effect is read off the episodes: the
+mean one-frame displacement after each action (DESIGN alignment: ``actions[t]`` moves ``frames[t]`` to
+``frames[t + 1]``) minus NOOP's, times ``frames``. Their ratio (the model's effect projected on the
+real one) is 1 for a model that moves the player as the game does and 0 for one that ignores the keys.
+Walls stop the real player too, so ratios are comparable between models, not an absolute truth.
+Measured on the shipped Boxing student (2026-11-26): 0.0 for every direction.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from worldsim.eval.rollout import EvalConfig, EvalEpisode, batch_inputs, rollout
+from worldsim.eval.sprites import SpriteSpec, find_sprites
+
+DIRECTIONS = ("UP", "DOWN", "LEFT", "RIGHT")
+MIN_REAL_PX_PER_FRAME = 0.05  # directions the real player barely moves in are not scored
+
+
+def real_step_displacement(episodes: Sequence[EvalEpisode], sprite: SpriteSpec,
+                           meanings: Sequence[str]) -> dict[str, dict]:
+    """Mean one-frame sprite displacement (row, col) in pixels after each of NOOP and the directions."""
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    names = [n for n in ("NOOP", *DIRECTIONS) if n in meanings]
+    for ep in episodes:
+        pos, found = find_sprites(ep.frames, sprite)
+        both = found[:-1] & found[1:]
+        step = pos[1:] - pos[:-1]  # (T-1, 2)
+        for name in names:
+            sel = both & (ep.actions[:-1] == meanings.index(name))
+            if sel.any():
+                sums[name] = sums.get(name, np.zeros(2)) + step[sel].sum(0)
+                counts[name] = counts.get(name, 0) + int(sel.sum())
+    return {n: {"px_per_frame": (sums[n] / counts[n]).tolist(), "pairs": counts[n]} for n in names if n in counts}
+
+
+def action_response(engine, episodes: Sequence[EvalEpisode], plan: Sequence[tuple[int, int]], cfg: EvalConfig,
+                    sprite: SpriteSpec, meanings: Sequence[str], no_action: int, frames: int,
+                    real: dict[str, dict]) -> dict:
+    """Hold each direction for ``frames`` frames from up to ``cfg.batch`` real contexts; compare the
+    sprite's displacement (minus the NOOP rollout's) with the real game's (``real_step_displacement``)."""
+    items = list(plan[:cfg.batch])
+    ctx, prev, _, _ = batch_inputs(episodes, items, EvalConfig(context=cfg.context, horizon=1), no_action)
+    start_pos, start_found = find_sprites(ctx[:, -1], sprite)
+
+    def displacement(name: str) -> np.ndarray:  # (B, 2), NaN where the sprite is lost
+        acts = np.full((len(items), frames), meanings.index(name), np.int64)
+        out = rollout(engine, ctx, prev, acts, seed=cfg.seed)
+        pos, found = find_sprites(out[:, -1], sprite)
+        d = pos - start_pos
+        d[~(found & start_found)] = np.nan
+        return d
+
+    base = displacement("NOOP") if "NOOP" in meanings else np.zeros((len(items), 2))
+    real_base = np.asarray(real.get("NOOP", {}).get("px_per_frame", [0.0, 0.0]))
+    per_action, ratios = {}, []
+    for name in DIRECTIONS:
+        if name not in meanings or name not in real:
+            continue
+        effect = displacement(name) - base
+        ok = ~np.isnan(effect).any(1)
+        model_px = effect[ok].mean(0) if ok.any() else np.full(2, np.nan)
+        real_px = (np.asarray(real[name]["px_per_frame"]) - real_base) * frames
+        scored = float(np.linalg.norm(real_px)) >= MIN_REAL_PX_PER_FRAME * frames and ok.any()
+        ratio = float(model_px @ real_px / (real_px @ real_px)) if scored else None
+        per_action[name] = {"model_px": model_px.tolist(), "real_px": real_px.tolist(), "ratio": ratio,
+                            "rollouts_with_sprite": int(ok.sum())}
+        if ratio is not None:
+            ratios.append(ratio)
+    return {"frames": frames, "rollouts": len(items), "actions": per_action,
+            "mean_ratio": float(np.mean(ratios)) if ratios else None}
+
+
+def format_response(name: str, resp: dict) -> str:
+    parts = [f"{a} {v['ratio']:.2f}" for a, v in resp["actions"].items() if v["ratio"] is not None]
+    mean = resp["mean_ratio"]
+    head = f"action response {name}: " + ("n/a" if mean is None else f"{mean:.2f}x the real game's movement")
+    return head + (f" ({', '.join(parts)}; {resp['frames']} frames held)" if parts else "")
