@@ -364,17 +364,17 @@ class WorldDiT(nn.Module):
             return self._conditioning(actions, sigma)
         stamp = (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"),
                  tuple((p.data_ptr(), p._version) for p in self._conditioning_params()))
-        if stamp != self._cond_stamp:
-            self._cond_memo, self._cond_stamp = {}, stamp
+        memo = self._cond_memo  # one dict throughout (a restarted play worker may share this model)
         keys = list(zip(actions.reshape(-1).tolist(), sigma.reshape(-1).tolist()))
-        if len(self._cond_memo) > 512:  # random actions and noise levels (evaluation batches): stay bounded
-            self._cond_memo = {}
-        for k in set(keys) - self._cond_memo.keys():
+        if stamp != self._cond_stamp or len(memo) > 512:  # other weights; or random pairs: stay bounded
+            memo = {}
+            self._cond_memo, self._cond_stamp = memo, stamp
+        for k in set(keys) - memo.keys():
             # one pair per call: a row must not depend on what it was batched with (replays are bit-exact)
             a = torch.tensor([[k[0]]], dtype=actions.dtype)
             s = torch.tensor([[k[1]]], dtype=sigma.dtype)
-            self._cond_memo[k] = self._conditioning(a, s)[0, 0]
-        return torch.stack([self._cond_memo[k] for k in keys]).view(*actions.shape, -1, self.cfg.dim)
+            memo[k] = self._conditioning(a, s)[0, 0]
+        return torch.stack([memo[k] for k in keys]).view(*actions.shape, -1, self.cfg.dim)
 
     def _conditioning_params(self):
         return [*self.action_embed.parameters(), *self.sigma_embed.parameters(), *self.ada.parameters()]

@@ -63,15 +63,21 @@ class AxialRope:
         key = (p, dtype)
         hit = self._memo.get(key)
         if hit is not None:
-            self._memo.move_to_end(key)
+            try:
+                self._memo.move_to_end(key)
+            except KeyError:  # evicted meanwhile: a restarted play worker may share this model's tables
+                pass
             return hit
         if dtype is None:
             hit = self._tables(torch.tensor([p]))
         else:
             hit = rope_matrices(*self._frame(p, None)).to(dtype)
         self._memo[key] = hit
-        if len(self._memo) > MEMO_FRAMES:
-            self._memo.popitem(last=False)
+        while len(self._memo) > MEMO_FRAMES:
+            try:
+                self._memo.popitem(last=False)
+            except KeyError:
+                break
         return hit
 
     def matrices(self, frame_pos: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
