@@ -94,7 +94,7 @@ def tf_inputs(clean: torch.Tensor, clean_sigma: torch.Tensor, noisy: torch.Tenso
     s = torch.cat([clean_sigma, sigma], 1)  # (B, 2T)
     a = torch.cat([acts, acts], 1)  # (B, 2T)
     anc = anchor_frames(clean if anchor_src is None else anchor_src, chunk)  # (B, T, 3, R, R)
-    kw = {"frame_pos": torch.arange(T, device=x.device).repeat(2),
+    kw = {"frame_pos": torch.arange(T).repeat(2),  # host positions: rotations memoised
           "frame_mask": teacher_forcing_frame_mask(T, chunk, device=x.device),
           "anchor": torch.cat([anc, anc], 1)}
     return x, s, a, kw
