@@ -13,6 +13,7 @@ import torch
 from worldsim.checkpoint import load_checkpoint, read_meta
 from worldsim.errors import CheckpointError, WorldsimError
 from worldsim.model import ModelConfig
+from worldsim.model.dit import ACTION_INIT_STD
 from worldsim.train.data import SYNTHETIC_ACTIONS, DataConfig, InMemoryClips, synthetic_episodes
 from worldsim.train.stage0_teacher import Stage0Config, TeacherTrainer
 from worldsim.train.stage1_teacher_forcing import Stage1Config, TeacherForcingTrainer, tf_forward
@@ -280,6 +281,41 @@ def test_stage1_continues_an_anchored_student_with_noised_anchors(tmp_path):
     other.init.student = str(first)  # model.anchor=false here
     with pytest.raises(WorldsimError, match="another model config"):
         TeacherForcingTrainer(other, data=clips(), heldout=clips()).fit()
+
+
+def test_stage1_continues_a_student_with_fewer_temporal_blocks(tmp_path):
+    """temporal_every may change on init.student (same weights, fewer blocks attend across frames):
+    the cheaper student starts from the trained one's weights and trains on."""
+    cfg = stage1_cfg(tmp_path / "a", steps=4)
+    cfg.model = dataclasses.replace(cfg.model, depth=2)
+    first = TeacherForcingTrainer(cfg, data=clips(), heldout=clips()).fit()
+    cont = stage1_cfg(tmp_path / "b", steps=4)
+    cont.model = dataclasses.replace(cfg.model, temporal_every=2)
+    cont.init.student = str(first)
+    out = TeacherForcingTrainer(cont, data=clips(), heldout=clips()).fit()
+    meta = read_meta(out)
+    assert meta["init"]["temporal_every"] == [1, 2] and meta["model_config"]["temporal_every"] == 2
+    assert all(torch.isfinite(v.float()).all() for v in load_checkpoint(out, "model.")[0].values())
+    # init.redraw_actions: the continued student's action rows re-drawn at ACTION_INIT_STD, the rest kept
+    redraw = stage1_cfg(tmp_path / "r", steps=1)
+    redraw.model, redraw.init.student, redraw.init.redraw_actions = cfg.model, str(first), True
+    redraw.optim.lr = 0.0  # (no update: what is left is the initialisation)
+    t = TeacherForcingTrainer(redraw, data=clips(), heldout=clips())
+    t.setup()
+    old, new = load_checkpoint(first, "model.")[0], t.nets["model"].state_dict()
+    assert t.init_info["redraw_actions"] == ACTION_INIT_STD
+    assert not torch.equal(new["action_embed.weight"], old["action_embed.weight"].float())
+    assert abs(new["action_embed.weight"].std().item() - ACTION_INIT_STD) < 0.1
+    assert all(torch.equal(new[k], old[k].float()) for k in old if k != "action_embed.weight")
+    alone = stage1_cfg(tmp_path / "s", steps=1)
+    alone.init.redraw_actions = True
+    with pytest.raises(WorldsimError, match="init.student"):
+        TeacherForcingTrainer(alone, data=clips(), heldout=clips()).fit()
+    wider = stage1_cfg(tmp_path / "c", steps=2)
+    wider.model = dataclasses.replace(cfg.model, temporal_every=2, dim=cfg.model.dim * 2)
+    wider.init.student = str(first)
+    with pytest.raises(WorldsimError, match="another model config"):  # any other field still refused
+        TeacherForcingTrainer(wider, data=clips(), heldout=clips()).fit()
 
 
 def test_stage1_self_anchors_are_the_students_own_predictions(tmp_path):

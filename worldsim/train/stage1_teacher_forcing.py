@@ -22,6 +22,7 @@ output metadata says why (``init``).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -30,7 +31,7 @@ from worldsim.engine import EngineConfig
 from worldsim.errors import ConfigError
 from worldsim.engine.schedule import add_noise, shift_sigma, student_sigmas
 from worldsim.model import ModelConfig, WorldDiT
-from worldsim.model.dit import anchor_frames, teacher_forcing_frame_mask
+from worldsim.model.dit import ACTION_INIT_STD, anchor_frames, teacher_forcing_frame_mask
 from worldsim.train.data import DataConfig
 from worldsim.train.stage0_teacher import drop_actions
 from worldsim.train.trainer import (OptimConfig, RunConfig, Trainer, bell_weight, check_same_game, load_stage_output,
@@ -51,6 +52,9 @@ def multistep_engine() -> EngineConfig:
 class Stage1Init:
     teacher: str = ""  # stage-0 final.safetensors to initialise from ('' : from scratch)
     student: str = ""  # or a stage-1 final.safetensors to continue from (same model config), e.g. with anchor_noise
+    # with init.student: re-draw the action embedding at ACTION_INIT_STD (seeded by run.seed), for a
+    # student that learned to ignore its keys from the old 0.02 start (assets/README.md)
+    redraw_actions: bool = False
 
 
 @dataclass
@@ -166,6 +170,9 @@ class TeacherForcingTrainer(Trainer):
         torch.manual_seed(cfg.run.seed)
         student = WorldDiT(cfg.model)
         self.init_info = {"from": "scratch", "reason": "no init.teacher given"}
+        if cfg.init.redraw_actions and not cfg.init.student:
+            raise ConfigError("stage 1: init.redraw_actions=true re-draws a continued student's action rows; "
+                              "give init.student too (a fresh student already starts at that scale)")
         if cfg.init.teacher and cfg.init.student:
             raise ConfigError("stage 1: give init.teacher (start from the teacher) or init.student (continue a "
                               "stage-1 student), not both")
@@ -180,11 +187,21 @@ class TeacherForcingTrainer(Trainer):
                                            needed_by="stage 1 (init.student)",
                                            hint="a stage-1 output, e.g. OUT/stage1_teacher_forcing/final.safetensors")
             check_same_game(meta, self.data, cfg.init.student, "stage 1")
-            if prev.cfg != cfg.model:
+            # temporal_every may change: the weights are the same shapes, only which blocks attend
+            # across frames differs (fewer temporal blocks: a cheaper student fine-tuned from this one)
+            if dataclasses.replace(prev.cfg, temporal_every=cfg.model.temporal_every) != cfg.model:
                 raise ConfigError(f"stage 1: init.student '{cfg.init.student}' has another model config than "
                                   f"model.* ({prev.cfg} vs {cfg.model}); set model.* to match it")
             student.load_state_dict(prev.state_dict())
             self.init_info = {"from": "stage1", "student": meta["_path"], "student_hash": meta["_hash"]}
+            if prev.cfg.temporal_every != cfg.model.temporal_every:
+                self.init_info["temporal_every"] = [prev.cfg.temporal_every, cfg.model.temporal_every]
+            if cfg.init.redraw_actions:
+                g = torch.Generator().manual_seed(cfg.run.seed)
+                with torch.no_grad():
+                    w = student.action_embed.weight
+                    w.copy_(torch.randn(w.shape, generator=g) * ACTION_INIT_STD)
+                self.init_info["redraw_actions"] = ACTION_INIT_STD
             del prev
         if cfg.init.teacher:
             teacher, meta = load_stage_output(cfg.init.teacher, role="teacher", stages=(0,), what="the stage-0 teacher",
