@@ -117,9 +117,15 @@ def test_pipeline_runs_a_subset_then_skips_finished_stages(tmp_path, capsys):
     # ship.stage=stage2: every stage done (skipped), the CCD student shipped, the stage-3 one still evaluated
     rep2 = run_pipeline(load_config(PipelineConfig, "configs/smoke.yaml", over + ["ship.stage=stage2"]))
     assert all(r["skipped"] for r in rep2["stages"].values())
-    assert read_meta(rep2["playable"])["stage"] == 2 and "copy_last" in rep2["eval_stage3"]
+    assert read_meta(rep2["playable"])["stage"] == 2 and list(rep2["eval_passed_over"]) == ["stage3"]
+    assert "copy_last" in rep2["eval_passed_over"]["stage3"]
+    # ship.stage=stage1 (the teacher-forcing student, few-step Euler): both later students evaluated beside it
+    rep1 = run_pipeline(load_config(PipelineConfig, "configs/smoke.yaml",
+                                    over + ["ship.stage=stage1", "ship.engine.sampler=euler", "stages=[stage1]"]))
+    assert read_meta(rep1["playable"])["stage"] == 1 and rep1["shipped_stage"] == "stage1"
+    assert list(rep1["eval_passed_over"]) == ["stage2", "stage3"]
     with pytest.raises(ConfigError, match="ship.stage"):
-        run_pipeline(load_config(PipelineConfig, "configs/smoke.yaml", over + ["ship.stage=stage1"]))
+        run_pipeline(load_config(PipelineConfig, "configs/smoke.yaml", over + ["ship.stage=stage0"]))
     # a finished stage trained with another config is refused, not silently reused
     from worldsim.errors import CheckpointError
 
