@@ -137,6 +137,20 @@ def test_engine_triton_equals_reference_on_cuda(chunk, steps, sampler, anchor, m
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
+def test_engine_with_frame_local_blocks_triton_equals_reference_on_cuda(monkeypatch):
+    """temporal_every=2 (the shipped student's form): frame-local blocks run torch SDPA, the cached ones
+    the Triton attention; together they must still give the reference's frames."""
+    from test_engine import tiny_model
+    from worldsim.engine import EngineConfig
+
+    m = tiny_model(1, temporal_every=2, anchor="input").to(CUDA)
+    cfg = EngineConfig(chunk=1, steps=2, sampler="euler", shift=3.0, window=6, sink=1)
+    got = _generate(m, cfg, "triton", monkeypatch)
+    want = _generate(m, cfg, "torch", monkeypatch)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
 def test_shipped_model_on_cuda_triton_vs_reference(monkeypatch):
     """The real model: in fp32 the Triton run equals the reference run (1 step: deterministic); in bf16
     (how it plays) the Triton run's distance to the fp32 frames is at most twice the bf16 reference's."""
