@@ -300,7 +300,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     passed_over = {}  # the later students it passed over (those trained), evaluated the same way
     for key in known[known.index(cfg.ship.stage) + 1:]:
         final = Path(stages[key].run.out_dir) / FINAL
-        if key != "stage0" and final.is_file():
+        if final.is_file():
             later, later_meta = load_model_weights(final)
             # with the sampler it was trained for (a stage-1 student is shipped with Euler, a distilled one
             # steps with its own schedule), the rest of the shipped settings

@@ -51,7 +51,9 @@ def multistep_engine() -> EngineConfig:
 @dataclass
 class Stage1Init:
     teacher: str = ""  # stage-0 final.safetensors to initialise from ('' : from scratch)
-    student: str = ""  # or a stage-1 final.safetensors to continue from (same model config), e.g. with anchor_noise
+    # or a stage-1 final.safetensors to continue from (same model config, or another temporal_every only),
+    # e.g. with anchor_noise
+    student: str = ""
     # with init.student: re-draw the action embedding at ACTION_INIT_STD (seeded by run.seed), for a
     # student that learned to ignore its keys from the old 0.02 start (assets/README.md)
     redraw_actions: bool = False
