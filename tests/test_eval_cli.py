@@ -57,6 +57,8 @@ def setup(tmp_path_factory):
 def run(ckpt, eps, out, *extra):
     argv = ["--checkpoint", str(ckpt), "--episodes", *map(str, eps), "--context", str(K), "--horizon", str(H),
             "--json", str(out), "--starts", "2", "--dtype", "fp32", "--quiet", *extra]
+    if "--spacing" not in extra:  # these tests check exact starts
+        argv += ["--spacing", "even"]
     assert cli.main(argv) == 0
     return json.loads(out.read_text())
 
@@ -108,10 +110,12 @@ def test_eval_end_to_end(setup, capsys):
 
 def test_single_setting_writes_rollouts_flat_and_is_seeded(setup):
     d, ckpt, eps = setup
-    a = run(ckpt, eps, d / "a.json", "--save-rollouts", str(d / "flat"), "--seed", "1")
-    b = run(ckpt, eps, d / "b.json", "--seed", "1")
+    a = run(ckpt, eps, d / "a.json", "--save-rollouts", str(d / "flat"), "--seed", "1", "--spacing", "stratified")
+    b = run(ckpt, eps, d / "b.json", "--seed", "1", "--spacing", "stratified")
     assert [s["name"] for s in a["settings"]] == ["1x2"]  # the checkpoint's engine settings
-    assert sorted(p.name for p in (d / "flat").iterdir()) == ["run0_11.npz", "run0_3.npz", "run1_11.npz", "run1_3.npz"]
+    assert a["rollouts"] == b["rollouts"] and len(a["rollouts"]) == 4  # seeded starts: one in each half
+    assert sorted(p.name for p in (d / "flat").iterdir()) == sorted(f"{r['episode']}_{r['start']}.npz"
+                                                                    for r in a["rollouts"])
     assert a["settings"][0]["per_horizon"] == b["settings"][0]["per_horizon"]
 
 
@@ -198,10 +202,13 @@ def test_bench_fps_joins_the_table(tmp_path):
     p.write_text(json.dumps(bench))
     assert cli.bench_fps(str(p), "bf16") == {(1, 2): 61.5, (3, 4): 30.0}
     assert cli.bench_fps(str(p), "fp32") == {(1, 2): 20.0, (3, 4): 30.0}
-    summary = {"psnr_h1_8": 30.0, "psnr_h16": 25.0, "ssim_h1_8": 0.9, "sprite_err_h8": 1.2, "sprite_miss_h8": 0.0}
+    summary = {"psnr_h1_8": 30.0, "psnr_h16": 25.0, "psnr_mse_h1_8": 28.0, "ssim_h1_8": 0.9, "sprite_err_h8": 1.2,
+               "sprite_miss_h8": 0.0}
+    copy = {**summary, "psnr_h1_8": 26.5, "psnr_mse_h1_8": 28.75}
     result = {"settings": [{"name": "1x2", "summary": summary, "bench_fps": 61.5}],
-              "baselines": {"copy_last": {"summary": {**summary, "psnr_h1_8": 26.5}}}}
-    rows = cli.table_rows(result, 26.5)
+              "baselines": {"copy_last": {"summary": copy}}}
+    rows = cli.table_rows(result, copy)
     assert rows[0]["psnr_gain_vs_copy_last"] == pytest.approx(3.5) and rows[0]["fps"] == 61.5
+    assert rows[0]["psnr_mse_gain_vs_copy_last"] == pytest.approx(-0.75)
     text = cli.format_table(rows, 16)
-    assert "61.5" in text and "+3.50" in text and "copy-last" in text
+    assert "61.5" in text and "+3.50" in text and "-0.75" in text and "copy-last" in text

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from worldsim.errors import WorldsimError
 from worldsim.eval.metrics import (PSNR_MAX_DB, SSIM_K1, SSIM_K2, FrameStats, color_histogram, gaussian_window,
                                    hist_l1, psnr, ssim, to_unit)
 from worldsim.eval.rollout import (EvalConfig, EvalEpisode, evaluate_baselines, evaluate_model, free_play,
-                                   make_plan, plan_starts, real_reference)
+                                   make_plan, plan_starts, real_reference, unique_names)
 from worldsim.eval.sprites import BOXING, TINY, NoSpriteSpec, find_sprites, game_key, sprite_errors, sprite_spec
 
 
@@ -201,6 +202,34 @@ def test_plan_starts():
     assert plan_starts(T=30, context=4, horizon=6, n=1) == [10]
 
 
+def test_stratified_starts_one_per_part_and_seeded():
+    draws = [plan_starts(T=3010, context=4, horizon=6, n=3, rng=np.random.default_rng(s)) for s in range(40)]
+    for starts in draws:  # 3001 possible starts in three parts: 0-999, 1000-2000, 2001-3000
+        assert len(starts) == 3 and 0 <= starts[0] < 1000 <= starts[1] <= 2000 < starts[2] <= 3000
+    assert len({tuple(d) for d in draws}) > 30  # not a fixed phase
+    assert plan_starts(T=9, context=4, horizon=6, n=3, rng=np.random.default_rng(0)) == []
+    assert plan_starts(T=11, context=4, horizon=6, n=5, rng=np.random.default_rng(0)) == [0, 1]  # 2 possible starts
+    # make_plan: seeded by the episode's name, so an episode keeps its starts beside any other
+    eps = random_episodes(3, T=200)
+    cfg = EvalConfig(context=3, horizon=5, starts=4)
+    plan = make_plan(eps, cfg)
+    assert make_plan(eps[1:], cfg) == [(i - 1, s) for i, s in plan if i > 0]
+    assert make_plan(eps, EvalConfig(context=3, horizon=5, starts=4, seed=1)) != plan
+    assert {s for _, s in make_plan(eps, EvalConfig(context=3, horizon=5, starts=4, spacing="even"))} == {0, 64, 128, 192}
+    with pytest.raises(WorldsimError, match="--spacing"):
+        EvalConfig(spacing="random").validate()
+
+
+def test_unique_names_tell_same_named_episodes_apart():
+    from pathlib import Path
+    paths = [Path("data/boxing/heldout/ep_000000"), Path("data/boxing_scripted/heldout/ep_000000"),
+             Path("data/boxing/heldout/ep_000001"), Path("/abs/train/ep_000002.npz"), Path("heldout/ep_000002")]
+    assert unique_names(paths) == ["boxing_heldout_ep_000000", "boxing_scripted_heldout_ep_000000", "ep_000001",
+                                   "train_ep_000002", "heldout_ep_000002"]
+    same = [Path("a/ep"), Path("a/ep")]  # one episode given twice
+    assert unique_names(same) == ["a_ep_0", "a_ep_1"]
+
+
 class OracleEngine:
     """Returns the real next frames, after checking it was given the DESIGN-aligned actions."""
 
@@ -259,7 +288,7 @@ def test_oracle_rollouts_score_perfectly(chunk):
     saved = []
     per_h = evaluate_model(engine, eps, plan, cfg, TINY, penalty=4.0, no_action=6,
                            on_rollout=lambda i, s, f: saved.append((i, s, f)))
-    assert per_h["psnr"] == [PSNR_MAX_DB] * 5
+    assert per_h["psnr"] == [PSNR_MAX_DB] * 5 and per_h["psnr_mse"] == pytest.approx([PSNR_MAX_DB] * 5)
     assert per_h["ssim"] == pytest.approx([1.0] * 5, abs=1e-6)
     assert per_h["sprite_err_px"] == [0.0] * 5 and per_h["sprite_miss_rate"] == [0.0] * 5
     assert len(saved) == len(plan) == 6
@@ -275,6 +304,23 @@ def test_baselines_on_a_static_episode():
     assert b["copy_last"]["psnr"] == [PSNR_MAX_DB] * 4
     assert b["mean_frame"]["psnr"] == [PSNR_MAX_DB] * 4  # the mean of identical frames is the frame
     assert "sprite_err_px" not in b["copy_last"]
+
+
+def test_psnr_mse_pools_the_error_over_rollouts():
+    """Two rollouts, one exact (per-frame PSNR at the 100 dB cap), one at MSE 0.01 (20 dB): the mean of
+    PSNRs reads 60 dB, the PSNR of the mean error 10 log10(1 / 0.005) = 23.0 dB."""
+    from worldsim.eval.rollout import HorizonMetrics, add_frame_metrics, summarize
+    real = np.zeros((2, 3, 4, 4, 3), np.uint8)
+    pred = real.copy()
+    pred[1] = 26  # 26/255 ~ 0.102: MSE 0.0104
+    m = HorizonMetrics()
+    add_frame_metrics(m, pred, real)
+    per_h = m.per_horizon()
+    mse1 = (26 / 255) ** 2
+    assert per_h["psnr"] == pytest.approx([(100 + 10 * math.log10(1 / mse1)) / 2] * 3, rel=1e-5)
+    assert per_h["psnr_mse"] == pytest.approx([10 * math.log10(2 / mse1)] * 3, rel=1e-5)
+    s = summarize(per_h, 3)
+    assert s["psnr_mse_h1_8"] == pytest.approx(10 * math.log10(2 / mse1), rel=1e-5) and s["psnr_mse_h16"] is None
 
 
 def test_free_play_reports_a_frozen_model():

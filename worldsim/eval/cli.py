@@ -49,7 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--chunk", help="comma list of chunk sizes, e.g. 1,3")
     ap.add_argument("--engine", nargs="*", default=[], metavar="KEY=VALUE",
                     help="override the checkpoint's engine settings, e.g. window=12 sink=2")
-    ap.add_argument("--starts", type=int, default=4, help="rollouts per episode, evenly spaced (default 4)")
+    ap.add_argument("--starts", type=int, default=4,
+                    help="rollouts per episode: one start in each of this many equal parts of it (default 4)")
+    ap.add_argument("--spacing", choices=("stratified", "even"), default="stratified",
+                    help="'stratified' (default): each start drawn, seeded, within its part; 'even': evenly "
+                         "spaced, the same frames of every episode (the tables before 2026-11-27)")
     ap.add_argument("--batch", type=int, default=16, help="rollouts generated together (default 16)")
     ap.add_argument("--free-play", type=int, default=0, metavar="FRAMES",
                     help="frames of free play under sticky random actions (the model card uses 10000)")
@@ -203,9 +207,10 @@ def format_table(rows: list[dict], horizon: int) -> str:
         return "-" if v is None else format(v, fmt)
 
     cols = [("setting", 10, None), (f"PSNR h1-{short}", 10, ".2f"), ("vs copy", 8, "+.2f"), ("PSNR h16", 9, ".2f"),
-            (f"SSIM h1-{short}", 10, ".3f"), (f"sprite px h{short}", 14, ".2f"), ("miss", 6, ".2f"), ("FPS", 7, ".1f")]
-    keys = ["setting", "psnr_h1_8", "psnr_gain_vs_copy_last", "psnr_h16", "ssim_h1_8", "sprite_err_h8",
-            "sprite_miss_h8", "fps"]
+            (f"MSE-PSNR h1-{short}", 14, ".2f"), ("vs copy", 8, "+.2f"), (f"SSIM h1-{short}", 10, ".3f"),
+            (f"sprite px h{short}", 14, ".2f"), ("miss", 6, ".2f"), ("FPS", 7, ".1f")]
+    keys = ["setting", "psnr_h1_8", "psnr_gain_vs_copy_last", "psnr_h16", "psnr_mse_h1_8", "psnr_mse_gain_vs_copy_last",
+            "ssim_h1_8", "sprite_err_h8", "sprite_miss_h8", "fps"]
     lines = [" ".join(f"{name:>{w}}" for name, w, _ in cols)]
     for r in rows:
         cells = [f"{r['setting']:>10}"] + [f"{f(r.get(k), fmt):>{w}}" for k, (_, w, fmt) in zip(keys[1:], cols[1:])]
@@ -224,7 +229,7 @@ def main(argv=None) -> int:
     from worldsim.engine import Engine
 
     t_all = time.perf_counter()
-    cfg = EvalConfig(context=args.context, horizon=args.horizon, starts=args.starts, batch=args.batch,
+    cfg = EvalConfig(context=args.context, horizon=args.horizon, starts=args.starts, spacing=args.spacing, batch=args.batch,
                      seed=args.seed, free_play=args.free_play, sticky=args.sticky, miss_penalty_px=args.miss_penalty)
     cfg.validate()
     if args.action_response < 0:
@@ -277,7 +282,7 @@ def main(argv=None) -> int:
         baselines = evaluate_baselines(episodes, plan, cfg, sprite, penalty, no_action)
         for name, per_h in baselines.items():
             result["baselines"][name] = {"per_horizon": per_h, "summary": summarize(per_h, H)}
-        copy_h1_8 = result["baselines"]["copy_last"]["summary"]["psnr_h1_8"]
+        copy_summary = result["baselines"]["copy_last"]["summary"]
         reference = real_reference(episodes, sprite, max(1, cfg.free_play // max(cfg.windows, 1))) \
             if cfg.free_play else None
         real_moves = real_step_displacement(episodes, sprite, meanings) \
@@ -317,7 +322,7 @@ def main(argv=None) -> int:
                 entry["free_play"] = run_free_play(engine, episodes, plan, cfg, meanings, sprite, reference,
                                                    no_action, name, json_path if save_dir is not None else None,
                                                    args.quiet)
-        result["table"] = table_rows(result, copy_h1_8)
+        result["table"] = table_rows(result, copy_summary)
         result["complete"] = True
     finally:
         result["seconds"] = time.perf_counter() - t_all
@@ -327,7 +332,8 @@ def main(argv=None) -> int:
     return 0
 
 
-def table_rows(result: dict, copy_h1_8) -> list[dict]:
+def table_rows(result: dict, copy: dict) -> list[dict]:
+    """One row per setting and baseline; PSNR gains are against copy-last's summary ``copy``."""
     rows = []
     for s in result["settings"]:
         row = {"setting": s["name"], **{k: v for k, v in s["summary"].items() if k != "horizons"},
@@ -337,8 +343,9 @@ def table_rows(result: dict, copy_h1_8) -> list[dict]:
         rows.append({"setting": name.replace("_", "-"), **{k: v for k, v in b["summary"].items() if k != "horizons"},
                      "fps": None})
     for r in rows:
-        r["psnr_gain_vs_copy_last"] = (r["psnr_h1_8"] - copy_h1_8
-                                       if r.get("psnr_h1_8") is not None and copy_h1_8 is not None else None)
+        for key in ("psnr", "psnr_mse"):
+            mine, theirs = r.get(f"{key}_h1_8"), copy.get(f"{key}_h1_8")
+            r[f"{key}_gain_vs_copy_last"] = mine - theirs if mine is not None and theirs is not None else None
     return rows
 
 
