@@ -181,11 +181,16 @@ def test_settings_parsing_and_engine_overrides(setup):
         return [(n, c.chunk, c.steps, c.timesteps) for n, c in cli.parse_settings(args, base)]
 
     assert names() == [("1x2", 1, 2, [999.0, 500.0])]  # the checkpoint's own settings, untouched
-    assert names(steps="1,2,4") == [("1x1", 1, 1, []), ("1x2", 1, 2, []), ("1x4", 1, 4, [])]
+    # the checkpoint's sigmas stay with their step count (what play runs), other counts get the schedule's
+    assert names(steps="1,2,4") == [("1x1", 1, 1, []), ("1x2", 1, 2, [999.0, 500.0]), ("1x4", 1, 4, [])]
     assert names(steps="4", chunk="1,3") == [("1x4", 1, 4, []), ("3x4", 3, 4, [])]
     assert names(settings="1x1,3x4,1x1") == [("1x1", 1, 1, []), ("3x4", 3, 4, [])]
     with pytest.raises(ConfigError, match="CHUNKxSTEPS"):
         names(settings="1-2")
+    # sigmas asked for on the command line are never dropped in silence
+    assert names(settings="1x2,3x2", engine=["timesteps=[999,500]"])[1] == ("3x2", 3, 2, [999.0, 500.0])
+    with pytest.raises(ConfigError, match="timesteps"):
+        names(settings="1x2,1x4", engine=["timesteps=[999,500]"])
     with pytest.raises(ConfigError, match="window"):
         names(settings="8x2")  # a chunk wider than the cache window
     _, _, eng = cli.load_for_eval(ckpt, torch.device("cpu"), torch.float32, ["window=8"])

@@ -39,7 +39,9 @@ class EngineConfig:
     chunk: int = 1  # frames generated per forward (1: frame-wise, >1: chunk-wise)
     steps: int = 2  # denoising steps per chunk (1, 2 or 4 for a distilled student)
     sampler: str = "renoise"  # "renoise": few-step x0 + fresh noise; "euler": multi-step ODE
-    shift: float = 3.0  # timestep shift of the step list (must match training)
+    # Timestep shift of the step list: a few-step (renoise) student must use the levels it was distilled
+    # at; an Euler sampler may use any (the default Boxing student samples 2 steps at shift 9: 1 -> 0.9 -> 0).
+    shift: float = 3.0
     timesteps: list[float] = field(default_factory=list)  # explicit sigmas, overrides steps/shift
     context_sigma: float = 0.0  # noise level written with clean frames into the cache
     window: int = 6  # rolling window of recent frames kept in the KV cache (cost grows with it)

@@ -114,9 +114,16 @@ def parse_settings(args, base) -> list[tuple[str, object]]:
         pairs = [(c, s) for c in chunks for s in steps]
     else:
         return [(f"{base.chunk}x{base.steps}", base)]
+    # Explicit sigmas (the checkpoint's or --engine timesteps=[...]) pin a step count: kept for the
+    # settings with that many steps, dropped for the others; asked for on the command line, they must fit.
+    ts = list(base.timesteps)
+    asked = any(o.split("=", 1)[0].strip() == "timesteps" for o in (getattr(args, "engine", None) or []))
     out = []
     for c, s in dict.fromkeys(pairs):  # keep order, drop repeats
-        cfg = dataclasses.replace(base, chunk=c, steps=s, timesteps=[])  # explicit sigmas would pin the steps
+        if asked and len(ts) != s:
+            raise ConfigError(f"--engine timesteps={ts} are {len(ts)} steps but setting {c}x{s} asks for {s}; "
+                              f"evaluate {c}x{len(ts)} or drop timesteps")
+        cfg = dataclasses.replace(base, chunk=c, steps=s, timesteps=ts if len(ts) == s else [])
         cfg.validate()
         out.append((f"{c}x{s}", cfg))
     return out
