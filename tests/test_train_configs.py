@@ -74,3 +74,17 @@ def test_an_empty_override_says_how_to_write_an_empty_string():
         load_config(Stage1Config, overrides=["init.teacher="])
     assert "\n" not in str(e.value)
     assert load_config(Stage1Config, overrides=["init.teacher=''"]).init.teacher == ""
+
+
+def test_only_an_euler_stage1_ship_may_change_the_shift():
+    from worldsim.config import load_config
+    from worldsim.errors import ConfigError
+    from worldsim.train.pipeline import PipelineConfig, stage_configs
+
+    base = ["out_dir=runs/x", "shift=3.0", "ship.engine.shift=9.0"]
+    cfg = load_config(PipelineConfig, "configs/boxing_controllable.yaml", base)  # ship.stage=stage1, euler
+    st = stage_configs(cfg)
+    assert st["stage2"].engine.shift == st["stage3"].engine.shift == 3.0  # distilled stages keep theirs
+    for bad in (["ship.stage=stage2"], ["ship.engine.sampler=renoise"]):
+        with pytest.raises(ConfigError, match="ship.engine.shift 9.0 != shift 3.0"):
+            stage_configs(load_config(PipelineConfig, "configs/boxing_controllable.yaml", base + bad))

@@ -149,10 +149,13 @@ def stage_configs(cfg: PipelineConfig) -> dict[str, Any]:
     res["stage3"].rollout = dataclasses.replace(res["stage3"].rollout, shift=cfg.shift)
     for key in ("stage1", "stage2", "stage3"):
         res[key].engine = dataclasses.replace(res[key].engine, shift=cfg.shift)
-    if cfg.ship.engine.shift != cfg.shift:
-        raise ConfigError(f"pipeline: ship.engine.shift {cfg.ship.engine.shift} != shift {cfg.shift}")
-    res["stage2"].engine = dataclasses.replace(cfg.ship.engine)
-    res["stage3"].engine = dataclasses.replace(cfg.ship.engine)
+    # A distilled student (stages 2, 3) samples at the levels it was trained at; an Euler-sampled stage-1
+    # student may ship at another shift (its later stages keep the training one).
+    if cfg.ship.engine.shift != cfg.shift and not (cfg.ship.stage == "stage1" and cfg.ship.engine.sampler == "euler"):
+        raise ConfigError(f"pipeline: ship.engine.shift {cfg.ship.engine.shift} != shift {cfg.shift}; only a stage-1 "
+                          f"student sampled with ship.engine.sampler=euler may ship at another shift")
+    res["stage2"].engine = dataclasses.replace(cfg.ship.engine, shift=cfg.shift)
+    res["stage3"].engine = dataclasses.replace(cfg.ship.engine, shift=cfg.shift)
     return res
 
 
