@@ -175,7 +175,8 @@ def make_plan(episodes: Sequence[EvalEpisode], cfg: EvalConfig) -> list[tuple[in
     """(episode index, context start) of every rollout; too-short episodes are skipped with a warning."""
     plan, short = [], []
     for i, ep in enumerate(episodes):
-        # seeded by the episode's name, so an episode keeps its starts whatever else is evaluated beside it
+        # seeded by the episode's name (its rollout files' name): it keeps its starts beside other episodes
+        # unless a name clash prefixes the name with its folders
         rng = np.random.default_rng([cfg.seed, zlib.crc32(ep.name.encode())]) if cfg.spacing == "stratified" else None
         starts = plan_starts(len(ep.actions), cfg.context, cfg.horizon, cfg.starts, rng)
         if not starts:
