@@ -217,3 +217,26 @@ def test_bench_fps_joins_the_table(tmp_path):
     assert rows[0]["psnr_mse_gain_vs_copy_last"] == pytest.approx(-0.75)
     text = cli.format_table(rows, 16)
     assert "61.5" in text and "+3.50" in text and "-0.75" in text and "copy-last" in text
+
+
+def test_one_frame_floor_measures_the_real_next_frame(setup):
+    """With a model that returns its input, noise level 0 gives back the real next frame: error 0 (the
+    target frame is the one the sprite is measured against); the copy-last figure is the eval's
+    copy-last sprite error at horizon 1 on the same plan."""
+    from worldsim.engine import Engine
+    from worldsim.eval.floor import one_frame_sprite_error
+    from worldsim.eval.rollout import EvalConfig, evaluate_baselines, load_eval_episodes, make_plan
+    from worldsim.eval.sprites import TINY
+
+    d, ckpt, eps = setup
+    model, meta, eng_cfg = cli.load_for_eval(ckpt, torch.device("cpu"), torch.float32, [])
+    episodes = load_eval_episodes(eps, 16, TINY_ENV_ID, TINY_ACTIONS)
+    cfg = EvalConfig(context=K, horizon=1, starts=3, batch=4)
+    plan = make_plan(episodes, cfg)
+    engine = Engine(model, eng_cfg)
+    engine.model_fn = lambda x, *a, **k: (model(x, *a, **k), x)[1]  # the cache is written; x0 = the input
+    out = one_frame_sprite_error(engine, episodes, plan, cfg, TINY, [0.0], model.cfg.num_actions)
+    assert out["rollouts"] == len(plan) == 6 and out["levels"] == {0.0: 0.0}
+    base = evaluate_baselines(episodes, plan, cfg, TINY, 4.0, model.cfg.num_actions)["copy_last"]
+    assert base["sprite_miss_rate"] == [0.0] and out["copy_last"] == pytest.approx(base["sprite_err_px"][0])
+    assert out["copy_last"] > 0  # the sprite moves in these episodes: copying is not free
