@@ -33,11 +33,18 @@ def to_unit(frames) -> torch.Tensor:
     return t.permute(0, 3, 1, 2).float() / 255.0
 
 
-def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, max_db: float = PSNR_MAX_DB) -> torch.Tensor:
-    """Peak signal-to-noise ratio per image, 10 log10(L^2 / MSE), capped at ``max_db``: (N,)."""
-    mse = (x.double() - y.double()).pow(2).flatten(1).mean(1)  # (N,)
+def mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per image, in float64: (N,)."""
+    return (x.double() - y.double()).pow(2).flatten(1).mean(1)
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, max_db: float = PSNR_MAX_DB,
+         err: torch.Tensor | None = None) -> torch.Tensor:
+    """Peak signal-to-noise ratio per image, 10 log10(L^2 / MSE), capped at ``max_db``: (N,).
+    ``err``: the images' ``mse`` when the caller has it already."""
+    err = mse(x, y) if err is None else err
     floor = data_range**2 * 10 ** (-max_db / 10)  # the MSE at which the cap is reached
-    return (10 * torch.log10(data_range**2 / mse.clamp_min(floor))).float()
+    return (10 * torch.log10(data_range**2 / err.clamp_min(floor))).float()
 
 
 def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.Tensor:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from worldsim.errors import DataError, WorldsimError
-from worldsim.eval.metrics import PSNR_MAX_DB, FrameStats, color_histogram, hist_l1, psnr, ssim, to_unit
+from worldsim.eval.metrics import PSNR_MAX_DB, FrameStats, color_histogram, hist_l1, mse, psnr, ssim, to_unit
 from worldsim.eval.sprites import SpriteSpec, find_sprites, sprite_errors
 
 log = logging.getLogger("worldsim.eval")
@@ -279,8 +279,9 @@ def frame_metrics(pred: np.ndarray, real: np.ndarray) -> dict[str, np.ndarray]:
     B, H = real.shape[:2]
     p = to_unit(np.broadcast_to(pred, real.shape).reshape(B * H, *real.shape[2:]))
     r = to_unit(real.reshape(B * H, *real.shape[2:]))
-    return {"psnr": psnr(p, r).view(B, H).numpy(), "ssim": ssim(p, r).view(B, H).numpy(),
-            "mse": (p.double() - r.double()).pow(2).flatten(1).mean(1).view(B, H).numpy()}
+    err = mse(p, r)
+    return {"psnr": psnr(p, r, err=err).view(B, H).numpy(), "ssim": ssim(p, r).view(B, H).numpy(),
+            "mse": err.view(B, H).numpy()}
 
 
 def add_frame_metrics(m: "HorizonMetrics", pred: np.ndarray, real: np.ndarray) -> None:
@@ -341,9 +342,10 @@ def evaluate_baselines(episodes: Sequence[EvalEpisode], plan: Sequence[tuple[int
         B, H = real.shape[:2]
         r = to_unit(real.reshape(B * H, *real.shape[2:]))
         mft = torch.from_numpy(mf).permute(2, 0, 1).float().div(255)[None].expand_as(r)
-        mean_m.add("psnr", psnr(mft, r).view(B, H).numpy())
+        err = mse(mft, r)
+        mean_m.add("psnr", psnr(mft, r, err=err).view(B, H).numpy())
         mean_m.add("ssim", ssim(mft, r).view(B, H).numpy())
-        mean_m.add("mse", (mft.double() - r.double()).pow(2).flatten(1).mean(1).view(B, H).numpy())
+        mean_m.add("mse", err.view(B, H).numpy())
         if sprite is not None:
             add_sprite_metrics(copy_last, last, *real_sprites(real, sprite), sprite, penalty)
     return {"copy_last": copy_last.per_horizon(), "mean_frame": mean_m.per_horizon()}

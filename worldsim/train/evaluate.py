@@ -64,6 +64,7 @@ def evaluate_model(model, engine_cfg: EngineConfig, episodes, spec: EvalSpec, st
     one exactly, copy-last-frame scores the 100 dB cap on those frames and the mean of PSNRs says
     little about how far off the frames are.
     """
+    from worldsim.eval.metrics import mse as frame_mse
     from worldsim.eval.metrics import psnr as frame_psnr
     from worldsim.eval.metrics import to_unit
     from worldsim.eval.rollout import EvalConfig, batch_inputs, make_plan, rollout
@@ -86,10 +87,10 @@ def evaluate_model(model, engine_cfg: EngineConfig, episodes, spec: EvalSpec, st
             B = real.shape[0]
             p = to_unit(np.broadcast_to(pred, real.shape).reshape(B * H, *real.shape[2:]))
             r = to_unit(real.reshape(B * H, *real.shape[2:]))
-            mse = (p - r).pow(2).flatten(1).mean(1).view(B, H).double().numpy()  # (B, H)
-            se += mse.sum(0)
+            err = frame_mse(p, r)
+            se += err.view(B, H).numpy().sum(0)
             n += B
-            fp.append(frame_psnr(p, r).view(B, H).numpy())
+            fp.append(frame_psnr(p, r, err=err).view(B, H).numpy())
         per_h = [pooled_psnr(se[h:h + 1], n[h:h + 1]) for h in range(H)]
         return {"psnr": pooled_psnr(se, n), "psnr_h1": per_h[0], "per_h": per_h,
                 "psnr_frame_mean": float(np.concatenate(fp).mean())}

@@ -305,10 +305,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         final = Path(stages[key].run.out_dir) / FINAL
         if final.is_file():
             later, later_meta = load_model_weights(final)
-            # with the sampler it was trained for (a stage-1 student is shipped with Euler, a distilled one
-            # steps with its own schedule), the rest of the shipped settings
+            # with the sampler and shift it was trained for (a stage-1 student is shipped with Euler, perhaps at
+            # another shift; a distilled one steps with its own schedule), the rest of the shipped settings
             sampler = later_meta.get("engine", {}).get("sampler", cfg.ship.engine.sampler)
-            eng = dataclasses.replace(cfg.ship.engine, sampler=sampler)
+            eng = dataclasses.replace(cfg.ship.engine, sampler=sampler, shift=cfg.shift)  # its training levels
             passed_over[key] = evaluate_model(later, eng, episodes, spec, steps_list=spec.steps)
             passed_over[key]["sampler"] = sampler
     if passed_over:
