@@ -294,3 +294,59 @@ def test_memoised_rotations_and_conditioning_match_direct_computation():
         m.to(torch.bfloat16)  # new weight tensors (a cast, a move): the memo starts again
         assert m.conditioning(a, s).dtype == torch.bfloat16
         torch.testing.assert_close(m.conditioning(a, s), m._conditioning(a, s), atol=0, rtol=0)
+
+
+# -- oneDNN-packed linears (worldsim.engine.cpu_pack) ---------------------------------------------
+from worldsim.engine.cpu_pack import is_packed, pack_linears, packing_available, unpack_linears  # noqa: E402
+
+needs_packing = pytest.mark.skipif(not packing_available(), reason="this torch build has no oneDNN packed linear")
+
+
+def _session(model, steps=2, n=6):
+    eng = Engine(model, EngineConfig(steps=steps, window=4, sink=1))
+    eng.reset(1, seed=3)
+    eng.prefill(frames(1, 3))
+    return torch.cat([eng.step(i % 5) for i in range(n)], 1)
+
+
+@needs_packing
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_packed_linears_give_the_same_frames_bit_for_bit(dtype):
+    m = tiny_model(anchor="input", temporal_every=2).to(dtype)
+    with torch.no_grad():
+        want = _session(m)
+        assert pack_linears(m) == sum(isinstance(x, torch.nn.Linear) for x in m.modules()) and is_packed(m)
+        got = _session(m)
+    assert torch.equal(got, want)
+    unpack_linears(m)
+    assert not is_packed(m) and "forward" not in m.out.__dict__
+
+
+@needs_packing
+def test_packed_linears_follow_weight_updates_and_leave_training_alone():
+    import copy
+    import pickle
+
+    m = tiny_model()
+    pack_linears(m)
+    x = torch.randn(2, 7, 32)
+    lin = m.blocks[0].mlp[0]
+    with torch.no_grad():
+        first = lin(x)
+        lin.weight.add_(0.5)  # an optimizer step in place: packed again on the next call
+        torch.testing.assert_close(lin(x), torch.nn.functional.linear(x, lin.weight, lin.bias), atol=0, rtol=0)
+        assert not torch.allclose(lin(x), first)
+    m.to(torch.bfloat16)  # a cast: new storage, packed again in the new dtype
+    with torch.no_grad():
+        xb = x.to(torch.bfloat16)
+        assert torch.equal(lin(xb), torch.nn.functional.linear(xb, lin.weight, lin.bias))
+    # With gradients (training), the plain path: the gradient reaches the weight.
+    m.float()
+    y = lin(x)
+    y.sum().backward()
+    assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
+    # A packed model pickles (a play worker's model goes to its child process) and deep-copies.
+    for clone in (pickle.loads(pickle.dumps(m)), copy.deepcopy(m)):
+        with torch.no_grad():
+            torch.testing.assert_close(clone.blocks[0].mlp[0](x), lin(x), atol=0, rtol=0)
+        assert is_packed(clone)

@@ -29,6 +29,7 @@ import torch
 
 from worldsim.bench.stats import percentiles
 from worldsim.engine import Engine, EngineConfig
+from worldsim.engine.cpu_pack import is_packed, pack_linears, packing_available, unpack_linears
 
 SETTINGS = [(1, 1), (1, 2), (1, 4), (3, 4)]  # (chunk, steps)
 
@@ -72,14 +73,25 @@ def load_bench_model(checkpoint: str | None):
 def _flops_per_step(engine: Engine) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as fc:
-        engine.step(0)
+    packed = is_packed(engine.model)
+    unpack_linears(engine.model)  # the counter knows aten's matmuls, not oneDNN's packed one
+    try:
+        with FlopCounterMode(display=False) as fc:
+            engine.step(0)
+    finally:
+        if packed:
+            pack_linears(engine.model)
     return float(fc.get_total_flops())
 
 
 def bench_setting(model, base: EngineConfig, chunk: int, steps: int, dtype: torch.dtype, iters: int,
-                  warmup: int, context: int = 8, first_reps: int = 5, device=torch.device("cpu")) -> dict:
+                  warmup: int, context: int = 8, first_reps: int = 5, device=torch.device("cpu"),
+                  pack: bool = True) -> dict:
     m = model.to(device, dtype)
+    if pack and device.type == "cpu":  # as play.py runs it (worldsim.engine.cpu_pack)
+        pack_linears(m)
+    else:
+        unpack_linears(m)
     cfg = replace(base, chunk=chunk, steps=steps, sampler="renoise", timesteps=[])
     eng = Engine(m, cfg, device=device, dtype=torch.float32)
     mc = model.cfg
@@ -163,6 +175,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu or cuda")
     ap.add_argument("--kernels", choices=["auto", "torch"], default=None,
                     help="on CUDA: auto = Triton kernels (default), torch = the torch references, to compare")
+    ap.add_argument("--no-pack", action="store_true",
+                    help="CPU: plain linears instead of the oneDNN-packed ones play.py uses, to compare")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     from worldsim.device import pick_device
@@ -185,6 +199,8 @@ def main(argv=None) -> int:
     dtypes = ["bf16"] if args.quick else [d.strip() for d in args.dtypes.split(",")]
     peak = matmul_peak_gflops(n=1024 if args.quick else (8192 if device.type == "cuda" else 2048), device=device)
     kernels_used = _kernels_label(device)
+    if device.type == "cpu":
+        kernels_used += ", plain linears" if args.no_pack or not packing_available() else ", packed linears"
     where = (torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, threads {torch.get_num_threads()}")
     print(f"model: {source} ({model.num_params() / 1e6:.2f}M params, {model.cfg.resolution}x{model.cfg.resolution}, "
           f"window {base.window} + sink {base.sink}); {where}; kernels: {kernels_used}; "
@@ -196,7 +212,7 @@ def main(argv=None) -> int:
         dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dname]
         for chunk, steps in SETTINGS:
             row = bench_setting(model, base, chunk, steps, dtype, iters, warmup=10 if args.quick else 20,
-                                device=device)
+                                device=device, pack=not args.no_pack)
             row["fraction_of_bf16_peak"] = row["gflops_achieved"] / peak
             rows.append(row)
             print(f"{chunk:>5} {steps:>5} {dname:>5} {row['fps']:>7.1f} {row['ms_per_frame_p50']:>12.2f} "
