@@ -130,6 +130,18 @@ def test_dataloader_workers_reopen_memmaps(data, tmp_path):
     assert torch.equal(clone[3]["frames"], ds[3]["frames"])
 
 
+def test_preloaded_clips_equal_memory_mapped_ones(data, tmp_path):
+    import pickle
+
+    mapped = ClipDataset(data, clip_len=4, resolution=8, split="train", cache_dir=tmp_path / "c")
+    loaded = ClipDataset(data, clip_len=4, resolution=8, split="train", cache_dir=tmp_path / "c", preload=True)
+    assert loaded.preloaded and all(type(f) is np.ndarray for f in loaded._frames)  # in memory, not memmaps
+    assert all(torch.equal(loaded[i]["frames"], mapped[i]["frames"]) for i in range(len(mapped)))
+    clone = pickle.loads(pickle.dumps(loaded))  # a DataLoader worker reads its own copy
+    assert clone.preloaded and all(type(f) is np.ndarray for f in clone._frames)
+    assert torch.equal(clone[5]["frames"], mapped[5]["frames"])
+
+
 def test_to_model_actions():
     a = torch.tensor([[3, 1, 4, 1]])
     assert to_model_actions(a, 6).tolist() == [[6, 3, 1, 4]]

@@ -61,7 +61,7 @@ METRICS = "metrics.jsonl"
 # Config keys that may change between a checkpoint and its resume without breaking exactness.
 RESUMABLE_CHANGES = ("optim.steps", "run.log_every", "run.ckpt_every", "run.sample_every", "run.progress",
                      "run.out_dir", "run.resume", "run.device", "run.stop_after", "run.samples",
-                     "run.sample_context", "run.sample_horizon", "data.paths", "data.cache_dir",
+                     "run.sample_context", "run.sample_horizon", "data.paths", "data.cache_dir", "data.preload",
                      "engine")  # engine: how samples are drawn during training, not what is trained
 
 
