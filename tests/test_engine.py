@@ -340,8 +340,11 @@ def test_packed_linears_follow_weight_updates_and_leave_training_alone():
     with torch.no_grad():
         xb = x.to(torch.bfloat16)
         assert torch.equal(lin(xb), torch.nn.functional.linear(xb, lin.weight, lin.bias))
-    # With gradients (training), the plain path: the gradient reaches the weight.
+    # Under autocast, the plain path (the packed op would compute in fp32, not bf16).
     m.float()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert lin(x).dtype == torch.bfloat16
+    # With gradients (training), the plain path: the gradient reaches the weight.
     y = lin(x)
     y.sum().backward()
     assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
