@@ -142,6 +142,14 @@ def test_preloaded_clips_equal_memory_mapped_ones(data, tmp_path):
     assert torch.equal(clone[5]["frames"], mapped[5]["frames"])
 
 
+
+def test_preload_larger_than_memory_falls_back_to_the_memory_map(data, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(dsmod, "available_memory", lambda: 1000)  # bytes: far less than the clips
+    ds = ClipDataset(data, clip_len=4, resolution=8, split="train", cache_dir=tmp_path / "c", preload=True)
+    assert not ds.preloaded and "memory map instead" in caplog.text
+    assert isinstance(ds[0]["frames"], torch.Tensor) and all(f is None or isinstance(f, np.memmap) for f in ds._frames)
+
+
 def test_to_model_actions():
     a = torch.tensor([[3, 1, 4, 1]])
     assert to_model_actions(a, 6).tolist() == [[6, 3, 1, 4]]

@@ -44,6 +44,14 @@ def default_cache_dir() -> Path:
     return Path(root) / "clips"
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux), or None where the system does not say."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def to_model_actions(actions: torch.Tensor, num_actions: int) -> torch.Tensor:
     """DESIGN actions (chosen after each frame) -> model actions (that produced each frame).
 
@@ -237,6 +245,13 @@ class ClipDataset(torch.utils.data.Dataset):
         return files
 
     def _preload(self) -> None:
+        need = int(self.lengths.sum()) * 3 * self.size[0] * self.size[1]
+        free = available_memory()
+        if free is not None and need > 0.8 * free:  # larger than RAM: memory-mapped, slower but it runs
+            log.warning("the resized clips take %.2f GB, more than 80%% of the %.2f GB of memory available: "
+                        "reading them from the memory map instead (set data.preload=false to say so)",
+                        need / 1e9, free / 1e9)
+            return
         t0 = time.perf_counter()
         for e in range(len(self.episodes)):
             self._frames[e] = self._episode_frames(e, mmap=False)

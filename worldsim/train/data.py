@@ -33,8 +33,9 @@ class DataConfig:
     split: Optional[str] = "train"  # episodes trained on ('train', 'heldout' or null for all)
     heldout_split: str = "heldout"  # episodes for sample videos and evaluation (falls back to training data)
     cache_dir: Optional[str] = None  # resize cache (default $WORLDSIM_CACHE_DIR/clips)
-    # Read the resized clips into memory at start (false: memory-map them, for data larger than RAM).
-    # Random reads from a cold memory map cost 3-18 ms a clip: the whole training step on a GPU.
+    # Read the resized clips into memory at start (false: memory-map them; data larger than 80% of the
+    # free memory is memory-mapped anyway, with a warning). Random reads from a cold memory map cost
+    # 3-18 ms a clip: the whole training step on a GPU.
     preload: bool = True
 
 
