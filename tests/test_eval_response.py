@@ -10,9 +10,9 @@ import torch
 
 from test_eval_cli import make_episode
 from worldsim.envs.tiny import TINY_ACTIONS, TINY_ENV_ID
-from worldsim.eval.response import action_response, format_response, real_step_displacement
+from worldsim.eval.response import action_response, format_response, real_held_displacement, real_step_displacement
 from worldsim.eval.rollout import EvalConfig, load_eval_episodes, make_plan
-from worldsim.eval.sprites import sprite_spec
+from worldsim.eval.sprites import find_sprites, sprite_spec
 
 R = 16
 SHIFT = {"UP": (-1, 0), "DOWN": (1, 0), "LEFT": (0, -1), "RIGHT": (0, 1)}
@@ -71,3 +71,31 @@ def test_action_response_tells_a_model_that_follows_keys_from_one_that_ignores_t
     else:
         assert resp["mean_ratio"] == 0.0
     assert "action response 1x2" in format_response("1x2", resp)
+
+
+def test_real_held_runs_and_the_held_ratio(episodes):
+    spec = sprite_spec(TINY_ENV_ID)
+    held = real_held_displacement(episodes, spec, TINY_ACTIONS, 2)
+    assert held["DOWN"]["px"][0] > 0.4 and held["UP"]["px"][0] < -0.4 and held["DOWN"]["runs"] > 0
+    assert held["RIGHT"]["px"][1] > 0.4 and held["LEFT"]["px"][1] < -0.4
+    # A hand-made episode: every run of DOWN held twice moves the sprite by exactly what the frames say.
+    ep = episodes[0]
+    acts = np.asarray(ep.actions)
+    down = TINY_ACTIONS.index("DOWN")
+    pos, found = find_sprites(ep.frames, spec)
+    want = [pos[t + 2] - pos[t] for t in range(len(acts) - 2)
+            if acts[t] == down and acts[t + 1] == down and found[t] and found[t + 2]]
+    one = real_held_displacement([ep], spec, TINY_ACTIONS, 2)
+    if want:
+        np.testing.assert_allclose(one["DOWN"]["px"], np.mean(want, 0))
+        assert one["DOWN"]["runs"] == len(want)
+    cfg = EvalConfig(context=3, horizon=4, starts=2, batch=4)
+    plan = make_plan(episodes, cfg)
+    real = real_step_displacement(episodes, spec, TINY_ACTIONS)
+    for follow in (True, False):
+        resp = action_response(ScriptedEngine(follow), episodes, plan, cfg, spec, TINY_ACTIONS, len(TINY_ACTIONS), 2,
+                               real, held)
+        if follow:
+            assert resp["mean_ratio_held"] > 0.3 and "real held runs" in format_response("1x2", resp)
+        else:
+            assert resp["mean_ratio_held"] == 0.0

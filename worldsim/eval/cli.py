@@ -26,7 +26,7 @@ import torch
 from worldsim.errors import CheckpointError, ConfigError, WorldsimError
 from worldsim.eval.rollout import (EvalConfig, evaluate_baselines, evaluate_model, free_play, load_eval_episodes,
                                    make_plan, real_reference, summarize, window_edges)
-from worldsim.eval.response import action_response, format_response, real_step_displacement
+from worldsim.eval.response import action_response, format_response, real_held_displacement, real_step_displacement
 from worldsim.eval.sprites import NoSpriteSpec, sprite_spec
 
 DEFAULT_CHECKPOINT = Path("assets/default.safetensors")
@@ -294,8 +294,11 @@ def main(argv=None) -> int:
             if cfg.free_play else None
         real_moves = real_step_displacement(episodes, sprite, meanings) \
             if sprite is not None and args.action_response > 0 else None
+        real_held = real_held_displacement(episodes, sprite, meanings, args.action_response) \
+            if real_moves is not None else None
         if real_moves is not None:
             result["real_action_displacement"] = real_moves
+            result["real_held_displacement"] = real_held
         for name, ecfg in settings:
             engine = Engine(model, ecfg, device=device, dtype=torch.float32)
             sub = save_dir / name if save_dir is not None and len(settings) > 1 else save_dir
@@ -323,7 +326,7 @@ def main(argv=None) -> int:
             result["settings"].append(entry)
             if real_moves:
                 entry["action_response"] = action_response(engine, episodes, plan, cfg, sprite, meanings, no_action,
-                                                            args.action_response, real_moves)
+                                                            args.action_response, real_moves, real_held)
                 print(format_response(name, entry["action_response"]), file=sys.stderr)
             if cfg.free_play:
                 entry["free_play"] = run_free_play(engine, episodes, plan, cfg, meanings, sprite, reference,

@@ -9,7 +9,11 @@ rollout's, is the action's effect in the model. The real game's effect is read o
 mean one-frame displacement after each action (DESIGN alignment: ``actions[t]`` moves ``frames[t]`` to
 ``frames[t + 1]``) minus NOOP's, times ``frames``. Their ratio (the model's effect projected on the
 real one) is 1 for a model that moves the player as the game does and 0 for one that ignores the keys.
-Walls stop the real player too, so ratios are comparable between models, not an absolute truth.
+Walls and the opponent stop the real player, so that ratio compares models but is no absolute truth;
+the second reference is: the real player's displacement over runs in the episodes where the direction
+was held ``frames`` frames in a row (minus NOOP's held runs), ``ratio_held``, 1 for a model that moves
+as far as the game does when the key is held. In the Boxing collections (session 10) those runs move
+the player 0.36-0.66x the one-frame extrapolation (LEFT 0.36, RIGHT 0.52, DOWN 0.64, UP 0.66).
 Measured on the shipped Boxing student (2026-11-26): 0.0 for every direction.
 """
 
@@ -44,11 +48,36 @@ def real_step_displacement(episodes: Sequence[EvalEpisode], sprite: SpriteSpec,
     return {n: {"px_per_frame": (sums[n] / counts[n]).tolist(), "pairs": counts[n]} for n in names if n in counts}
 
 
+def real_held_displacement(episodes: Sequence[EvalEpisode], sprite: SpriteSpec, meanings: Sequence[str],
+                           frames: int) -> dict[str, dict]:
+    """Mean sprite displacement (row, col) in pixels over the runs where NOOP or a direction was held
+    ``frames`` frames in a row (every start of such a run counts; the sprite found at both ends)."""
+    names = [n for n in ("NOOP", *DIRECTIONS) if n in meanings]
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for ep in episodes:
+        T = len(ep.actions)
+        if T <= frames:
+            continue
+        pos, found = find_sprites(ep.frames, sprite)
+        acts = np.asarray(ep.actions)
+        windows = np.lib.stride_tricks.sliding_window_view(acts[:T - 1], frames)  # (T - frames, frames)
+        ok = found[:T - frames] & found[frames:T]
+        move = pos[frames:T] - pos[:T - frames]  # (T - frames, 2)
+        for name in names:
+            sel = ok & (windows == meanings.index(name)).all(1)
+            if sel.any():
+                sums[name] = sums.get(name, np.zeros(2)) + move[sel].sum(0)
+                counts[name] = counts.get(name, 0) + int(sel.sum())
+    return {n: {"px": (sums[n] / counts[n]).tolist(), "runs": counts[n]} for n in names if n in counts}
+
+
 def action_response(engine, episodes: Sequence[EvalEpisode], plan: Sequence[tuple[int, int]], cfg: EvalConfig,
                     sprite: SpriteSpec, meanings: Sequence[str], no_action: int, frames: int,
-                    real: dict[str, dict]) -> dict:
+                    real: dict[str, dict], real_held: dict[str, dict] | None = None) -> dict:
     """Hold each direction for ``frames`` frames from up to ``cfg.batch`` real contexts; compare the
-    sprite's displacement (minus the NOOP rollout's) with the real game's (``real_step_displacement``)."""
+    sprite's displacement (minus the NOOP rollout's) with the real game's (``real_step_displacement``,
+    and ``real_held_displacement`` where given)."""
     items = list(plan[:cfg.batch])
     ctx, prev, _, _ = batch_inputs(episodes, items, EvalConfig(context=cfg.context, horizon=1), no_action)
     start_pos, start_found = find_sprites(ctx[:, -1], sprite)
@@ -63,7 +92,8 @@ def action_response(engine, episodes: Sequence[EvalEpisode], plan: Sequence[tupl
 
     base = displacement("NOOP") if "NOOP" in meanings else np.zeros((len(items), 2))
     real_base = np.asarray(real.get("NOOP", {}).get("px_per_frame", [0.0, 0.0]))
-    per_action, ratios = {}, []
+    held_base = np.asarray((real_held or {}).get("NOOP", {}).get("px", [0.0, 0.0]))
+    per_action, ratios, held_ratios = {}, [], []
     for name in DIRECTIONS:
         if name not in meanings or name not in real:
             continue
@@ -77,12 +107,25 @@ def action_response(engine, episodes: Sequence[EvalEpisode], plan: Sequence[tupl
                             "rollouts_with_sprite": int(ok.sum())}
         if ratio is not None:
             ratios.append(ratio)
+        if real_held and name in real_held and ok.any():
+            held_px = np.asarray(real_held[name]["px"]) - held_base
+            if float(np.linalg.norm(held_px)) >= MIN_REAL_PX_PER_FRAME * frames:
+                r = float(model_px @ held_px / (held_px @ held_px))
+                per_action[name].update(real_held_px=held_px.tolist(), held_runs=real_held[name]["runs"], ratio_held=r)
+                held_ratios.append(r)
     return {"frames": frames, "rollouts": len(items), "actions": per_action,
-            "mean_ratio": float(np.mean(ratios)) if ratios else None}
+            "mean_ratio": float(np.mean(ratios)) if ratios else None,
+            "mean_ratio_held": float(np.mean(held_ratios)) if held_ratios else None}
 
 
 def format_response(name: str, resp: dict) -> str:
     parts = [f"{a} {v['ratio']:.2f}" for a, v in resp["actions"].items() if v["ratio"] is not None]
     mean = resp["mean_ratio"]
-    head = f"action response {name}: " + ("n/a" if mean is None else f"{mean:.2f}x the real game's movement")
-    return head + (f" ({', '.join(parts)}; {resp['frames']} frames held)" if parts else "")
+    head = f"action response {name}: " + ("n/a" if mean is None else f"{mean:.2f}x the real game's one-frame move")
+    out = head + (f" ({', '.join(parts)}; {resp['frames']} frames held)" if parts else "")
+    held = resp.get("mean_ratio_held")
+    if held is not None:
+        hp = [f"{a} {v['ratio_held']:.2f}" for a, v in resp["actions"].items() if v.get("ratio_held") is not None]
+        runs = min(v["held_runs"] for v in resp["actions"].values() if v.get("ratio_held") is not None)
+        out += f"; {held:.2f}x the real held runs ({', '.join(hp)}; >= {runs} runs each)"
+    return out
