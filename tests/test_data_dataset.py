@@ -140,6 +140,8 @@ def test_preloaded_clips_equal_memory_mapped_ones(data, tmp_path):
     clone = pickle.loads(pickle.dumps(loaded))  # a DataLoader worker reads its own copy
     assert clone.preloaded and all(type(f) is np.ndarray for f in clone._frames)
     assert torch.equal(clone[5]["frames"], mapped[5]["frames"])
+    frames, actions = loaded.episode(0)  # a whole episode, as the sprite yardstick reads it
+    assert frames.shape == (10, 3, 8, 8) and actions.tolist() == [t % 6 for t in range(10)]
 
 
 

@@ -284,6 +284,10 @@ class ClipDataset(torch.utils.data.Dataset):
         if self.preloaded:  # a worker reads its own copy rather than receiving gigabytes through a pipe
             self._preload()
 
+    def episode(self, e: int) -> tuple[np.ndarray, np.ndarray]:
+        """Episode ``e`` whole: frames uint8 (T, 3, R, R) (memory-mapped unless preloaded), actions (T,) int64."""
+        return self._episode_frames(e), self._actions[e]
+
     def __len__(self) -> int:
         return int(self._offsets[-1])
 

@@ -39,9 +39,9 @@ def sprite_tracks(paths: Sequence[str], split: str | None, resolution: int, spri
     for p in paths:
         ds = ClipDataset(p, clip_len=1, resolution=resolution, split=split)
         for e in range(len(ds.episodes)):
-            frames = np.asarray(ds._episode_frames(e)).transpose(0, 2, 3, 1)  # (T, H, W, 3)
-            pos, found = find_sprites(frames, sprite)
-            out.append(Track(pos, found, ds._actions[e].astype(np.int64)))
+            frames, actions = ds.episode(e)
+            pos, found = find_sprites(np.asarray(frames).transpose(0, 2, 3, 1), sprite)  # (T, H, W, 3) in
+            out.append(Track(pos, found, actions.astype(np.int64)))
     return out
 
 
