@@ -268,10 +268,29 @@ def test_drop_first_gives_the_same_rows_and_cache(anchor, temporal_every, depth)
         m(x, sig, a, cache=caches[0], drop_first=3)
 
 
+def test_rotate_matches_apply_rope_and_has_gradients():
+    """The model's complex-multiply rope is apply_rope (the KV cache's sink re-rotation uses that one),
+    for fp32 and bf16 inputs, and gradients flow through it (training)."""
+    from worldsim.model.rope import AxialRope, rotate
+
+    rope = AxialRope(16, 4)
+    pos = torch.tensor([0, 3, 10**6])
+    cos, sin = rope.tables(pos)  # (3*16, 8)
+    x = torch.randn(2, 48, 3, 16, requires_grad=True)
+    got = rotate(x, rope.rotations(pos))
+    want = apply_rope(x.transpose(1, 2), cos, sin).transpose(1, 2)  # apply_rope takes (..., L, D)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    xb = x.detach().to(torch.bfloat16)
+    torch.testing.assert_close(rotate(xb, rope.rotations(pos)), apply_rope(xb.float().transpose(1, 2), cos, sin).transpose(1, 2),
+                               atol=1e-6, rtol=1e-6)
+    got.square().sum().backward()  # a rotation keeps norms: d|Rx|^2/dx = 2x
+    torch.testing.assert_close(x.grad, 2 * x.detach(), atol=1e-5, rtol=1e-5)
+
+
 def test_memoised_rotations_and_conditioning_match_direct_computation():
-    """The rope memo returns what rope_matrices/tables compute (also past its LRU bound), and the
+    """The rope memo returns what complex_rotations/tables compute (also past its LRU bound), and the
     conditioning memo serves terms of the current weights: a weight update is seen at once."""
-    from worldsim.model.rope import MEMO_FRAMES, rope_matrices
+    from worldsim.model.rope import MEMO_FRAMES, complex_rotations
 
     m = tiny_model()
     rope = m.rope
@@ -281,8 +300,7 @@ def test_memoised_rotations_and_conditioning_match_direct_computation():
         got_c, got_s = rope.tables(p)
         torch.testing.assert_close(got_c, want_c, atol=0, rtol=0)
         torch.testing.assert_close(got_s, want_s, atol=0, rtol=0)
-        for dt in (torch.float32, torch.bfloat16):
-            torch.testing.assert_close(rope.matrices(p, dt), rope_matrices(want_c, want_s).to(dt), atol=0, rtol=0)
+        torch.testing.assert_close(rope.rotations(p), complex_rotations(want_c, want_s), atol=0, rtol=0)
     a, s = torch.tensor([[1, 2]]), torch.tensor([[0.0, 0.7]])
     with torch.no_grad():
         first = m.conditioning(a, s)
@@ -297,6 +315,7 @@ def test_memoised_rotations_and_conditioning_match_direct_computation():
 
 
 # -- oneDNN-packed linears (worldsim.engine.cpu_pack) ---------------------------------------------
+from worldsim.engine import cpu_pack  # noqa: E402
 from worldsim.engine.cpu_pack import is_packed, pack_linears, packing_available, unpack_linears  # noqa: E402
 
 needs_packing = pytest.mark.skipif(not packing_available(), reason="this torch build has no oneDNN packed linear")
@@ -311,15 +330,23 @@ def _session(model, steps=2, n=6):
 
 @needs_packing
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_packed_linears_give_the_same_frames_bit_for_bit(dtype):
+def test_packed_linears_give_the_same_frames(dtype):
+    """Packed linears give the plain path's frames: to fp32 rounding, and in bf16 to its rounding (the
+    fused GELU rounds once where the plain MLP rounds twice); the linears alone bit for bit."""
     m = tiny_model(anchor="input", temporal_every=2).to(dtype)
+    x = torch.randn(2, 7, 32, dtype=dtype)
     with torch.no_grad():
-        want = _session(m)
+        want, want_lin = _session(m), m.blocks[0].mlp[2](x.repeat(1, 1, 4))
         assert pack_linears(m) == sum(isinstance(x, torch.nn.Linear) for x in m.modules()) and is_packed(m)
-        got = _session(m)
-    assert torch.equal(got, want)
+        got, got_lin = _session(m), m.blocks[0].mlp[2](x.repeat(1, 1, 4))
+        assert torch.equal(got_lin, want_lin)
+        assert isinstance(m.blocks[0].mlp.__dict__.get("forward"), cpu_pack._FusedMLPForward)
+        fused, plain = m.blocks[0].mlp(x), m.blocks[0].mlp[2](m.blocks[0].mlp[1](m.blocks[0].mlp[0](x)))
+    tol = 1e-5 if dtype == torch.float32 else 0.02  # bf16: a few units of its 2^-8 relative step
+    torch.testing.assert_close(fused, plain, atol=tol, rtol=tol)
+    torch.testing.assert_close(got, want, atol=2 * tol, rtol=0)
     unpack_linears(m)
-    assert not is_packed(m) and "forward" not in m.out.__dict__
+    assert not is_packed(m) and "forward" not in m.out.__dict__ and "forward" not in m.blocks[0].mlp.__dict__
 
 
 @needs_packing

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from kernels import block_causal_attention
 from kernels.attention import block_causal_attention_torch
-from worldsim.model.rope import AxialRope
+from worldsim.model.rope import AxialRope, rotate
 
 
 @dataclass
@@ -153,6 +153,16 @@ def modulate(x, shift, mult):
     return torch.addcmul(shift, x, mult)
 
 
+def norm_modulate(x, shift, mult):
+    """adaLN after a LayerNorm: ``modulate(layer_norm(x), shift, mult)``, x (B, T, N, D), the terms
+    (B, T, 1, D). With one frame in all (play: B = T = 1) the terms are the LayerNorm's own weight and
+    bias, one op instead of two (computed in fp32 and rounded once)."""
+    D = x.shape[-1]
+    if shift.numel() == D:
+        return F.layer_norm(x, (D,), mult.reshape(D), shift.reshape(D), eps=1e-6)
+    return modulate(F.layer_norm(x, (D,), eps=1e-6), shift, mult)
+
+
 class SigmaEmbedding(nn.Module):
     """Sinusoidal features of 1000*sigma -> MLP (DiT's timestep embedder)."""
 
@@ -194,15 +204,15 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.dim, cfg.dim)
 
     def forward(self, x, rot, *, mask=None, chunk_tokens=None, cache=None, cache_layer=0, q_from=0):
-        # x: (B, L, dim); rot: (L, d, d) rotary matrices for these tokens. q_from: the first token
+        # x: (B, L, dim); rot: (L, 1, d/2) complex rotations for these tokens (rope.rotate). q_from: the first token
         # whose output is wanted (the earlier ones only give keys and values; cache or frame-local).
         B, L, _ = x.shape
         h, hkv, d = self.h, self.hkv, self.d
         if q_from and not self.temporal:  # frame-local: the skipped frames' keys are never read
             x, rot, L, q_from = x[:, q_from:], rot[q_from:], L - q_from, 0
         qkv = self.qkv(x).view(B, L, h + 2 * hkv, d)
-        qk = F.rms_norm(qkv[:, :, :h + hkv], (d,), eps=1e-6) * self.qk_norm
-        qk = torch.matmul(qk, rot)  # rotary embedding, (B, L, h+hkv, d)
+        # qk-norm and rotary embedding in fp32, rounded once: (B, L, h+hkv, d)
+        qk = rotate(F.rms_norm(qkv[:, :, :h + hkv].float(), (d,), eps=1e-6) * self.qk_norm.float(), rot).to(qkv.dtype)
         q = qk[:, :, :h].transpose(1, 2)  # (B, h, L, d)
         k = qk[:, :, h:].transpose(1, 2)  # (B, hkv, L, d)
         v = qkv[:, :, h + hkv:].transpose(1, 2).to(k.dtype)  # (B, hkv, L, d)
@@ -237,13 +247,13 @@ class Block(nn.Module):
         # skip: the first frames only give keys and values (the caller drops their outputs): the
         # block returns (B, T - skip, N, dim).
         B, T, N, D = x.shape
-        h = modulate(F.layer_norm(x, (D,), eps=1e-6), mod[0], mod[1]).view(B, T * N, D)
+        h = norm_modulate(x, mod[0], mod[1]).view(B, T * N, D)
         a = self.attn(h, rot, q_from=skip * N, **attn_kw).view(B, T - skip, N, D)
         if skip:
             x, mod = x[:, skip:], [m[:, skip:] for m in mod]
         _, _, gate_a, shift_m, mult_m, gate_m = mod
         x = torch.addcmul(x, gate_a, a)
-        h = self.mlp(modulate(F.layer_norm(x, (D,), eps=1e-6), shift_m, mult_m))
+        h = self.mlp(norm_modulate(x, shift_m, mult_m))
         return torch.addcmul(x, gate_m, h)
 
 
@@ -329,7 +339,7 @@ class WorldDiT(nn.Module):
         if frame_pos is None:
             frame_pos = frame_positions(T)  # on the host: rotations are memoised per position
         wdtype = self.patch_embed.weight.dtype
-        rot = self.rope.matrices(frame_pos, wdtype)  # (T*N, d, d)
+        rot = self.rope.rotations(frame_pos)  # (T*N, 1, d/2) complex
         tokens = self.patch_embed(self.patchify(x.to(wdtype)))  # (B, T, N, dim)
         if self.anchor_embed is not None:
             residual = self.cfg.anchor_mode == "residual"  # fp32 only where it is added back to the output
@@ -355,7 +365,7 @@ class WorldDiT(nn.Module):
                          cache_layer=cache_layer, **attn_kw)
             cache_layer += blk.attn.temporal
         shift, mult = (m[:, drop_first:] for m in mods[-2:])
-        out = self.out(modulate(F.layer_norm(tokens, (D,), eps=1e-6), shift, mult))
+        out = self.out(norm_modulate(tokens, shift, mult))
         if self.anchor_embed is not None and residual:
             out = anc[:, drop_first:] + out.float()  # in fp32: the copied background stays exact under bf16
         return self.unpatchify(out)
