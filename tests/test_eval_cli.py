@@ -90,6 +90,15 @@ def test_eval_end_to_end(setup, capsys):
     assert set(res["real_action_displacement"]) >= {"NOOP", "UP", "DOWN", "LEFT", "RIGHT"}
     for name in ("copy_last", "mean_frame"):
         assert len(res["baselines"][name]["per_horizon"]["psnr"]) == H
+    # per-rollout values (for paired comparisons): one row per rollout, their mean is the per-horizon figure
+    for entry in (*res["settings"], res["baselines"]["copy_last"]):
+        pr = entry["per_rollout"]
+        assert set(pr) == {"mse", "sprite_err_px"} and len(pr["mse"]) == 4 and len(pr["mse"][0]) == H
+        np.testing.assert_allclose(np.nanmean(np.array(pr["sprite_err_px"], dtype=float), 0),
+                                   np.array(entry["per_horizon"]["sprite_err_px"], dtype=float), rtol=1e-9)
+        want = 10 * np.log10(1 / np.array(pr["mse"]).mean(0))
+        np.testing.assert_allclose(want, entry["per_horizon"]["psnr_mse"], rtol=1e-9)
+    assert set(res["baselines"]["mean_frame"]["per_rollout"]) == {"mse"}
     assert [r["setting"] for r in res["table"]] == ["1x1", "2x2", "copy-last", "mean-frame"]
     assert "copy-last" in capsys.readouterr().out
 
@@ -240,3 +249,55 @@ def test_one_frame_floor_measures_the_real_next_frame(setup):
     base = evaluate_baselines(episodes, plan, cfg, TINY, 4.0, model.cfg.num_actions)["copy_last"]
     assert base["sprite_miss_rate"] == [0.0] and out["copy_last"] == pytest.approx(base["sprite_err_px"][0])
     assert out["copy_last"] > 0  # the sprite moves in these episodes: copying is not free
+
+
+def test_paired_comparison_of_two_evaluations(setup, tmp_path, capsys):
+    """scripts/compare_evals.py: B - A on shared rollouts with a bootstrap interval; a model against
+    itself differs by exactly 0; evaluations on other rollouts, or without per-rollout values, refuse."""
+    import importlib.util
+
+    from worldsim.errors import DataError
+    from worldsim.eval.compare import compare_files
+
+    d, ckpt, eps = setup
+    a = d / "out" / "eval.json"
+    if not a.exists():
+        run(ckpt, eps, a, "--settings", "1x1,2x2", "--seed", "3")
+    same = compare_files(a, a, "1x1", "1x1", draws=200)
+    assert same["psnr_mse_h1_8"]["diff"] == 0 and same["psnr_mse_h1_8"]["ci95"] == [0.0, 0.0]
+    vs_copy = compare_files(a, a, "copy_last", "1x1", draws=200)
+    f = vs_copy["sprite_err_h8"]
+    assert f["a"] == pytest.approx(json.loads(a.read_text())["baselines"]["copy_last"]["summary"]["sprite_err_h8"])
+    assert f["ci95"][0] <= f["diff"] <= f["ci95"][1] and vs_copy["rollouts"] == 4
+    # a hand-made B whose every sprite error is 1 px smaller: the interval is exactly -1
+    res = json.loads(a.read_text())
+    pr = res["settings"][0]["per_rollout"]
+    pr["sprite_err_px"] = [[None if v is None else v - 1.0 for v in row] for row in pr["sprite_err_px"]]
+    (tmp_path / "b.json").write_text(json.dumps(res))
+    c = compare_files(a, tmp_path / "b.json", "1x1", "1x1", draws=200)
+    assert c["sprite_err_h8"]["diff"] == pytest.approx(-1.0) and c["sprite_err_h8"]["ci95"] == pytest.approx([-1.0, -1.0])
+    # refusals: other rollouts, no per-rollout values, an unknown setting, not an eval JSON
+    other = dict(res, rollouts=res["rollouts"][::-1])
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(DataError, match="same rollouts"):
+        compare_files(a, tmp_path / "other.json")
+    del res["settings"][0]["per_rollout"]
+    (tmp_path / "old.json").write_text(json.dumps(res))
+    with pytest.raises(DataError, match="per-rollout"):
+        compare_files(a, tmp_path / "old.json", "1x1", "1x1")
+    with pytest.raises(DataError, match="no setting '9x9'"):
+        compare_files(a, a, "9x9")
+    (tmp_path / "junk.json").write_text("{}")
+    with pytest.raises(DataError, match="not a worldsim eval"):
+        compare_files(a, tmp_path / "junk.json")
+    # the script: prints both figures; a bad input is one line and exit 2
+    spec = importlib.util.spec_from_file_location("compare_evals", "scripts/compare_evals.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main([str(a), str(tmp_path / "b.json"), "--a-setting", "1x1", "--b-setting", "1x1",
+                     "--draws", "200", "--json", str(tmp_path / "c.json")]) == 0
+    out = capsys.readouterr().out
+    assert "MSE-PSNR h1-8" in out and "sprite error h5" in out and "B better" in out
+    assert json.loads((tmp_path / "c.json").read_text())["sprite_err_h8"]["diff"] == pytest.approx(-1.0)
+    assert mod.main([str(a), str(tmp_path / "missing.json")]) == 2
+    assert "not found" in capsys.readouterr().err

@@ -286,9 +286,11 @@ def main(argv=None) -> int:
           f"{len(episodes)} episodes, {len(plan)} rollouts of context {K} + horizon {H}; settings "
           f"{', '.join(n for n, _ in settings)}", file=sys.stderr)
     try:
-        baselines = evaluate_baselines(episodes, plan, cfg, sprite, penalty, no_action)
+        base_rollouts: dict = {}
+        baselines = evaluate_baselines(episodes, plan, cfg, sprite, penalty, no_action, base_rollouts)
         for name, per_h in baselines.items():
-            result["baselines"][name] = {"per_horizon": per_h, "summary": summarize(per_h, H)}
+            result["baselines"][name] = {"per_horizon": per_h, "summary": summarize(per_h, H),
+                                         "per_rollout": base_rollouts[name]}
         copy_summary = result["baselines"]["copy_last"]["summary"]
         reference = real_reference(episodes, sprite, max(1, cfg.free_play // max(cfg.windows, 1))) \
             if cfg.free_play else None
@@ -315,12 +317,14 @@ def main(argv=None) -> int:
 
             bar = _progress(len(plan) * H, f"eval {name}", args.quiet)
             t0 = time.perf_counter()
-            per_h = evaluate_model(engine, episodes, plan, cfg, sprite, penalty, no_action, on_rollout, bar)
+            rollout_values: dict = {}
+            per_h = evaluate_model(engine, episodes, plan, cfg, sprite, penalty, no_action, on_rollout, bar,
+                                   rollout_values)
             secs = time.perf_counter() - t0
             bar.close()
             summary = summarize(per_h, H)
             entry = {"name": name, "chunk": ecfg.chunk, "steps": ecfg.steps, "engine": to_dict(ecfg),
-                     "per_horizon": per_h, "summary": summary, "gen_seconds": secs,
+                     "per_horizon": per_h, "summary": summary, "per_rollout": rollout_values, "gen_seconds": secs,
                      "gen_frames_per_s": len(plan) * H / max(secs, 1e-9),
                      "bench_fps": fps_table.get((ecfg.chunk, ecfg.steps))}
             result["settings"].append(entry)

@@ -245,6 +245,10 @@ def batch_inputs(episodes: Sequence[EvalEpisode], items: Sequence[tuple[int, int
 # metrics per horizon step
 
 
+# Metrics kept per rollout in the JSON (``per_rollout``): the frame error behind MSE-PSNR and the sprite error.
+PER_ROLLOUT = ("mse", "sprite_err_px")
+
+
 class HorizonMetrics:
     """Collects (B, H) arrays per metric; ``summary()`` gives per-horizon means (NaN-aware)."""
 
@@ -266,6 +270,12 @@ class HorizonMetrics:
             if name == "mse":  # PSNR of the mean error: no frame pair weighs more than its error
                 out["psnr_mse"] = [_num(v) for v in 10 * np.log10(1.0 / np.maximum(mean, MSE_FLOOR))]
         return out
+
+    def per_rollout(self, names: Sequence[str] = PER_ROLLOUT) -> dict[str, list]:
+        """Each rollout's values (N lists of H; None where undefined) of ``names``, in plan order: what
+        a paired comparison of two models on the same rollouts needs (``worldsim.eval.compare``)."""
+        return {name: [[_num(v) for v in row] for row in np.concatenate(self.values[name])]
+                for name in names if name in self.values}
 
 
 def _num(v) -> float | None:
@@ -307,8 +317,10 @@ def real_sprites(real: np.ndarray, sprite: SpriteSpec):
 
 def evaluate_model(engine, episodes: Sequence[EvalEpisode], plan: Sequence[tuple[int, int]], cfg: EvalConfig,
                    sprite: SpriteSpec | None, penalty: float, no_action: int,
-                   on_rollout: Callable[[int, int, np.ndarray], None] | None = None, progress=None) -> dict:
-    """Roll the engine out over ``plan`` in batches; per-horizon PSNR, SSIM and sprite error."""
+                   on_rollout: Callable[[int, int, np.ndarray], None] | None = None, progress=None,
+                   per_rollout: dict | None = None) -> dict:
+    """Roll the engine out over ``plan`` in batches; per-horizon PSNR, SSIM and sprite error. With
+    ``per_rollout`` (a dict), each rollout's MSE and sprite error per horizon go into it too."""
     m = HorizonMetrics()
     for b, lo in enumerate(range(0, len(plan), cfg.batch)):
         items = plan[lo:lo + cfg.batch]
@@ -320,6 +332,8 @@ def evaluate_model(engine, episodes: Sequence[EvalEpisode], plan: Sequence[tuple
         if on_rollout is not None:
             for (i, start), frames in zip(items, pred):
                 on_rollout(i, start, frames)
+    if per_rollout is not None:
+        per_rollout.update(m.per_rollout())
     return m.per_horizon()
 
 
@@ -330,8 +344,10 @@ def mean_frame(episodes: Sequence[EvalEpisode]) -> np.ndarray:
 
 
 def evaluate_baselines(episodes: Sequence[EvalEpisode], plan: Sequence[tuple[int, int]], cfg: EvalConfig,
-                       sprite: SpriteSpec | None, penalty: float, no_action: int) -> dict:
-    """Copy the last context frame for every horizon; the mean frame for every horizon."""
+                       sprite: SpriteSpec | None, penalty: float, no_action: int,
+                       per_rollout: dict | None = None) -> dict:
+    """Copy the last context frame for every horizon; the mean frame for every horizon. With
+    ``per_rollout`` (a dict): ``per_rollout[name]`` gets each baseline's per-rollout values."""
     copy_last, mean_m = HorizonMetrics(), HorizonMetrics()
     mf = mean_frame(episodes)  # (R, R, 3) float
     for lo in range(0, len(plan), cfg.batch):
@@ -348,6 +364,8 @@ def evaluate_baselines(episodes: Sequence[EvalEpisode], plan: Sequence[tuple[int
         mean_m.add("mse", err.view(B, H).numpy())
         if sprite is not None:
             add_sprite_metrics(copy_last, last, *real_sprites(real, sprite), sprite, penalty)
+    if per_rollout is not None:
+        per_rollout.update(copy_last=copy_last.per_rollout(), mean_frame=mean_m.per_rollout())
     return {"copy_last": copy_last.per_horizon(), "mean_frame": mean_m.per_horizon()}
 
 
