@@ -70,5 +70,12 @@ class AtariEnv(GameEnv):
         truncated = bool(truncated) or (limit is not None and self._t >= limit and not terminated)
         return np.asarray(obs, dtype=np.uint8), float(reward), bool(terminated), truncated
 
+    def snapshot(self):
+        return self._env.unwrapped.ale.cloneState(), self._t
+
+    def restore(self, state) -> None:
+        ale_state, self._t = state
+        self._env.unwrapped.ale.restoreState(ale_state)
+
     def close(self) -> None:
         self._env.close()

@@ -66,6 +66,14 @@ class GameEnv:
     def close(self) -> None:
         pass
 
+    def snapshot(self) -> Any:
+        """The game's whole state, for ``restore``: play on from a moment under other actions (the
+        evaluation's real counterfactuals, ``worldsim.eval.counterfactual``)."""
+        raise NotImplementedError(f"{self.env_id} cannot save its state")
+
+    def restore(self, state: Any) -> None:
+        raise NotImplementedError(f"{self.env_id} cannot restore a state")
+
     def describe(self) -> dict[str, Any]:
         """Metadata recorded with every episode of this env."""
         c = self.config

@@ -99,6 +99,12 @@ class TinyGame(GameEnv):
         self.t = 0
         return self.render()
 
+    def snapshot(self) -> tuple[int, int, int, int]:
+        return self.x, self.y, self.color, self.t
+
+    def restore(self, state) -> None:
+        self.x, self.y, self.color, self.t = state
+
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool]:
         name = self.action_meanings[self._check_action(action)]
         if name == "FIRE":

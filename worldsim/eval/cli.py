@@ -298,9 +298,12 @@ def main(argv=None) -> int:
             if sprite is not None and args.action_response > 0 else None
         real_held = real_held_displacement(episodes, sprite, meanings, args.action_response) \
             if real_moves is not None else None
+        real_cf = None
         if real_moves is not None:
             result["real_action_displacement"] = real_moves
             result["real_held_displacement"] = real_held
+            real_cf, result["counterfactual"] = real_counterfactuals(episodes, plan, cfg, meanings, args.action_response,
+                                                                     args.quiet)
         for name, ecfg in settings:
             engine = Engine(model, ecfg, device=device, dtype=torch.float32)
             sub = save_dir / name if save_dir is not None and len(settings) > 1 else save_dir
@@ -330,7 +333,7 @@ def main(argv=None) -> int:
             result["settings"].append(entry)
             if real_moves:
                 entry["action_response"] = action_response(engine, episodes, plan, cfg, sprite, meanings, no_action,
-                                                            args.action_response, real_moves, real_held)
+                                                            args.action_response, real_moves, real_held, real_cf)
                 print(format_response(name, entry["action_response"]), file=sys.stderr)
             if cfg.free_play:
                 entry["free_play"] = run_free_play(engine, episodes, plan, cfg, meanings, sprite, reference,
@@ -344,6 +347,26 @@ def main(argv=None) -> int:
     print(format_table(result["table"], H))
     print(f"wrote {json_path}" + (f" and rollouts under {save_dir}" if save_dir else ""))
     return 0
+
+
+def real_counterfactuals(episodes, plan, cfg, meanings, frames: int, quiet: bool):
+    """The real game's frames under each held key from the action response's contexts (replayed from
+    the episodes' seeds), and what the JSON says about them; (None, reason) when the episodes cannot be
+    replayed (plain .npz files, sticky actions, another emulator)."""
+    from worldsim.eval.counterfactual import NotReplayable, held_frames
+    from worldsim.eval.response import DIRECTIONS, response_items
+
+    items = response_items(plan, cfg)
+    keys = {a: meanings.index(a) for a in ("NOOP", *DIRECTIONS) if a in meanings}
+    t0 = time.perf_counter()
+    try:
+        frames_by_key = held_frames(episodes, items, cfg.context, keys, frames)
+    except NotReplayable as e:
+        if not quiet:
+            print(f"worldsim eval: no real counterfactuals for the action response: {e}", file=sys.stderr)
+        return None, {"available": False, "reason": str(e)}
+    return frames_by_key, {"available": True, "contexts": len(items), "frames": frames, "keys": list(keys),
+                           "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def table_rows(result: dict, copy: dict) -> list[dict]:

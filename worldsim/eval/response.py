@@ -15,6 +15,12 @@ was held ``frames`` frames in a row (minus NOOP's held runs), ``ratio_held``, 1 
 as far as the game does when the key is held. In the Boxing collections (session 10) those runs move
 the player 0.36-0.66x the one-frame extrapolation (LEFT 0.36, RIGHT 0.52, DOWN 0.64, UP 0.66).
 Measured on the shipped Boxing student (2026-11-26): 0.0 for every direction.
+
+The third reference is the truth itself (``real_cf``, from ``worldsim.eval.counterfactual``): the
+real game replayed to each context's last frame and played on with the same key held. Per context,
+``cf_err_px`` is the distance between the model's sprite and the real one after ``frames`` frames
+(NOOP held too), and ``ratio_cf`` the model's effect (minus its NOOP rollout) projected on the real
+effect from the same moments (minus the real NOOP's): 1 moves the player as far as the game does there.
 """
 
 from __future__ import annotations
@@ -74,18 +80,22 @@ def real_held_displacement(episodes: Sequence[EvalEpisode], sprite: SpriteSpec, 
 
 def action_response(engine, episodes: Sequence[EvalEpisode], plan: Sequence[tuple[int, int]], cfg: EvalConfig,
                     sprite: SpriteSpec, meanings: Sequence[str], no_action: int, frames: int,
-                    real: dict[str, dict], real_held: dict[str, dict] | None = None) -> dict:
-    """Hold each direction for ``frames`` frames from up to ``cfg.batch`` real contexts; compare the
-    sprite's displacement (minus the NOOP rollout's) with the real game's (``real_step_displacement``,
-    and ``real_held_displacement`` where given)."""
-    items = list(plan[:cfg.batch])
+                    real: dict[str, dict], real_held: dict[str, dict] | None = None,
+                    real_cf: dict[str, np.ndarray] | None = None) -> dict:
+    """Hold each direction for ``frames`` frames from the first ``cfg.batch`` contexts of ``plan``
+    (``response_items``); compare the sprite's displacement (minus the NOOP rollout's) with the real
+    game's (``real_step_displacement``, ``real_held_displacement`` and, per context, the real game's
+    frames under the same keys ``real_cf`` (name -> (B, frames, R, R, 3)), where given)."""
+    items = response_items(plan, cfg)
     ctx, prev, _, _ = batch_inputs(episodes, items, EvalConfig(context=cfg.context, horizon=1), no_action)
     start_pos, start_found = find_sprites(ctx[:, -1], sprite)
+    model_end: dict[str, np.ndarray] = {}
 
     def displacement(name: str) -> np.ndarray:  # (B, 2), NaN where the sprite is lost
         acts = np.full((len(items), frames), meanings.index(name), np.int64)
         out = rollout(engine, ctx, prev, acts, seed=cfg.seed)
-        pos, found = find_sprites(out[:, -1], sprite)
+        pos, found = find_sprites(out[:, -1], sprite)  # NaN where not found
+        model_end[name] = pos
         d = pos - start_pos
         d[~(found & start_found)] = np.nan
         return d
@@ -113,9 +123,47 @@ def action_response(engine, episodes: Sequence[EvalEpisode], plan: Sequence[tupl
                 r = float(model_px @ held_px / (held_px @ held_px))
                 per_action[name].update(real_held_px=held_px.tolist(), held_runs=real_held[name]["runs"], ratio_held=r)
                 held_ratios.append(r)
-    return {"frames": frames, "rollouts": len(items), "actions": per_action,
-            "mean_ratio": float(np.mean(ratios)) if ratios else None,
-            "mean_ratio_held": float(np.mean(held_ratios)) if held_ratios else None}
+    out = {"frames": frames, "rollouts": len(items), "actions": per_action,
+           "mean_ratio": float(np.mean(ratios)) if ratios else None,
+           "mean_ratio_held": float(np.mean(held_ratios)) if held_ratios else None}
+    if real_cf is not None:
+        out["counterfactual"] = counterfactual_scores(model_end, real_cf, start_pos, sprite)
+    return out
+
+
+def response_items(plan: Sequence[tuple[int, int]], cfg: EvalConfig) -> list[tuple[int, int]]:
+    """The contexts the action response starts from: the first ``cfg.batch`` of the plan."""
+    return list(plan[:cfg.batch])
+
+
+def counterfactual_scores(model_end: dict[str, np.ndarray], real_cf: dict[str, np.ndarray], start_pos: np.ndarray,
+                          sprite: SpriteSpec) -> dict:
+    """Per held key (NOOP and the directions): the mean distance between the model's and the real
+    game's sprite at the last frame (``cf_err_px``) and, for the directions, ``ratio_cf``: the model's
+    effect (minus NOOP's) projected on the real effect from the same contexts (minus the real NOOP's)."""
+    real_end = {}
+    for name, f in real_cf.items():
+        real_end[name] = find_sprites(f[:, -1], sprite)[0]  # NaN where not found
+    actions: dict[str, dict] = {}
+    for name in real_end:
+        if name not in model_end:
+            continue
+        err = np.linalg.norm(model_end[name] - real_end[name], axis=1)  # NaN where either is lost
+        entry = {"cf_err_px": float(np.nanmean(err)) if np.isfinite(err).any() else None,
+                 "contexts": int(np.isfinite(err).sum())}
+        if name != "NOOP" and "NOOP" in real_end and "NOOP" in model_end:
+            m_eff = model_end[name] - model_end["NOOP"]  # (B, 2): the key's effect in the model ...
+            r_eff = real_end[name] - real_end["NOOP"]  # ... and in the game, from the same moments
+            ok = np.isfinite(m_eff).all(1) & np.isfinite(r_eff).all(1)
+            den = float((r_eff[ok] ** 2).sum())
+            entry.update(real_px=r_eff[ok].mean(0).tolist() if ok.any() else None,
+                         model_px=m_eff[ok].mean(0).tolist() if ok.any() else None,
+                         ratio_cf=float((m_eff[ok] * r_eff[ok]).sum() / den) if den > 0 else None)
+        actions[name] = entry
+    errs = [v["cf_err_px"] for v in actions.values() if v["cf_err_px"] is not None]
+    ratios = [v["ratio_cf"] for v in actions.values() if v.get("ratio_cf") is not None]
+    return {"actions": actions, "mean_cf_err_px": float(np.mean(errs)) if errs else None,
+            "mean_ratio_cf": float(np.mean(ratios)) if ratios else None}
 
 
 def format_response(name: str, resp: dict) -> str:
@@ -128,4 +176,10 @@ def format_response(name: str, resp: dict) -> str:
         hp = [f"{a} {v['ratio_held']:.2f}" for a, v in resp["actions"].items() if v.get("ratio_held") is not None]
         runs = min(v["held_runs"] for v in resp["actions"].values() if v.get("ratio_held") is not None)
         out += f"; {held:.2f}x the real held runs ({', '.join(hp)}; >= {runs} runs each)"
+    cf = resp.get("counterfactual")
+    if cf and cf["mean_ratio_cf"] is not None:
+        cp = [f"{a} {v['ratio_cf']:.2f}" for a, v in cf["actions"].items() if v.get("ratio_cf") is not None]
+        ep = [f"{a} {v['cf_err_px']:.1f}" for a, v in cf["actions"].items() if v["cf_err_px"] is not None]
+        out += (f"\n  against the real game from the same contexts: {cf['mean_ratio_cf']:.2f}x its move "
+                f"({', '.join(cp)}); sprite {cf['mean_cf_err_px']:.2f} px off after {resp['frames']} frames ({', '.join(ep)})")
     return out
