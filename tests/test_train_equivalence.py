@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -133,3 +134,16 @@ def test_pipeline_runs_a_subset_then_skips_finished_stages(tmp_path, capsys):
         run_pipeline(load_config(PipelineConfig, "configs/smoke.yaml", over + ["stage0.optim.lr=0.5"]))
     with pytest.raises(ConfigError, match="stages"):
         run_pipeline(load_config(PipelineConfig, "configs/smoke.yaml", over + ["stages=[stage9]"]))
+    # worldsim train ship: the playable file from an existing student, no training (a stage-1 student
+    # continued by hand and put where the ship stage's output goes)
+    from worldsim.cli import main as worldsim
+
+    Path(rep1["playable"]).unlink()
+    assert worldsim(["train", "ship", "configs/smoke.yaml", *over, "ship.stage=stage1", "ship.engine.sampler=euler",
+                     "--json", str(tmp_path / "ship.json")]) == 0
+    shipped = json.loads((tmp_path / "ship.json").read_text())
+    assert shipped["stages"] == {} and shipped["shipped_stage"] == "stage1" and "copy_last" in shipped["eval"]
+    assert read_meta(shipped["playable"])["shipped_from"] == str(tmp_path / "stage1_teacher_forcing" / "final.safetensors")
+    capsys.readouterr()
+    assert worldsim(["train", "ship", "configs/smoke.yaml", *over, f"out_dir={tmp_path / 'empty'}", "ship.stage=stage1"]) != 0
+    assert "no stage1 output" in capsys.readouterr().err

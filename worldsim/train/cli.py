@@ -7,6 +7,7 @@
     worldsim train stage2-ode configs/stage2_ode.yaml out_dir=runs/ode init.teacher=runs/tf/final.safetensors
     worldsim train stage3 configs/stage3_dmd.yaml out_dir=runs/dmd init.student=... init.teacher=...
     worldsim train compare-stage2 configs/smoke.yaml out_dir=runs/smoke
+    worldsim train ship configs/boxing_controllable.yaml      (the playable file from an existing student)
     torchrun --nproc_per_node 2 -m worldsim train stage1 CONFIG out_dir=...   (data parallel)
 
 Thin entry: parses the command line, fills the stage's config dataclass (YAML + ``key=value``
@@ -28,7 +29,7 @@ STAGE_ALIASES = {
     "stage2": "stage2", "consistency": "stage2", "cd": "stage2",
     "stage2-ode": "stage2-ode", "ode": "stage2-ode",
     "stage3": "stage3", "dmd": "stage3",
-    "pipeline": "pipeline", "compare-stage2": "compare-stage2",
+    "pipeline": "pipeline", "compare-stage2": "compare-stage2", "ship": "ship",
 }
 
 
@@ -53,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="worldsim train", description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="stages: stage0 (teacher), stage1 (teacher-forcing), stage2 (consistency), "
-                                        "stage2-ode (ode), stage3 (dmd), pipeline, compare-stage2")
-    ap.add_argument("what", help="stage0|stage1|stage2|stage2-ode|stage3|pipeline|compare-stage2")
+                                        "stage2-ode (ode), stage3 (dmd), pipeline, compare-stage2, ship")
+    ap.add_argument("what", help="stage0|stage1|stage2|stage2-ode|stage3|pipeline|compare-stage2|ship")
     ap.add_argument("config", help="YAML config (e.g. configs/smoke.yaml)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. out_dir=runs/x optim.steps=100")
     ap.add_argument("--json", help="also write the run's summary (costs, evaluation) here")
@@ -83,12 +84,12 @@ def main(argv=None) -> int:
                           + f" (choose from {', '.join(sorted(set(STAGE_ALIASES.values())))})")
     overrides = list(args.overrides)
     if args.no_progress:
-        overrides.append("progress=false" if what in ("pipeline", "compare-stage2") else "run.progress=false")
-    if what in ("pipeline", "compare-stage2"):
-        from worldsim.train.pipeline import PipelineConfig, compare_stage2, run_pipeline
+        overrides.append("progress=false" if what in ("pipeline", "compare-stage2", "ship") else "run.progress=false")
+    if what in ("pipeline", "compare-stage2", "ship"):
+        from worldsim.train.pipeline import PipelineConfig, compare_stage2, run_pipeline, ship_pipeline
 
         cfg = load_config(PipelineConfig, args.config, overrides)
-        summary = run_pipeline(cfg) if what == "pipeline" else compare_stage2(cfg)
+        summary = {"pipeline": run_pipeline, "compare-stage2": compare_stage2, "ship": ship_pipeline}[what](cfg)
     else:
         cfg_cls, trainer_cls = _stage_classes(what)
         overrides = [("run." + o if o.startswith("out_dir=") or o.startswith("seed=") else o) for o in overrides]

@@ -290,6 +290,28 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     rank, _, _ = dist_env()
     if rank != 0:
         return report
+    return ship_student(cfg, stages, report, t0)
+
+
+def ship_pipeline(cfg: PipelineConfig) -> dict:
+    """``worldsim train ship``: the playable file from the ship stage's existing output, evaluated,
+    with no training (after a stage-1 leg run by hand, say; the file names its source)."""
+    stages = stage_configs(cfg)
+    if cfg.ship.stage not in SHIPPABLE:
+        raise ConfigError(f"ship: ship.stage '{cfg.ship.stage}' must be one of {', '.join(SHIPPABLE)}")
+    final = Path(stages[cfg.ship.stage].run.out_dir) / FINAL
+    if not final.is_file():
+        raise ConfigError(f"ship: no {cfg.ship.stage} output at '{final}'; train it first (worldsim train pipeline "
+                          f"... stages=[{cfg.ship.stage}]) or copy the student to ship there")
+    return ship_student(cfg, stages, {"out_dir": cfg.out_dir, "stages": {}}, time.perf_counter())
+
+
+def ship_student(cfg: PipelineConfig, stages: dict, report: dict, t0: float) -> dict:
+    """Write the playable file from the ship stage's output, evaluate it and every later student there is,
+    and write the report (``REPORT`` in ``out_dir``)."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    known = [k for k, _, _ in STAGES]
     student_final = Path(stages[cfg.ship.stage].run.out_dir) / FINAL
     model, meta = load_model_weights(student_final)
     episodes, split = _episodes(cfg, meta)
