@@ -121,12 +121,11 @@ def test_counterfactual_scores_of_a_perfect_and_a_half_moving_model(tmp_path):
     items = [(0, 2), (0, 10), (1, 4), (1, 20)]
     keys = {a: TINY_ACTIONS.index(a) for a in ("NOOP", "UP", "DOWN", "LEFT", "RIGHT")}
     real = held_frames(eps, items, 4, keys, 5)
-    start = find_sprites(np.stack([eps[e].frames[s + 3] for e, s in items]), TINY)[0]
     end = {a: find_sprites(f[:, -1], TINY)[0] for a, f in real.items()}
-    perfect = counterfactual_scores(end, real, start, TINY)
+    perfect = counterfactual_scores(end, real, TINY)
     assert perfect["mean_cf_err_px"] == 0 and perfect["mean_ratio_cf"] == pytest.approx(1.0)
     half = {a: end["NOOP"] + 0.5 * (p - end["NOOP"]) for a, p in end.items()}
-    scores = counterfactual_scores(half, real, start, TINY)
+    scores = counterfactual_scores(half, real, TINY)
     assert scores["mean_ratio_cf"] == pytest.approx(0.5)
     moved = [a for a in ("UP", "DOWN", "LEFT", "RIGHT") if np.abs(np.array(scores["actions"][a]["real_px"])).max() > 0]
     assert moved and all(scores["actions"][a]["cf_err_px"] > 0 for a in moved)

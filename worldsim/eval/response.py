@@ -14,7 +14,7 @@ the second reference is: the real player's displacement over runs in the episode
 was held ``frames`` frames in a row (minus NOOP's held runs), ``ratio_held``, 1 for a model that moves
 as far as the game does when the key is held. In the Boxing collections (session 10) those runs move
 the player 0.36-0.66x the one-frame extrapolation (LEFT 0.36, RIGHT 0.52, DOWN 0.64, UP 0.66).
-Measured on the shipped Boxing student (2026-11-26): 0.0 for every direction.
+Measured on the Boxing student shipped before session 8 (2026-11-26): 0.0 for every direction.
 
 The third reference is the truth itself (``real_cf``, from ``worldsim.eval.counterfactual``): the
 real game replayed to each context's last frame and played on with the same key held. Per context,
@@ -127,7 +127,7 @@ def action_response(engine, episodes: Sequence[EvalEpisode], plan: Sequence[tupl
            "mean_ratio": float(np.mean(ratios)) if ratios else None,
            "mean_ratio_held": float(np.mean(held_ratios)) if held_ratios else None}
     if real_cf is not None:
-        out["counterfactual"] = counterfactual_scores(model_end, real_cf, start_pos, sprite)
+        out["counterfactual"] = counterfactual_scores(model_end, real_cf, sprite)
     return out
 
 
@@ -136,8 +136,7 @@ def response_items(plan: Sequence[tuple[int, int]], cfg: EvalConfig) -> list[tup
     return list(plan[:cfg.batch])
 
 
-def counterfactual_scores(model_end: dict[str, np.ndarray], real_cf: dict[str, np.ndarray], start_pos: np.ndarray,
-                          sprite: SpriteSpec) -> dict:
+def counterfactual_scores(model_end: dict[str, np.ndarray], real_cf: dict[str, np.ndarray], sprite: SpriteSpec) -> dict:
     """Per held key (NOOP and the directions): the mean distance between the model's and the real
     game's sprite at the last frame (``cf_err_px``) and, for the directions, ``ratio_cf``: the model's
     effect (minus NOOP's) projected on the real effect from the same contexts (minus the real NOOP's)."""
