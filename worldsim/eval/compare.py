@@ -8,9 +8,9 @@ replacement, the same draw for both sides (a paired bootstrap), and the two tabl
 on every draw: MSE-PSNR averaged over horizons 1-8 and the sprite error at horizon 8.
 
 Why: one rollout's sprite error at h8 ranges over 0-13 px, so the mean of 80 rollouts moves by
-about 0.4 px between samples. Session 11 found that models judged worse than the shipped one on 80
-rollouts (each evaluated on its own) were better on 160 rollouts shared by all (te3: 3.44 px against
-4.00); differences of that size need a paired test on shared rollouts.
+about 0.4 px between samples. Session 11, two Boxing students: +0.34 px on the 80 rollouts the model
+card's table uses (95% interval -0.10 .. +0.80), -0.42 px on 160 others (-0.78 .. -0.09); differences
+of that size need the interval, and more rollouts.
 """
 
 from __future__ import annotations
