@@ -8,6 +8,7 @@ import os
 import threading
 import time
 
+import numpy as np
 import pytest
 
 os.environ["SDL_VIDEODRIVER"] = "dummy"
@@ -306,3 +307,44 @@ def test_chunk_schedule_never_falls_more_than_an_interval_behind(spy):
         interval = max(NS / 60, player.arrival_ema_ns)
         lag = player.schedule[-1][0] - now  # when the newest frame will show, from now
         assert lag <= 3 * interval + 1, f"chunk {i}: the last frame is due {lag / 1e6:.0f} ms from now"
+
+
+@pytest.mark.parametrize("window", [(640, 640), (800, 600)])
+def test_screen_shows_the_frame_scaled_crisply(window):
+    """The frame lands in the window pixel for pixel (nearest neighbour, whole-pixel scale, aspect
+    kept), the letterbox bars are black, and a second frame fully replaces the first."""
+    from worldsim.app.display import Screen, init_pygame
+
+    init_pygame(headless=True)
+    screen = Screen((64, 64), scale=10).open()
+    screen.resized(window)
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        frame = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        screen.draw(frame)
+        x, y, w, h = screen.frame_rect(64, 64)
+        s = w // 64
+        assert (w, h) == (64 * s, 64 * s)
+        shown = pygame.surfarray.array3d(screen.surface).transpose(1, 0, 2)  # (H, W, 3)
+        np.testing.assert_array_equal(shown[y:y + h, x:x + w], frame.repeat(s, 0).repeat(s, 1))
+        assert not shown[:, :x].any() and not shown[:, x + w:].any()
+        assert not shown[:y].any() and not shown[y + h:].any()
+    screen.close()
+
+
+def test_hud_figures_refresh_a_few_times_a_second(spy):
+    """The HUD's FPS/latency line is recomputed at most HUD_STATS_HZ times a second, the action line live."""
+    from worldsim.app.player import HUD_STATS_HZ, NS
+
+    p = build_player(spy, PlayConfig(start_screen=False, fps=60))
+    calls = []
+    real = p.meter.recent_percentiles
+    p.meter.recent_percentiles = lambda: (calls.append(1), real())[1]
+    t0 = 10 * NS
+    first = p.hud_stats_line(t0)
+    p.hud_stats_line(t0 + int(0.5 * NS / HUD_STATS_HZ))
+    assert len(calls) == 1
+    p.meter.frame(t0)
+    p.meter.frame(t0 + NS // 60)
+    later = p.hud_stats_line(t0 + int(1.01 * NS / HUD_STATS_HZ))
+    assert len(calls) == 2 and later != first
