@@ -14,16 +14,17 @@ from worldsim.model import ModelConfig, WorldDiT, anchor_frames
 from worldsim.model.rope import apply_rope
 
 
-ANCHORS = [False, "residual", "input"]  # plain, and the two ways an anchored student uses its anchor
-ANCHOR_IDS = ["plain", "anchored", "anchor-input"]
+# plain, the two ways an anchored student uses its anchor, and two anchor frames (anchor_history=2)
+ANCHORS = [False, "residual", "input", "input2"]
+ANCHOR_IDS = ["plain", "anchored", "anchor-input", "anchor-input-2"]
 
 
 def tiny_model(chunk=1, temporal_every=1, seed=0, anchor=False):
     torch.manual_seed(seed)
-    mode = anchor if isinstance(anchor, str) else "residual"
+    mode = anchor.rstrip("2") if isinstance(anchor, str) else "residual"
     m = WorldDiT(ModelConfig(resolution=16, patch=4, dim=32, depth=2, heads=2, kv_heads=1, num_actions=5,
                              chunk=chunk, temporal_every=temporal_every, anchor=bool(anchor),
-                             anchor_mode=mode)).eval()
+                             anchor_mode=mode, anchor_history=2 if anchor == "input2" else 1)).eval()
     with torch.no_grad():  # zero-init output layers would make every test trivially pass
         for p in m.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -43,7 +44,7 @@ def test_cached_forward_equals_full_forward(chunk, temporal_every, anchor):
     T = 7  # not a multiple of the chunk: the last chunk is partial
     x, a = frames(2, T), torch.randint(0, 5, (2, T))
     sig = torch.rand(2, T)
-    anc = anchor_frames(frames(2, T, seed=1), chunk)
+    anc = anchor_frames(frames(2, T, seed=1), chunk, history=m.cfg.anchor_history)
     with torch.no_grad():
         full = m(x, sig, a, anchor=anc)
         eng = Engine(m, EngineConfig(chunk=chunk, window=12, sink=2))
@@ -74,7 +75,8 @@ def reference_generate(m, cfg, ctx, prev_actions, actions, seed):
             sig = torch.cat([torch.full((B, K), cfg.context_sigma), torch.full((B, C), s)], 1)
             full = torch.cat([seq, x], 1)
             with torch.no_grad():  # anchors: the clean frame before each chunk (x's own are never used)
-                x0 = m(full, sig, torch.cat([acts, a], 1), chunk=C, anchor=anchor_frames(full, C))[:, K:]
+                x0 = m(full, sig, torch.cat([acts, a], 1), chunk=C,
+                       anchor=anchor_frames(full, C, history=m.cfg.anchor_history))[:, K:]
             if s_next == 0.0:
                 x = x0
                 break
@@ -192,6 +194,48 @@ def test_anchor_frames_follow_chunks():
     assert anchor_frames(clean, 1)[0, :, 0, 0, 0].tolist() == [0, 0, 1, 2, 3, 4, 5]  # zeros before the clip
 
 
+def test_two_anchor_frames_stack_newest_first():
+    """anchor_history=2: each frame gets the clean frame before its chunk, then the one before that, on
+    the channels; frames before the clip come from ``first`` (one frame or several, oldest first), else zeros;
+    the engine's chunk_anchor gives the next chunk the same."""
+    from worldsim.model.dit import chunk_anchor, keep_recent
+
+    clean = torch.arange(1, 6, dtype=torch.float32).view(1, 5, 1, 1, 1).expand(1, 5, 3, 2, 2)
+    pairs = lambda anc: [tuple(v) for v in anc[0, :, ::3, 0, 0].tolist()]  # (newest, older) per frame
+    assert pairs(anchor_frames(clean, 1, history=2)) == [(0, 0), (1, 0), (2, 1), (3, 2), (4, 3)]
+    assert pairs(anchor_frames(clean, 2, history=2)) == [(0, 0), (0, 0), (2, 1), (2, 1), (4, 3)]
+    one = torch.full((1, 3, 2, 2), 9.0)
+    assert pairs(anchor_frames(clean, 1, first=one, history=2)) == [(9, 0), (1, 9), (2, 1), (3, 2), (4, 3)]
+    two = torch.stack([torch.full((1, 3, 2, 2), 8.0), one], 1)  # oldest first
+    assert pairs(anchor_frames(clean, 1, first=two, history=2))[:2] == [(9, 8), (1, 9)]
+    assert anchor_frames(clean, 1, first=two).shape == (1, 5, 3, 2, 2)  # history 1: the newest only
+    recent = keep_recent(keep_recent(None, clean[:, :1], 2), clean[:, 1:4], 2)
+    assert pairs(chunk_anchor(recent, 2, 2)) == [(4, 3), (4, 3)]
+    assert pairs(chunk_anchor(clean[:, :1], 1, 2)) == [(1, 0)]  # only one frame so far: zeros for the other
+
+
+def test_added_anchor_frames_start_as_the_same_model():
+    """expand_anchor_history: a one-anchor student's weights in a two-anchor model compute the same
+    frames (the new frame's weights start at zero); a wrong anchor width is refused by name."""
+    from worldsim.model.dit import expand_anchor_history
+
+    one = tiny_model(anchor="input")
+    two = WorldDiT(dataclasses.replace(one.cfg, anchor_history=2)).eval()
+    two.load_state_dict(expand_anchor_history(one.state_dict(), two.cfg, 1))
+    outs = []
+    for m in (one, two):
+        eng = Engine(m, EngineConfig(steps=2, window=4, sink=1))
+        eng.reset(2, seed=5)
+        eng.prefill(frames(2, 3))
+        outs.append(torch.cat([eng.step(i % 5) for i in range(6)], 1))
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="anchor_history=2"):
+        two(frames(1, 2), torch.rand(1, 2), torch.zeros(1, 2, dtype=torch.long), anchor=frames(1, 2))
+    from worldsim.errors import ConfigError
+    with pytest.raises(ConfigError, match="anchor_history"):
+        ModelConfig(anchor=True, anchor_mode="residual", anchor_history=2).validate()
+
+
 def test_fresh_anchored_model_starts_at_copy_last():
     # Zero-initialised output layer: an untrained anchored student predicts its anchor exactly, in fp32.
     torch.manual_seed(0)
@@ -247,7 +291,7 @@ def test_drop_first_gives_the_same_rows_and_cache(anchor, temporal_every, depth)
         assert not m.blocks[-1].attn.temporal
     mc = m.cfg
     x, a = frames(1, 3), torch.randint(0, 5, (1, 3))
-    sig, anc = torch.rand(1, 3), anchor_frames(frames(1, 3, seed=1), 1)
+    sig, anc = torch.rand(1, 3), anchor_frames(frames(1, 3, seed=1), 1, history=m.cfg.anchor_history)
     outs, caches = [], []
     for drop in (0, 2):
         cache = KVCache(layers=mc.cache_layers, batch=1, kv_heads=mc.kv_heads, head_dim=mc.head_dim,

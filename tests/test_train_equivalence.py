@@ -19,18 +19,21 @@ import torch.multiprocessing as mp
 
 from worldsim.checkpoint import load_checkpoint, read_meta
 from worldsim.model import ModelConfig, WorldDiT
+from worldsim.model.dit import chunk_anchor, keep_recent
 from worldsim.train.self_rollout import make_cache
 from worldsim.train.stage1_teacher_forcing import TeacherForcingTrainer, tf_forward
 
 from test_train_stages import clips, stage1_cfg
 
 
-@pytest.mark.parametrize("anchor", [False, "residual", "input"], ids=["plain", "anchored", "anchor-input"])
+@pytest.mark.parametrize("anchor", [False, "residual", "input", "input2"],
+                         ids=["plain", "anchored", "anchor-input", "anchor-input-2"])
 @pytest.mark.parametrize("chunk", [1, 2])
 def test_teacher_forcing_equals_kv_cache(chunk, anchor):
     torch.manual_seed(0)
     cfg = ModelConfig(resolution=16, patch=4, dim=32, depth=2, heads=2, kv_heads=1, num_actions=5, causal=True,
-                      chunk=chunk, anchor=bool(anchor), anchor_mode=anchor or "residual")
+                      chunk=chunk, anchor=bool(anchor), anchor_mode=anchor.rstrip("2") if anchor else "residual",
+                      anchor_history=2 if anchor == "input2" else 1)
     model = WorldDiT(cfg).eval()
     for p in model.parameters():  # perturb every weight so no path is an identity or zero at init
         p.data.add_(0.02 * torch.randn_like(p))
@@ -43,15 +46,15 @@ def test_teacher_forcing_equals_kv_cache(chunk, anchor):
         want = tf_forward(model, clean, torch.zeros(B, T), noisy, sigma, acts, chunk)  # (B, T, 3, 16, 16)
         cache = make_cache(model, B, chunk=chunk, window=T, sink=0, device="cpu")
         got = []
-        last = None  # as the engine: the latest clean frame anchors the next chunk
+        recent = None  # as the engine: the latest clean frame(s) anchor the next chunk
         for t in range(0, T, chunk):
             pos = cache.next_positions(chunk, "cpu")
-            anc = None if last is None else last[:, None].expand(-1, chunk, -1, -1, -1)
+            anc = None if recent is None else chunk_anchor(recent, chunk, cfg.anchor_history)
             got.append(model(noisy[:, t:t + chunk], sigma[:, t:t + chunk], acts[:, t:t + chunk], frame_pos=pos,
                              chunk=chunk, cache=cache, anchor=anc))
             model(clean[:, t:t + chunk], torch.zeros(B, chunk), acts[:, t:t + chunk], frame_pos=pos, chunk=chunk,
                   cache=cache, anchor=anc)  # the clean chunk's keys/values become context
-            last = clean[:, t + chunk - 1]
+            recent = keep_recent(recent, clean[:, t:t + chunk], cfg.anchor_history)
             cache.commit(chunk)
     torch.testing.assert_close(torch.cat(got, 1), want, atol=2e-5, rtol=1e-4)
 

@@ -283,6 +283,28 @@ def test_stage1_continues_an_anchored_student_with_noised_anchors(tmp_path):
         TeacherForcingTrainer(other, data=clips(), heldout=clips()).fit()
 
 
+def test_stage1_continues_a_student_with_a_second_anchor_frame(tmp_path):
+    """model.anchor_history may grow on init.student: the continued student starts as the same model
+    (the new frame's anchor weights at zero) and trains them; it may not shrink."""
+    cfg = stage1_cfg(tmp_path / "a", steps=3)
+    cfg.model = dataclasses.replace(cfg.model, anchor=True, anchor_mode="input")
+    first = TeacherForcingTrainer(cfg, data=clips(), heldout=clips()).fit()
+    cont = stage1_cfg(tmp_path / "b", steps=3)
+    cont.model = dataclasses.replace(cfg.model, anchor_history=2)
+    cont.init.student = str(first)
+    out = TeacherForcingTrainer(cont, data=clips(), heldout=clips()).fit()
+    meta = read_meta(out)
+    assert meta["init"]["anchor_history"] == [1, 2] and meta["model_config"]["anchor_history"] == 2
+    w = load_checkpoint(out, "model.")[0]["anchor_embed.weight"].float()
+    assert w.shape[1] == 2 * load_checkpoint(first, "model.")[0]["anchor_embed.weight"].shape[1]
+    older = w.view(w.shape[0], -1, 6)[:, :, 3:]  # the second frame's channels: trained away from zero
+    assert older.abs().max() > 0 and torch.isfinite(w).all()
+    back = stage1_cfg(tmp_path / "c", steps=1)
+    back.model, back.init.student = cfg.model, str(out)
+    with pytest.raises(WorldsimError, match="anchor_history may grow"):
+        TeacherForcingTrainer(back, data=clips(), heldout=clips()).fit()
+
+
 def test_stage1_continues_a_student_with_fewer_temporal_blocks(tmp_path):
     """temporal_every may change on init.student (same weights, fewer blocks attend across frames):
     the cheaper student starts from the trained one's weights and trains on."""

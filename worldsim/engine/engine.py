@@ -15,8 +15,8 @@ Step alignment (shared/DESIGN.md): ``step(a)`` takes the action chosen after see
 frame and returns the frame(s) it produces. ``prefill(frames, prev_actions)`` takes context frames
 with the action that produced each (``no_action`` for an episode's first frame).
 
-Anchored models (``model.cfg.anchor``) also get, for every frame, the clean frame before its chunk
-(``worldsim.model.anchor_frames``): the engine keeps the last clean frame for that.
+Anchored models (``model.cfg.anchor``) also get, for every frame, the clean frame(s) before its chunk
+(``worldsim.model.anchor_frames``; ``anchor_history`` of them): the engine keeps the last ones for that.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from worldsim.device import autocast
 from worldsim.engine.kv_cache import KVCache
 from worldsim.engine.schedule import euler_sigmas, student_sigmas
 from worldsim.errors import ConfigError
-from worldsim.model.dit import anchor_frames
+from worldsim.model.dit import anchor_frames, chunk_anchor, keep_recent
 
 
 @dataclass
@@ -83,7 +83,8 @@ class Engine:
         self.cache: KVCache | None = None
         self.batch = 0
         self._pending = None  # (frames, actions, anchors) of the last chunk, not yet in the cache
-        self._last = None  # (B, 3, H, W) the latest clean frame: the next chunk's anchor
+        self._recent = None  # (B, k, 3, H, W) the latest clean frames, oldest first: the next chunk's anchor
+        self._history = model.cfg.anchor_history if model.cfg.anchor else 1
         self._gen = None
         self.last_step_ms = 0.0
 
@@ -101,7 +102,7 @@ class Engine:
             self.cache.reset()
         self.batch = batch_size
         self._pending = None
-        self._last = None
+        self._recent = None
         self._gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed if seed is None else seed)
 
     @property
@@ -114,11 +115,11 @@ class Engine:
                                  anchor=anchor, drop_first=drop_first).float()
 
     def _next_anchor(self, n: int):
-        """Anchors of the next n frames of one chunk: the latest clean frame (None before any, and
+        """Anchors of the next n frames of one chunk: the latest clean frame(s) (None before any, and
         always None for unanchored models, so their hot path builds no anchor tensors)."""
-        if self._last is None or not self.model.cfg.anchor:
+        if self._recent is None or not self.model.cfg.anchor:
             return None
-        return self._last[:, None].expand(-1, n, -1, -1, -1)
+        return chunk_anchor(self._recent, n, self._history)
 
     def _flush(self) -> None:
         """Write the pending clean chunk into the cache with its own forward (unfused path)."""
@@ -149,10 +150,10 @@ class Engine:
             f, a = frames[:, start:start + piece], prev_actions[:, start:start + piece]
             sig = torch.full(a.shape, self.cfg.context_sigma, device=self.device)
             # pieces are whole chunks: the chunk rule holds across them
-            anc = anchor_frames(f, C, first=self._last) if self.model.cfg.anchor else None
+            anc = anchor_frames(f, C, first=self._recent, history=self._history) if self.model.cfg.anchor else None
             self._forward(f, sig, a, self.cache.next_positions(f.shape[1]), anc)
             self.cache.commit(f.shape[1])
-            self._last = f[:, -1]
+            self._recent = keep_recent(self._recent, f, self._history)
 
     @torch.no_grad()
     def step(self, actions) -> torch.Tensor:
@@ -191,7 +192,7 @@ class Engine:
                              seed=seed).view(shape)
         x = x.clamp(-1, 1)
         self._pending = (x, actions, anc)
-        self._last = x[:, -1]
+        self._recent = keep_recent(self._recent, x, self._history)
         if not self.cfg.fuse_cache_write:
             self._flush()
         self.last_step_ms = (time.perf_counter() - t0) * 1e3

@@ -69,6 +69,12 @@ class ModelConfig:
     # "residual": x0 = anchor + the network's output (a correction); "input": the anchor only enters the
     # tokens and the network draws the whole frame, so its own small errors are not re-added every frame.
     anchor_mode: str = "residual"
+    # Clean frames before the chunk that go into every token, newest first, stacked on the channels:
+    # 1 the last one; 2 also the one before it, so each token sees its patch's motion at sub-patch
+    # precision. Why: the player's next move depends on its last one (Boxing: from the sprite track, an
+    # MLP on the key alone places it 0.92 px off one frame ahead, on the key and the last move 0.64),
+    # and a 128-wide student comparing 8x8 patches across frames through attention places it ~0.9 px off.
+    anchor_history: int = 1
 
     def validate(self) -> None:
         from worldsim.errors import ConfigError
@@ -85,6 +91,9 @@ class ModelConfig:
             raise ConfigError(f"model.temporal_every must be in [1, depth={self.depth}], got {self.temporal_every}")
         if self.anchor_mode not in ("residual", "input"):
             raise ConfigError(f"model.anchor_mode must be 'residual' or 'input', got {self.anchor_mode!r}")
+        if self.anchor_history < 1 or (self.anchor_history > 1 and (not self.anchor or self.anchor_mode != "input")):
+            raise ConfigError(f"model.anchor_history={self.anchor_history} must be >= 1, and above 1 only with "
+                              "model.anchor=true and model.anchor_mode=input (the residual adds back one frame)")
         if self.num_actions < 1 or self.chunk < 1:
             raise ConfigError("model.num_actions and model.chunk must be >= 1")
 
@@ -134,18 +143,54 @@ def teacher_forcing_frame_mask(T: int, chunk: int, device=None) -> torch.Tensor:
     return torch.cat([top, bottom], 0)
 
 
-def anchor_frames(clean: torch.Tensor, chunk: int, first: torch.Tensor | None = None) -> torch.Tensor:
-    """Anchors of a clip: frame i's anchor is the clean frame just before i's chunk.
+def anchor_frames(clean: torch.Tensor, chunk: int, first: torch.Tensor | None = None, history: int = 1) -> torch.Tensor:
+    """Anchors of a clip: frame i's anchor is the clean frame just before i's chunk (and, for
+    ``history`` > 1, the ``history - 1`` frames before that, newest first, stacked on the channels).
 
-    clean (B, T, C, H, W); chunks of ``chunk`` frames counted from the clip's first frame; the first
-    chunk's anchor is ``first`` (B, C, H, W) (the frame before the clip) or zeros when nothing came
-    before. Inference (the engine, self-rollout) and training (teacher forcing) both build anchors
-    here, so a frame sees the same anchor whether it was generated or read from a dataset."""
+    clean (B, T, C, H, W); chunks of ``chunk`` frames counted from the clip's first frame; ``first`` the
+    frames before the clip, (B, C, H, W) for one or (B, k, C, H, W) oldest first; frames before those
+    are zeros (nothing came before). Returns (B, T, history * C, H, W). Inference (the engine,
+    self-rollout) and training (teacher forcing) both build anchors here, so a frame sees the same
+    anchor whether it was generated or read from a dataset."""
     B, T = clean.shape[:2]
-    before = torch.zeros_like(clean[:, :1]) if first is None else first[:, None].to(clean.dtype)
-    prev = torch.cat([before, clean], 1)  # (B, T+1, ...): index j+1 holds clean frame j
-    idx = (torch.arange(T, device=clean.device) // chunk) * chunk  # chunk start; its anchor is frame start-1
-    return prev[:, idx]
+    pad = torch.zeros_like(clean[:, :1]).expand(-1, history, -1, -1, -1)
+    if first is not None:
+        first = (first[:, None] if first.dim() == 4 else first).to(clean.dtype)
+        pad = torch.cat([pad, first], 1)[:, -history:]
+    prev = torch.cat([pad, clean], 1)  # (B, history + T, ...): index j + history holds clean frame j
+    start = (torch.arange(T, device=clean.device) // chunk) * chunk  # chunk start; anchors: start-1, start-2, ...
+    if history == 1:
+        return prev[:, start + history - 1]
+    return torch.cat([prev[:, start + history - 1 - k] for k in range(history)], 2)
+
+
+def chunk_anchor(recent: torch.Tensor, n: int, history: int) -> torch.Tensor:
+    """The anchor of each of the next chunk's ``n`` frames, (B, n, history * C, H, W), from ``recent``
+    (B, k, C, H, W), the clean frames just before the chunk, oldest first (``keep_recent``); where
+    fewer than ``history`` came before, zeros. The same as ``anchor_frames`` gives a clip's frames."""
+    k = recent.shape[1]
+    frames = [recent[:, k - 1 - j] if j < k else torch.zeros_like(recent[:, 0]) for j in range(history)]
+    return (frames[0] if history == 1 else torch.cat(frames, 1))[:, None].expand(-1, n, -1, -1, -1)
+
+
+def keep_recent(recent: torch.Tensor | None, frames: torch.Tensor, history: int) -> torch.Tensor:
+    """The last ``history`` clean frames, oldest first, after ``frames`` (B, T, C, H, W) came."""
+    both = frames if recent is None else torch.cat([recent, frames.to(recent.dtype)], 1)
+    return both[:, -history:]
+
+
+def expand_anchor_history(state: dict, cfg: "ModelConfig", old_history: int) -> dict:
+    """A state dict of a student with ``old_history`` anchor frames, made loadable into one with
+    ``cfg.anchor_history`` more: the added frames' weights in ``anchor_embed`` start at zero, so the
+    model computes exactly what it did and learns to use them from there."""
+    w = state["anchor_embed.weight"]  # (dim, p*p*C*old): features ordered (pixel, channel), channels last
+    pp, c = cfg.patch * cfg.patch, cfg.channels
+    if w.shape[1] != pp * c * old_history or cfg.anchor_history < old_history:
+        raise ValueError(f"anchor_embed.weight {tuple(w.shape)} is not {old_history} frame(s) of {c}x{cfg.patch}x"
+                         f"{cfg.patch}, or {cfg.anchor_history} < {old_history}")
+    new = w.new_zeros(w.shape[0], pp, c * cfg.anchor_history)
+    new[:, :, :c * old_history] = w.view(w.shape[0], pp, c * old_history)
+    return {**state, "anchor_embed.weight": new.view(w.shape[0], -1)}
 
 
 def modulate(x, shift, mult):
@@ -265,7 +310,7 @@ class WorldDiT(nn.Module):
         p, ch = cfg.patch, cfg.channels
         self.grid = cfg.resolution // p
         self.patch_embed = nn.Linear(p * p * ch, cfg.dim)
-        self.anchor_embed = nn.Linear(p * p * ch, cfg.dim) if cfg.anchor else None
+        self.anchor_embed = nn.Linear(p * p * ch * cfg.anchor_history, cfg.dim) if cfg.anchor else None
         self.action_embed = nn.Embedding(cfg.num_actions + 1, cfg.dim)
         self.sigma_embed = SigmaEmbedding(cfg.dim)
         self.blocks = nn.ModuleList([Block(cfg, cfg.is_temporal(i)) for i in range(cfg.depth)])
@@ -323,7 +368,7 @@ class WorldDiT(nn.Module):
         frame_mask: optional (T, T) bool frame-level mask (overrides the pattern).
         chunk: frames per causal chunk for this call (default cfg.chunk; ignored if not causal).
         cache: a KV cache; the frames then attend to the cache plus themselves.
-        anchor: (B, T, 3, H, W) clean frame before each frame's chunk (``anchor_frames``), used when
+        anchor: (B, T, 3 * anchor_history, H, W) clean frame(s) before each frame's chunk (``anchor_frames``), used when
         ``cfg.anchor`` (zeros if None: a session started from nothing); the residual form returns float32.
         drop_first: with a cache, the first frames are there only for their keys and values (the
         engine's fused cache write): the last block computes nothing else for them, and the result
@@ -343,7 +388,11 @@ class WorldDiT(nn.Module):
         tokens = self.patch_embed(self.patchify(x.to(wdtype)))  # (B, T, N, dim)
         if self.anchor_embed is not None:
             residual = self.cfg.anchor_mode == "residual"  # fp32 only where it is added back to the output
-            anc = torch.zeros_like(x) if anchor is None else anchor
+            h = self.cfg.anchor_history
+            anc = x.new_zeros(B, T, h * x.shape[2], *x.shape[3:]) if anchor is None else anchor
+            if anc.shape[2] != h * x.shape[2]:
+                raise ValueError(f"anchor has {anc.shape[2]} channels; this model takes {h} frame(s) of "
+                                 f"{x.shape[2]} (model.anchor_history={h}): build it with anchor_frames(..., history={h})")
             anc = self.patchify(anc.to(torch.float32 if residual else wdtype))
             tokens = tokens + self.anchor_embed(anc.to(wdtype))  # anc: (B, T, N, p*p*C)
         # memoised only with a cache (the engine, self-rollout): a few discrete noise levels there,

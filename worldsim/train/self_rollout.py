@@ -25,7 +25,7 @@ import torch
 
 from worldsim.engine.kv_cache import KVCache
 from worldsim.engine.schedule import student_sigmas
-from worldsim.model.dit import anchor_frames
+from worldsim.model.dit import anchor_frames, chunk_anchor, keep_recent
 
 
 class TrainKVCache(KVCache):
@@ -72,8 +72,8 @@ def self_rollout(model, ctx: torch.Tensor, prev: torch.Tensor, actions: torch.Te
     if any(not 0 <= e < steps for e in exits):
         raise ValueError(f"exit steps {exits} outside [0, {steps})")
     cache = make_cache(model, B, chunk=chunk, window=window, sink=sink, device=ctx.device)
-    anchored = model.cfg.anchor
-    last = None  # the latest clean frame: anchor of the next chunk (anchored models)
+    anchored, hist = model.cfg.anchor, model.cfg.anchor_history
+    recent = None  # the latest clean frame(s): anchor of the next chunk (anchored models)
     with torch.no_grad():  # prefill, in pieces that fit the scratch area (as Engine.prefill)
         piece = max(chunk, (cache.scratch_frames // chunk) * chunk)
         for a in range(0, K, piece):
@@ -82,9 +82,9 @@ def self_rollout(model, ctx: torch.Tensor, prev: torch.Tensor, actions: torch.Te
             with ac():
                 model(f, torch.full((B, n), context_sigma, device=ctx.device), prev[:, a:a + piece],
                       frame_pos=cache.next_positions(n), chunk=chunk, cache=cache,
-                      anchor=anchor_frames(f, chunk, first=last) if anchored else None)
+                      anchor=anchor_frames(f, chunk, first=recent, history=hist) if anchored else None)
             cache.commit(n)
-            last = f[:, -1]
+            recent = keep_recent(recent, f, hist)
     out = []
     for j, t in enumerate(range(0, H, chunk)):
         n = min(chunk, H - t)
@@ -92,7 +92,7 @@ def self_rollout(model, ctx: torch.Tensor, prev: torch.Tensor, actions: torch.Te
         a = actions[:, t:t + n]  # (B, n)
         x = noise[:, t:t + n]  # (B, n, 3, R, R) at s = 1
         pos = cache.next_positions(n)
-        anc = None if last is None or not anchored else last[:, None].expand(-1, n, -1, -1, -1)
+        anc = None if recent is None or not anchored else chunk_anchor(recent, n, hist)
         x0 = None
         for i in range(exit_j + 1):
             s = sigmas[i]
@@ -107,5 +107,5 @@ def self_rollout(model, ctx: torch.Tensor, prev: torch.Tensor, actions: torch.Te
             model(x0.detach().clamp(-1, 1), torch.full((B, n), context_sigma, device=ctx.device), a, frame_pos=pos,
                   chunk=chunk, cache=cache, anchor=anc)
         cache.commit(n)
-        last = x0.detach().clamp(-1, 1)[:, -1]
+        recent = keep_recent(recent, x0.detach().clamp(-1, 1), hist)
     return torch.cat(out, 1)

@@ -31,7 +31,7 @@ from worldsim.engine import EngineConfig
 from worldsim.errors import ConfigError
 from worldsim.engine.schedule import add_noise, shift_sigma, student_sigmas
 from worldsim.model import ModelConfig, WorldDiT
-from worldsim.model.dit import ACTION_INIT_STD, anchor_frames, teacher_forcing_frame_mask
+from worldsim.model.dit import ACTION_INIT_STD, anchor_frames, expand_anchor_history, teacher_forcing_frame_mask
 from worldsim.train.data import DataConfig
 from worldsim.train.stage0_teacher import drop_actions
 from worldsim.train.trainer import (OptimConfig, RunConfig, Trainer, bell_weight, check_same_game, load_stage_output,
@@ -89,17 +89,18 @@ class Stage1Config:
 
 
 def tf_inputs(clean: torch.Tensor, clean_sigma: torch.Tensor, noisy: torch.Tensor, sigma: torch.Tensor,
-              acts: torch.Tensor, chunk: int, anchor_src: torch.Tensor | None = None):
+              acts: torch.Tensor, chunk: int, anchor_src: torch.Tensor | None = None, history: int = 1):
     """The teacher-forcing call: ``[clean | noisy]`` (B, 2T, ...), levels (B, 2T), actions (B, 2T), and the
     keywords ``frame_pos`` (2T,), ``frame_mask`` (2T, 2T) and ``anchor`` (B, 2T, ...): both halves of
     frame i are anchored on the clean frame before i's chunk, as the engine anchors a generated chunk and
     its cache refresh. ``anchor_src``: the clean frames the anchors come from (default ``clean``; give
-    the un-noised frames when ``clean`` is lightly noised context)."""
+    the un-noised frames when ``clean`` is lightly noised context). ``history``: the model's
+    ``anchor_history``."""
     T = clean.shape[1]
     x = torch.cat([clean, noisy], 1)  # (B, 2T, 3, R, R)
     s = torch.cat([clean_sigma, sigma], 1)  # (B, 2T)
     a = torch.cat([acts, acts], 1)  # (B, 2T)
-    anc = anchor_frames(clean if anchor_src is None else anchor_src, chunk)  # (B, T, 3, R, R)
+    anc = anchor_frames(clean if anchor_src is None else anchor_src, chunk, history=history)  # (B, T, 3h, R, R)
     kw = {"frame_pos": torch.arange(T).repeat(2),  # host positions: rotations memoised
           "frame_mask": teacher_forcing_frame_mask(T, chunk, device=x.device),
           "anchor": torch.cat([anc, anc], 1)}
@@ -109,7 +110,7 @@ def tf_inputs(clean: torch.Tensor, clean_sigma: torch.Tensor, noisy: torch.Tenso
 def tf_forward(net, clean, clean_sigma, noisy, sigma, acts, chunk: int, anchor_src=None) -> torch.Tensor:
     """x0 prediction of the noisy half (B, T, 3, R, R) given clean context (teacher forcing)."""
     T = clean.shape[1]
-    x, s, a, kw = tf_inputs(clean, clean_sigma, noisy, sigma, acts, chunk, anchor_src)
+    x, s, a, kw = tf_inputs(clean, clean_sigma, noisy, sigma, acts, chunk, anchor_src, net.cfg.anchor_history)
     return net(x, s, a, **kw)[:, T:]
 
 
@@ -190,14 +191,22 @@ class TeacherForcingTrainer(Trainer):
                                            hint="a stage-1 output, e.g. OUT/stage1_teacher_forcing/final.safetensors")
             check_same_game(meta, self.data, cfg.init.student, "stage 1")
             # temporal_every may change: the weights are the same shapes, only which blocks attend
-            # across frames differs (fewer temporal blocks: a cheaper student fine-tuned from this one)
-            if dataclasses.replace(prev.cfg, temporal_every=cfg.model.temporal_every) != cfg.model:
+            # across frames differs (fewer temporal blocks: a cheaper student fine-tuned from this one);
+            # so may anchor_history grow: the added anchor frames' weights start at zero (same function)
+            if dataclasses.replace(prev.cfg, temporal_every=cfg.model.temporal_every,
+                                   anchor_history=cfg.model.anchor_history) != cfg.model or \
+                    cfg.model.anchor_history < prev.cfg.anchor_history:
                 raise ConfigError(f"stage 1: init.student '{cfg.init.student}' has another model config than "
-                                  f"model.* ({prev.cfg} vs {cfg.model}); set model.* to match it")
-            student.load_state_dict(prev.state_dict())
+                                  f"model.* ({prev.cfg} vs {cfg.model}); set model.* to match it (only "
+                                  "temporal_every may differ, and anchor_history may grow)")
+            state = prev.state_dict()
+            if prev.cfg.anchor_history != cfg.model.anchor_history:
+                state = expand_anchor_history(state, cfg.model, prev.cfg.anchor_history)
+            student.load_state_dict(state)
             self.init_info = {"from": "stage1", "student": meta["_path"], "student_hash": meta["_hash"]}
-            if prev.cfg.temporal_every != cfg.model.temporal_every:
-                self.init_info["temporal_every"] = [prev.cfg.temporal_every, cfg.model.temporal_every]
+            for key in ("temporal_every", "anchor_history"):
+                if getattr(prev.cfg, key) != getattr(cfg.model, key):
+                    self.init_info[key] = [getattr(prev.cfg, key), getattr(cfg.model, key)]
             if cfg.init.redraw_actions:
                 g = torch.Generator().manual_seed(cfg.run.seed)
                 with torch.no_grad():

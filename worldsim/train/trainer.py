@@ -217,7 +217,8 @@ def flatten_config(d: dict, prefix: str = "") -> dict[str, Any]:
 
 # Keys added to a config after checkpoints were written, with the value that older checkpoints behave
 # as (matched on the key's last part): such a checkpoint is the same config as one that sets it so.
-ADDED_KEYS = {"anchor_mode": "residual", "anchor_self": 0.0, "motion_weight": 0.0, "redraw_actions": False}
+ADDED_KEYS = {"anchor_mode": "residual", "anchor_self": 0.0, "motion_weight": 0.0, "redraw_actions": False,
+              "anchor_history": 1}
 
 
 def config_differences(saved: dict, current: dict, ignore=RESUMABLE_CHANGES) -> list[str]:
