@@ -283,16 +283,22 @@ def test_stage1_continues_an_anchored_student_with_noised_anchors(tmp_path):
         TeacherForcingTrainer(other, data=clips(), heldout=clips()).fit()
 
 
+def continue_student(tmp_path, steps: int, first_model: dict, **changes):
+    """A stage-1 student trained ``steps`` steps with ``first_model`` changes, then continued as many with
+    ``changes`` more: (its model config, first output, continued output)."""
+    cfg = stage1_cfg(tmp_path / "a", steps=steps)
+    cfg.model = dataclasses.replace(cfg.model, **first_model)
+    first = TeacherForcingTrainer(cfg, data=clips(), heldout=clips()).fit()
+    cont = stage1_cfg(tmp_path / "b", steps=steps)
+    cont.model = dataclasses.replace(cfg.model, **changes)
+    cont.init.student = str(first)
+    return cfg.model, first, TeacherForcingTrainer(cont, data=clips(), heldout=clips()).fit()
+
+
 def test_stage1_continues_a_student_with_a_second_anchor_frame(tmp_path):
     """model.anchor_history may grow on init.student: the continued student starts as the same model
     (the new frame's anchor weights at zero) and trains them; it may not shrink."""
-    cfg = stage1_cfg(tmp_path / "a", steps=3)
-    cfg.model = dataclasses.replace(cfg.model, anchor=True, anchor_mode="input")
-    first = TeacherForcingTrainer(cfg, data=clips(), heldout=clips()).fit()
-    cont = stage1_cfg(tmp_path / "b", steps=3)
-    cont.model = dataclasses.replace(cfg.model, anchor_history=2)
-    cont.init.student = str(first)
-    out = TeacherForcingTrainer(cont, data=clips(), heldout=clips()).fit()
+    model, first, out = continue_student(tmp_path, 3, dict(anchor=True, anchor_mode="input"), anchor_history=2)
     meta = read_meta(out)
     assert meta["init"]["anchor_history"] == [1, 2] and meta["model_config"]["anchor_history"] == 2
     w = load_checkpoint(out, "model.")[0]["anchor_embed.weight"].float()
@@ -300,7 +306,7 @@ def test_stage1_continues_a_student_with_a_second_anchor_frame(tmp_path):
     older = w.view(w.shape[0], -1, 6)[:, :, 3:]  # the second frame's channels: trained away from zero
     assert older.abs().max() > 0 and torch.isfinite(w).all()
     back = stage1_cfg(tmp_path / "c", steps=1)
-    back.model, back.init.student = cfg.model, str(out)
+    back.model, back.init.student = model, str(out)
     with pytest.raises(WorldsimError, match="anchor_history may grow"):
         TeacherForcingTrainer(back, data=clips(), heldout=clips()).fit()
 
@@ -308,19 +314,13 @@ def test_stage1_continues_a_student_with_a_second_anchor_frame(tmp_path):
 def test_stage1_continues_a_student_with_fewer_temporal_blocks(tmp_path):
     """temporal_every may change on init.student (same weights, fewer blocks attend across frames):
     the cheaper student starts from the trained one's weights and trains on."""
-    cfg = stage1_cfg(tmp_path / "a", steps=4)
-    cfg.model = dataclasses.replace(cfg.model, depth=2)
-    first = TeacherForcingTrainer(cfg, data=clips(), heldout=clips()).fit()
-    cont = stage1_cfg(tmp_path / "b", steps=4)
-    cont.model = dataclasses.replace(cfg.model, temporal_every=2)
-    cont.init.student = str(first)
-    out = TeacherForcingTrainer(cont, data=clips(), heldout=clips()).fit()
+    model, first, out = continue_student(tmp_path, 4, dict(depth=2), temporal_every=2)
     meta = read_meta(out)
     assert meta["init"]["temporal_every"] == [1, 2] and meta["model_config"]["temporal_every"] == 2
     assert all(torch.isfinite(v.float()).all() for v in load_checkpoint(out, "model.")[0].values())
     # init.redraw_actions: the continued student's action rows re-drawn at ACTION_INIT_STD, the rest kept
     redraw = stage1_cfg(tmp_path / "r", steps=1)
-    redraw.model, redraw.init.student, redraw.init.redraw_actions = cfg.model, str(first), True
+    redraw.model, redraw.init.student, redraw.init.redraw_actions = model, str(first), True
     redraw.optim.lr = 0.0  # (no update: what is left is the initialisation)
     t = TeacherForcingTrainer(redraw, data=clips(), heldout=clips())
     t.setup()
@@ -334,7 +334,7 @@ def test_stage1_continues_a_student_with_fewer_temporal_blocks(tmp_path):
     with pytest.raises(WorldsimError, match="init.student"):
         TeacherForcingTrainer(alone, data=clips(), heldout=clips()).fit()
     wider = stage1_cfg(tmp_path / "c", steps=2)
-    wider.model = dataclasses.replace(cfg.model, temporal_every=2, dim=cfg.model.dim * 2)
+    wider.model = dataclasses.replace(model, temporal_every=2, dim=model.dim * 2)
     wider.init.student = str(first)
     with pytest.raises(WorldsimError, match="another model config"):  # any other field still refused
         TeacherForcingTrainer(wider, data=clips(), heldout=clips()).fit()
