@@ -73,3 +73,40 @@ def test_session_kills_a_hung_child_and_resumes(backend):
     finally:
         s.stop()
     assert not s.backend._proc.is_alive()
+
+
+def test_split_cores_gives_the_display_a_core_of_its_own(monkeypatch):
+    from worldsim.runtime import process_backend as pbm
+
+    monkeypatch.setattr(pbm.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert pbm.split_cores(0) == (3, {1, 2, 3}, {0})
+    assert pbm.split_cores(2) == (2, None, None)  # a given count is not pinned
+    monkeypatch.setattr(pbm.os, "sched_getaffinity", lambda pid: {5}, raising=False)
+    assert pbm.split_cores(0) == (1, None, None)  # one core: nothing to split
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="pinning needs 2+ usable cores and Linux affinity")
+def test_default_threads_pin_the_child_and_give_the_parent_its_cores_back(backend):
+    """threads=0: the child runs every core but the first, pinned; the parent's threads (a thread started
+    before the child included) run on the first core until the child ends, then on their old cores."""
+    import threading
+
+    before = os.sched_getaffinity(0)
+    first, rest = min(before), before - {min(before)}
+    done = threading.Event()
+    other = threading.Thread(target=done.wait, daemon=True)
+    other.start()
+    pb = ProcessBackend(backend.fresh(), threads=0)
+    try:
+        frames, _ = pb.reset(0)
+        assert frames.dtype == np.uint8
+        assert pb.child_threads == len(rest) and pb.child_cores == rest
+        assert os.sched_getaffinity(pb.pid) == rest
+        assert os.sched_getaffinity(0) == {first} and os.sched_getaffinity(other.native_id) == {first}
+        assert pb.describe()["pinned"] == sorted(rest)
+        pb.step(1)
+    finally:
+        pb.close()
+        done.set()
+    assert os.sched_getaffinity(0) == before

@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--context", metavar="NPZ", help="start from the last frames of this plain .npz episode")
     ap.add_argument("--device", help="auto | cpu | cuda")
     ap.add_argument("--dtype", help="auto | fp32 | bf16")
-    ap.add_argument("--threads", type=int, help="torch threads (default 0: all cores but one)")
+    ap.add_argument("--threads", type=int, help="torch threads (default 0: all cores but one; in a process worker pinned, the display on the other)")
     ap.add_argument("--fullscreen", action="store_true", help="fullscreen window")
     ap.add_argument("--max-seconds", type=float, help="stop after this many seconds")
     ap.add_argument("--json", metavar="PATH", help="write the latency/FPS summary here at exit")
@@ -111,7 +111,8 @@ def build_model_session(play):
 def in_worker_process(backend, play):
     """The model backend in a child process (``play.worker=process``, CPU only), else as it is.
 
-    The parent keeps one torch thread (it only draws); the child takes ``play.threads`` (0: every core).
+    The parent keeps one torch thread (it only draws); the child takes ``play.threads`` (0: every core
+    but one, pinned, with the parent's threads on the remaining one: ``split_cores``).
     On CUDA the model stays in a worker thread: the GPU does the work, and CUDA state does not cross a
     spawn cheaply."""
     from worldsim.runtime import ProcessBackend

@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     ap.add_argument("--fps", type=float, default=60.0, help="generation rate cap as in play.py (0: uncapped)")
     ap.add_argument("--rate", type=float, default=6.0, help="mean synthetic key events per second")
     ap.add_argument("--threads", type=int, default=0,
-                    help="generation threads (default 0, as play.py: every core in a process worker, all but one in a thread)")
+                    help="generation threads (default 0, as play.py: every core but one; in a process worker pinned)")
     ap.add_argument("--worker", choices=["process", "thread"], default="process",
                     help="where the model generates, as play.py's worker= (default process)")
     ap.add_argument("--window", type=int, default=0, help="KV cache window in frames, as play.py's window= (0: the checkpoint's)")
@@ -78,6 +78,7 @@ def main(argv=None) -> int:
     from worldsim.app.synthetic import run_headless
 
     from worldsim.runtime.loading import set_generation_threads
+    from worldsim.runtime.process_backend import split_cores
 
     set_generation_threads(1 if args.worker == "process" else args.threads)
     settings = parse_settings(args.settings)
@@ -90,11 +91,12 @@ def main(argv=None) -> int:
 
         play = PlayConfig(worker=args.worker, threads=args.threads)
         worker = "process" if args.worker == "process" and torch_device_type(playable.backend) == "cpu" else "thread"
-        threads = torch.get_num_threads() if worker == "thread" else (args.threads or os.cpu_count())
+        threads = torch.get_num_threads() if worker == "thread" else split_cores(args.threads)[0]
+        pinned = worker == "process" and split_cores(args.threads)[1] is not None
         print(f"model: {label} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
               f"{model.cfg.resolution}x{model.cfg.resolution}, weights {str(playable.weights_dtype).split('.')[-1]}); "
               f"window {playable.backend.cfg.window} + sink {playable.backend.cfg.sink}; "
-              f"{worker} worker, {threads} generation threads; fps cap {args.fps:g}; {args.duration:g} s per setting")
+              f"{worker} worker, {threads} generation thread(s){' pinned' if pinned else ''}; fps cap {args.fps:g}; {args.duration:g} s per setting")
         rows = []
         for chunk, steps in settings:
             backend = in_worker_process(playable.backend.with_settings(steps=steps, chunk=chunk), play)
@@ -114,7 +116,7 @@ def main(argv=None) -> int:
         "setting": {"chunk": default["chunk"], "steps": default["steps"]},
         **{k: default[k] for k in ("latency_ms", "fps", "breakdown_ms", "frame_time_ms", "jitter_ms")},
         "settings": rows, "model": label, "fps_cap": args.fps, "duration_s": args.duration,
-        "worker": worker, "threads": threads, "window": playable.backend.cfg.window, "sink": playable.backend.cfg.sink, "machine": platform.processor() or platform.machine(),
+        "worker": worker, "threads": threads, "pinned": pinned, "window": playable.backend.cfg.window, "sink": playable.backend.cfg.sink, "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(), "load_avg_1m": os.getloadavg()[0],
     }
     if args.json:
