@@ -110,3 +110,20 @@ def test_default_threads_pin_the_child_and_give_the_parent_its_cores_back(backen
         pb.close()
         done.set()
     assert os.sched_getaffinity(0) == before
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="pinning needs 2+ usable cores and Linux affinity")
+def test_overlapping_children_unpin_the_parent_only_when_the_last_ends(backend):
+    before = os.sched_getaffinity(0)
+    a, b = ProcessBackend(backend.fresh(), threads=0), ProcessBackend(backend.fresh(), threads=0)
+    try:
+        a.reset(0)
+        b.reset(0)
+        assert os.sched_getaffinity(b.pid) == before - {min(before)}  # split as the first was
+        a.close()
+        assert os.sched_getaffinity(0) == {min(before)}  # b still runs: the parent stays on its core
+    finally:
+        a.close()
+        b.close()
+    assert os.sched_getaffinity(0) == before

@@ -39,11 +39,20 @@ from typing import Any
 START_TIMEOUT_S = 120.0  # a cold start imports torch; a loaded machine can take long
 
 
+# The parent's cores before any child pinned it, and how many live children hold it pinned: backends
+# whose lives overlap (a restart's old and new child) restore it only when the last one ends.
+_parent_pin: dict[str, Any] = {"count": 0, "mask": None}
+_parent_pin_lock = threading.Lock()
+
+
 def split_cores(threads: int) -> tuple[int, set[int] | None, set[int] | None]:
     """(generation threads, the child's cores, the parent's cores) for a ``threads`` request: 0 on a
     machine with 2+ usable cores gives every core but the first to the child, pinned, and the first to
     the parent; otherwise no pinning (cores ``None``) and ``threads`` (0: every core)."""
-    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if not hasattr(os, "sched_getaffinity"):
+        allowed = []
+    else:  # the cores this process had before a live child pinned it (a second child splits the same way)
+        allowed = sorted(_parent_pin["mask"] if _parent_pin["mask"] is not None else os.sched_getaffinity(0))
     if threads > 0 or len(allowed) < 2:
         return (threads if threads > 0 else (len(allowed) or os.cpu_count() or 1)), None, None
     return len(allowed) - 1, set(allowed[1:]), {allowed[0]}
@@ -63,6 +72,25 @@ def _pin_threads(cores: set[int]) -> bool:
         except OSError:  # a thread that just ended, or a sandbox that refuses: run unpinned
             pass
     return done
+
+
+def _pin_parent(cores: set[int]) -> bool:
+    with _parent_pin_lock:
+        mask = os.sched_getaffinity(0)
+        if not _pin_threads(cores):
+            return False
+        if _parent_pin["count"] == 0:
+            _parent_pin["mask"] = mask
+        _parent_pin["count"] += 1
+        return True
+
+
+def _unpin_parent() -> None:
+    with _parent_pin_lock:
+        _parent_pin["count"] -= 1
+        if _parent_pin["count"] == 0:
+            _pin_threads(_parent_pin["mask"])
+            _parent_pin["mask"] = None
 
 
 def _serve(conn, backend, threads: int, cores: set[int] | None = None) -> None:
@@ -109,7 +137,7 @@ class ProcessBackend:
         self.pid: int | None = None
         self.child_threads: int | None = None
         self.child_cores: set[int] | None = None  # pinned cores of the child (None: not pinned)
-        self._parent_mask: set[int] | None = None  # the parent's cores before it was pinned
+        self._pinned_parent = False  # this child holds the parent pinned (released in abort)
 
     # -- the backend interface ---------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:  # model, cfg, context, action_meanings, name, num_actions ...
@@ -164,10 +192,8 @@ class ProcessBackend:
             _, self.pid, self.child_threads = parent.recv()
         except (EOFError, OSError):
             raise RuntimeError(self._died_message()) from None
-        if parent_cores:
-            mask = os.sched_getaffinity(0)
-            if _pin_threads(parent_cores):
-                self._parent_mask, self.child_cores = mask, child_cores
+        if parent_cores and _pin_parent(parent_cores):
+            self._pinned_parent, self.child_cores = True, child_cores
 
     def _died_message(self) -> str:
         proc = self._proc
@@ -194,15 +220,15 @@ class ProcessBackend:
 
     def abort(self) -> None:
         """Kill the child now (a hung or abandoned generation); a request in flight raises in its thread.
-        The parent's threads get back the cores they had before the child was pinned."""
+        The parent's threads get back the cores they had before, once no live child holds them pinned."""
         self._closed = True
         proc = self._proc
         if proc is not None and proc.is_alive():
             proc.kill()
             proc.join(2.0)
-        if self._parent_mask is not None:
-            _pin_threads(self._parent_mask)
-            self._parent_mask = None
+        if self._pinned_parent:
+            self._pinned_parent = False
+            _unpin_parent()
 
     def close(self) -> None:
         """End the child cleanly if it is idle, else kill it."""
