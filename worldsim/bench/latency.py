@@ -91,8 +91,9 @@ def main(argv=None) -> int:
 
         play = PlayConfig(worker=args.worker, threads=args.threads)
         worker = "process" if args.worker == "process" and torch_device_type(playable.backend) == "cpu" else "thread"
-        threads = torch.get_num_threads() if worker == "thread" else split_cores(args.threads)[0]
-        pinned = worker == "process" and split_cores(args.threads)[1] is not None
+        split_threads, child_cores, _ = split_cores(args.threads)
+        threads = torch.get_num_threads() if worker == "thread" else split_threads
+        pinned = worker == "process" and child_cores is not None
         print(f"model: {label} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
               f"{model.cfg.resolution}x{model.cfg.resolution}, weights {str(playable.weights_dtype).split('.')[-1]}); "
               f"window {playable.backend.cfg.window} + sink {playable.backend.cfg.sink}; "

@@ -175,8 +175,9 @@ def chunk_anchor(recent: torch.Tensor, n: int, history: int) -> torch.Tensor:
 
 def keep_recent(recent: torch.Tensor | None, frames: torch.Tensor, history: int) -> torch.Tensor:
     """The last ``history`` clean frames, oldest first, after ``frames`` (B, T, C, H, W) came."""
-    both = frames if recent is None else torch.cat([recent, frames.to(recent.dtype)], 1)
-    return both[:, -history:]
+    if recent is None or frames.shape[1] >= history:  # every frame step of a one-anchor model: no copy
+        return frames[:, -history:]
+    return torch.cat([recent, frames.to(recent.dtype)], 1)[:, -history:]
 
 
 def expand_anchor_history(state: dict, cfg: "ModelConfig", old_history: int) -> dict:
