@@ -301,3 +301,29 @@ def test_paired_comparison_of_two_evaluations(setup, tmp_path, capsys):
     assert json.loads((tmp_path / "c.json").read_text())["sprite_err_h8"]["diff"] == pytest.approx(-1.0)
     assert mod.main([str(a), str(tmp_path / "missing.json")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_error_budget_script_on_saved_rollouts(setup, tmp_path, capsys):
+    """scripts/error_budget.py reads what --save-rollouts wrote and its source episodes; a game without an
+    opponent entry is budgeted without that region; bad inputs are one line and exit 2."""
+    d, ckpt, eps = setup
+    run(ckpt, eps, tmp_path / "e.json", "--settings", "1x1", "--save-rollouts", str(tmp_path / "ro"),
+        "--action-response", "0")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("error_budget", "scripts/error_budget.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out_json = tmp_path / "b.json"
+    assert mod.main(["--rollouts", str(tmp_path / "ro"), "--episodes", *map(str, eps), "--horizon", str(H),
+                     "--json", str(out_json)]) == 0
+    res = json.loads(out_json.read_text())
+    assert res["rollouts"] == 4 and res["sources"]["model"]["share"]["opponent"] == 0.0
+    assert sum(res["sources"]["model"]["share"].values()) == pytest.approx(1.0)
+    assert "exact player" in capsys.readouterr().out
+    assert mod.main(["--rollouts", str(tmp_path / "nothing"), "--episodes", str(eps[0])]) == 2
+    assert "no rollouts" in capsys.readouterr().err
+    assert mod.main(["--rollouts", str(tmp_path / "ro"), "--episodes", str(eps[0]), "--horizon", str(H)]) == 2
+    assert "is not among --episodes" in capsys.readouterr().err
+    assert mod.main(["--rollouts", str(tmp_path / "ro"), "--episodes", *map(str, eps), "--horizon", "9"]) == 2
+    assert "--horizon 9" in capsys.readouterr().err

@@ -44,3 +44,28 @@ def test_rows_skip_frames_without_the_sprite():
     assert len(full) - len(holed) == 5
     with pytest.raises(ValueError, match="lower --history"):
         motion_rows([synthetic_track(5, 0)], history=4, num_actions=5, resolution=64)
+
+
+def two_body_track(T, seed):
+    """The player moves by its action; the second body follows the player's last move one frame late."""
+    rng = np.random.default_rng(seed)
+    acts = rng.integers(0, 5, T)
+    pos = np.zeros((T, 4))
+    pos[0] = [32.0, 32.0, 20.0, 20.0]
+    for t in range(T - 1):
+        pos[t + 1, :2] = pos[t, :2] + MOVES[acts[t]]
+        pos[t + 1, 2:] = pos[t, 2:] + (MOVES[acts[t - 1]] if t > 0 else 0.0)
+    return Track(pos, np.ones(T, bool), acts)
+
+
+def test_two_bodies_are_predicted_and_rolled_together():
+    train = [two_body_track(200, s) for s in range(4)]
+    X, Y = motion_rows(train, history=2, num_actions=5, resolution=64)
+    assert Y.shape[1] == 4  # both bodies' moves
+    lin = fit_linear(X, Y, ridge=1e-6)
+    res = open_loop_errors([two_body_track(120, 10)], lin, 2, 5, 64, horizons=(8,))[8]
+    # the player's error is the metric; the second body's is reported beside it, and both are exact
+    assert res["model"] < 1e-2 and res["other_model"] < 1e-2
+    assert res["copy_last"] > 1.0 and res["other_copy_last"] > 1.0
+    # the MLP's output has the second body's columns too
+    assert fit_mlp(X[:64], Y[:64], epochs=1, width=8)(X[:3]).shape == (3, 4)

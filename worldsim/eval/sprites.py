@@ -55,6 +55,11 @@ TINY = SpriteSpec("the square (any palette colour)", tuple(tuple(int(v) for v in
                   tol=100, min_frac=0.01)
 # Keyed by the bare game name, so ALE/Boxing-v5, BoxingNoFrameskip-v4, Boxing-v4 all find Boxing.
 SPRITES: dict[str, SpriteSpec] = {"boxing": BOXING, "tiny": TINY}
+# The other body that moves the player (the predictability yardstick's second track). Boxing's opponent is
+# black (0, 0, 0), like ALE's blank strip at the left edge (8 of 160 columns, 3 px at 64x64): cols >= 0.06.
+BOXING_OPPONENT = SpriteSpec("black boxer (the opponent)", ((0, 0, 0),), tol=150, rows=(0.1, 0.95),
+                             cols=(0.06, 1.0), min_frac=0.002)
+OPPONENTS: dict[str, SpriteSpec] = {"boxing": BOXING_OPPONENT}
 
 
 def game_key(env_id: str) -> str:
@@ -65,12 +70,20 @@ def game_key(env_id: str) -> str:
     return name.lower()
 
 
-def sprite_spec(env_id: str) -> SpriteSpec:
-    spec = SPRITES.get(game_key(env_id))
+def _lookup(table: dict[str, SpriteSpec], table_name: str, what: str, env_id: str) -> SpriteSpec:
+    spec = table.get(game_key(env_id))
     if spec is None:
-        raise NoSpriteSpec(f"no player-sprite colour is known for '{env_id}' (known games: "
-                           f"{', '.join(sorted(SPRITES))}); add an entry to worldsim.eval.sprites.SPRITES")
+        raise NoSpriteSpec(f"no {what} colour is known for '{env_id}' (known games: {', '.join(sorted(table))}); "
+                           f"add an entry to worldsim.eval.sprites.{table_name}")
     return spec
+
+
+def sprite_spec(env_id: str) -> SpriteSpec:
+    return _lookup(SPRITES, "SPRITES", "player-sprite", env_id)
+
+
+def opponent_spec(env_id: str) -> SpriteSpec:
+    return _lookup(OPPONENTS, "OPPONENTS", "opponent-sprite", env_id)
 
 
 def find_sprites(frames: np.ndarray, spec: SpriteSpec) -> tuple[np.ndarray, np.ndarray]:
