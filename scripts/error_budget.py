@@ -99,8 +99,9 @@ def budget(argv) -> int:
             print(f"    {k}: between samples " + "/".join(fmt(v["between_samples_px"][h]) for h in hs) +
                   " px, to the real one " + "/".join(fmt(v["to_real_px"][h]) for h in hs) + " px")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        from worldsim.eval.cli import write_json  # atomic: an interrupted run leaves the old file whole
+
+        write_json(Path(args.json), out)
     return 0
 
 

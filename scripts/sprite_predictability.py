@@ -10,7 +10,6 @@ a linear fit and an MLP, trained on the train split and measured on the held-out
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -58,8 +57,9 @@ def main(argv=None) -> int:
             print(f"{name} open-loop, the opponent: " + ", ".join(
                 f"h{h} {r['other_model']:.2f} px (copy-last {r['other_copy_last']:.2f})" for h, r in res.items()))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        from worldsim.eval.cli import write_json  # atomic: an interrupted run leaves the old file whole
+
+        write_json(Path(args.json), out)
     return 0
 
 
