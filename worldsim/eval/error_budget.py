@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from worldsim.eval.sprites import SpriteSpec
+from worldsim.eval.sprites import SpriteSpec, find_sprites
 
 REGIONS = ("player", "opponent", "top", "rest")
 
@@ -136,8 +136,6 @@ def sample_spread(rollouts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
     mse_ab, mse_real, mse_avg = np.zeros(H), np.zeros(H), np.zeros(H)
     d_ab = {k: [[] for _ in range(H)] for k in specs}
     d_real = {k: [[] for _ in range(H)] for k in specs}
-    from worldsim.eval.sprites import find_sprites
-
     for a, b, real in rollouts:
         a, b, real = (np.asarray(x[:H], np.float64) for x in (a, b, real))
         mse_ab += (((a - b) / 255.0) ** 2).mean((1, 2, 3))
@@ -151,8 +149,13 @@ def sample_spread(rollouts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
     n = len(rollouts)
     if n == 0:
         raise ValueError("no rollout pairs to compare")
-    mean = lambda v: float(np.mean(v)) if v else None  # noqa: E731
-    psnr = lambda m: float(np.mean(10 * np.log10(1.0 / np.maximum(m / n, 1e-10))))  # noqa: E731
+
+    def mean(v):
+        return float(np.mean(v)) if v else None
+
+    def psnr(mse_sum):  # the eval's MSE-PSNR, averaged over horizons
+        return float(np.mean(10 * np.log10(1.0 / np.maximum(mse_sum / n, 1e-10))))
+
     return {"rollouts": n, "mse_between_samples": (mse_ab / n).tolist(), "mse_to_real": (mse_real / n).tolist(),
             "psnr_mse_sample": psnr(mse_real), "psnr_mse_average_of_two": psnr(mse_avg),
             "sprites": {k: {"between_samples_px": [mean(v) for v in d_ab[k]],
