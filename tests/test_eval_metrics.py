@@ -341,3 +341,29 @@ def test_free_play_reports_a_frozen_model():
     assert out["real"]["temporal_change"] > 0.05 and out["drift_last_window"]["temporal_change_ratio"] == 0.0
     assert sorted(snaps) == [1, 12]
     np.testing.assert_array_equal(snaps[12], eps[0].frames[2])
+
+
+def test_opponent_metric_beside_the_players():
+    """A game with an opponent entry gets ``opponent_*`` per horizon: copy-last's opponent error is the
+    distance the opponent walked, the player's metric is untouched, and the table's summary has it."""
+    from worldsim.eval.rollout import summarize
+    from worldsim.eval.sprites import BOXING, BOXING_OPPONENT
+
+    R, T = 32, 16
+    frames = np.empty((T, R, R, 3), np.uint8)
+    frames[:] = (110, 156, 66)  # Boxing's floor
+    for t in range(T):
+        frames[t, 8:11, 8:11] = (214, 214, 214)  # the player stands
+        frames[t, 20:23, 4 + t:7 + t] = (0, 0, 0)  # the opponent walks right, 1 px a frame
+    eps = [EvalEpisode("box", None, frames, np.zeros(T, np.int64))]
+    cfg = EvalConfig(context=3, horizon=4, starts=2)
+    plan = make_plan(eps, cfg)
+    b = evaluate_baselines(eps, plan, cfg, BOXING, 4.0, no_action=6, opponent=BOXING_OPPONENT)["copy_last"]
+    assert b["sprite_err_px"] == [0.0] * 4
+    assert b["opponent_err_found_px"] == pytest.approx([1.0, 2.0, 3.0, 4.0])
+    assert summarize(b, 4)["opponent_err_found_h8"] == pytest.approx(4.0)
+    oracle = evaluate_model(OracleEngine(eps, 1, no_action=6, horizon=4), eps, plan, cfg, BOXING, 4.0, no_action=6,
+                            opponent=BOXING_OPPONENT)
+    assert oracle["opponent_err_found_px"] == [0.0] * 4 and oracle["opponent_miss_rate"] == [0.0] * 4
+    # without an opponent entry, no such key
+    assert "opponent_err_found_px" not in evaluate_baselines(eps, plan, cfg, BOXING, 4.0, no_action=6)["copy_last"]

@@ -27,7 +27,7 @@ from worldsim.errors import CheckpointError, ConfigError, WorldsimError
 from worldsim.eval.rollout import (EvalConfig, evaluate_baselines, evaluate_model, free_play, load_eval_episodes,
                                    make_plan, real_reference, summarize, window_edges)
 from worldsim.eval.response import action_response, format_response, real_held_displacement, real_step_displacement
-from worldsim.eval.sprites import NoSpriteSpec, sprite_spec
+from worldsim.eval.sprites import NoSpriteSpec, opponent_spec, sprite_spec
 
 DEFAULT_CHECKPOINT = Path("assets/default.safetensors")
 SNAPSHOT_FRAMES = (1, 1000, 10000)  # free-play frames saved as PNG (those that exist, and the last)
@@ -215,9 +215,9 @@ def format_table(rows: list[dict], horizon: int) -> str:
 
     cols = [("setting", 10, None), (f"PSNR h1-{short}", 10, ".2f"), ("vs copy", 8, "+.2f"), ("PSNR h16", 9, ".2f"),
             (f"MSE-PSNR h1-{short}", 14, ".2f"), ("vs copy", 8, "+.2f"), (f"SSIM h1-{short}", 10, ".3f"),
-            (f"sprite px h{short}", 14, ".2f"), ("miss", 6, ".2f"), ("FPS", 7, ".1f")]
+            (f"sprite px h{short}", 14, ".2f"), ("miss", 6, ".2f"), (f"opp px h{short}", 11, ".2f"), ("FPS", 7, ".1f")]
     keys = ["setting", "psnr_h1_8", "psnr_gain_vs_copy_last", "psnr_h16", "psnr_mse_h1_8", "psnr_mse_gain_vs_copy_last",
-            "ssim_h1_8", "sprite_err_h8", "sprite_miss_h8", "fps"]
+            "ssim_h1_8", "sprite_err_h8", "sprite_miss_h8", "opponent_err_found_h8", "fps"]
     lines = [" ".join(f"{name:>{w}}" for name, w, _ in cols)]
     for r in rows:
         cells = [f"{r['setting']:>10}"] + [f"{f(r.get(k), fmt):>{w}}" for k, (_, w, fmt) in zip(keys[1:], cols[1:])]
@@ -267,6 +267,13 @@ def main(argv=None) -> int:
     except NoSpriteSpec as e:
         sprite, sprite_info = None, {"available": False, "reason": str(e)}
         print(f"worldsim eval: sprite metric skipped: {e}", file=sys.stderr)
+    try:  # the opponent's placement, where the game has one (no message otherwise: most games have none)
+        opponent = opponent_spec(env_id) if sprite is not None else None
+    except NoSpriteSpec:
+        opponent = None
+    if opponent is not None:
+        sprite_info["opponent"] = {"what": opponent.what, "colors": opponent.colors, "tol": opponent.tol,
+                                   "rows": opponent.rows, "cols": opponent.cols}
     fps_table = bench_fps(args.bench_json, dtype_name(dtype))
     K, H = cfg.context, cfg.horizon
 
@@ -287,7 +294,7 @@ def main(argv=None) -> int:
           f"{', '.join(n for n, _ in settings)}", file=sys.stderr)
     try:
         base_rollouts: dict = {}
-        baselines = evaluate_baselines(episodes, plan, cfg, sprite, penalty, no_action, base_rollouts)
+        baselines = evaluate_baselines(episodes, plan, cfg, sprite, penalty, no_action, base_rollouts, opponent)
         for name, per_h in baselines.items():
             result["baselines"][name] = {"per_horizon": per_h, "summary": summarize(per_h, H),
                                          "per_rollout": base_rollouts[name]}
@@ -322,7 +329,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             rollout_values: dict = {}
             per_h = evaluate_model(engine, episodes, plan, cfg, sprite, penalty, no_action, on_rollout, bar,
-                                   rollout_values)
+                                   rollout_values, opponent)
             secs = time.perf_counter() - t0
             bar.close()
             summary = summarize(per_h, H)

@@ -300,13 +300,22 @@ def add_frame_metrics(m: "HorizonMetrics", pred: np.ndarray, real: np.ndarray) -
 
 
 def add_sprite_metrics(m: HorizonMetrics, pred: np.ndarray, real_pos, real_found, sprite: SpriteSpec,
-                       penalty: float) -> None:
+                       penalty: float, prefix: str = "sprite") -> None:
     B, H = real_found.shape
     pp, pf = find_sprites(np.broadcast_to(pred, (B, H) + pred.shape[-3:]).reshape(B * H, *pred.shape[-3:]), sprite)
     err, dist = sprite_errors(pp.reshape(B, H, 2), pf.reshape(B, H), real_pos, real_found, penalty)
-    m.add("sprite_err_px", err)
-    m.add("sprite_err_found_px", dist)
-    m.add("sprite_miss_rate", np.where(real_found, ~pf.reshape(B, H), np.nan))
+    m.add(f"{prefix}_err_px", err)
+    m.add(f"{prefix}_err_found_px", dist)
+    m.add(f"{prefix}_miss_rate", np.where(real_found, ~pf.reshape(B, H), np.nan))
+
+
+def add_all_sprite_metrics(m: HorizonMetrics, pred: np.ndarray, real: np.ndarray, sprite: SpriteSpec | None,
+                           opponent: SpriteSpec | None, penalty: float) -> None:
+    """The player's sprite metrics (``sprite_*``) and, for a game with an opponent entry, the same for
+    the opponent (``opponent_*``: in Boxing most of the open-loop error is its placement)."""
+    for spec, prefix in ((sprite, "sprite"), (opponent, "opponent")):
+        if spec is not None:
+            add_sprite_metrics(m, pred, *real_sprites(real, spec), spec, penalty, prefix)
 
 
 def real_sprites(real: np.ndarray, sprite: SpriteSpec):
@@ -318,7 +327,7 @@ def real_sprites(real: np.ndarray, sprite: SpriteSpec):
 def evaluate_model(engine, episodes: Sequence[EvalEpisode], plan: Sequence[tuple[int, int]], cfg: EvalConfig,
                    sprite: SpriteSpec | None, penalty: float, no_action: int,
                    on_rollout: Callable[[int, int, np.ndarray], None] | None = None, progress=None,
-                   per_rollout: dict | None = None) -> dict:
+                   per_rollout: dict | None = None, opponent: SpriteSpec | None = None) -> dict:
     """Roll the engine out over ``plan`` in batches; per-horizon PSNR, SSIM and sprite error. With
     ``per_rollout`` (a dict), each rollout's MSE and sprite error per horizon go into it too."""
     m = HorizonMetrics()
@@ -327,8 +336,7 @@ def evaluate_model(engine, episodes: Sequence[EvalEpisode], plan: Sequence[tuple
         ctx, prev, acts, real = batch_inputs(episodes, items, cfg, no_action)
         pred = rollout(engine, ctx, prev, acts, seed=cfg.seed + b, progress=progress)  # (B, H, R, R, 3)
         add_frame_metrics(m, pred, real)
-        if sprite is not None:
-            add_sprite_metrics(m, pred, *real_sprites(real, sprite), sprite, penalty)
+        add_all_sprite_metrics(m, pred, real, sprite, opponent, penalty)
         if on_rollout is not None:
             for (i, start), frames in zip(items, pred):
                 on_rollout(i, start, frames)
@@ -345,7 +353,7 @@ def mean_frame(episodes: Sequence[EvalEpisode]) -> np.ndarray:
 
 def evaluate_baselines(episodes: Sequence[EvalEpisode], plan: Sequence[tuple[int, int]], cfg: EvalConfig,
                        sprite: SpriteSpec | None, penalty: float, no_action: int,
-                       per_rollout: dict | None = None) -> dict:
+                       per_rollout: dict | None = None, opponent: SpriteSpec | None = None) -> dict:
     """Copy the last context frame for every horizon; the mean frame for every horizon. With
     ``per_rollout`` (a dict): ``per_rollout[name]`` gets each baseline's per-rollout values."""
     copy_last, mean_m = HorizonMetrics(), HorizonMetrics()
@@ -362,8 +370,7 @@ def evaluate_baselines(episodes: Sequence[EvalEpisode], plan: Sequence[tuple[int
         mean_m.add("psnr", psnr(mft, r, err=err).view(B, H).numpy())
         mean_m.add("ssim", ssim(mft, r).view(B, H).numpy())
         mean_m.add("mse", err.view(B, H).numpy())
-        if sprite is not None:
-            add_sprite_metrics(copy_last, last, *real_sprites(real, sprite), sprite, penalty)
+        add_all_sprite_metrics(copy_last, last, real, sprite, opponent, penalty)
     if per_rollout is not None:
         per_rollout.update(copy_last=copy_last.per_rollout(), mean_frame=mean_m.per_rollout())
     return {"copy_last": copy_last.per_horizon(), "mean_frame": mean_m.per_horizon()}
@@ -371,7 +378,7 @@ def evaluate_baselines(episodes: Sequence[EvalEpisode], plan: Sequence[tuple[int
 
 def summarize(per_h: dict, horizon: int) -> dict:
     """The table's figures: PSNR and SSIM averaged over h 1-8, PSNR at h 16, sprite error at h 8 (or
-    the longest horizon there is, named in ``horizons``). ``psnr_*`` average per-frame PSNR (a frame
+    the longest horizon there is, named in ``horizons``; the opponent's where both frames show it). ``psnr_*`` average per-frame PSNR (a frame
     identical to the real one counts 100 dB); ``psnr_mse_*`` take each horizon's PSNR of the mean
     squared error over the rollouts (a set of frames scored as one image set, as in most video
     prediction tables), so a few exact repeats cannot outweigh the rest."""
@@ -389,6 +396,7 @@ def summarize(per_h: dict, horizon: int) -> dict:
             "psnr_mse_h1_8": avg("psnr_mse", range(1, short + 1)), "psnr_mse_h16": at("psnr_mse", 16),
             "ssim_h1_8": avg("ssim", range(1, short + 1)), "sprite_err_h8": at("sprite_err_px", short),
             "sprite_err_found_h8": at("sprite_err_found_px", short), "sprite_miss_h8": at("sprite_miss_rate", short),
+            "opponent_err_found_h8": at("opponent_err_found_px", short),
             "horizons": {"h1_8": [1, short], "h16": 16 if horizon >= 16 else None, "h8": short}}
 
 
