@@ -1,7 +1,8 @@
 """The player's sprite, found by colour: the controllability metric of ``worldsim eval``.
 
-Boundary: frames in, sprite positions out; a per-game table says what the player looks like. A
-game without an entry raises ``NoSpriteSpec`` and the evaluation skips the metric with that reason.
+Boundary: frames in, sprite positions out; a per-game table says what the player looks like (and a
+second, ``OPPONENTS``, what the other body looks like, where a game has one). A game without an entry
+raises ``NoSpriteSpec`` and the evaluation skips the metric with that reason.
 
 Position = centroid of the pixels within an L1 colour distance ``tol`` of the player's colour(s),
 inside a region given in fractions of the frame (so the same entry works at the native resolution
@@ -55,7 +56,8 @@ TINY = SpriteSpec("the square (any palette colour)", tuple(tuple(int(v) for v in
                   tol=100, min_frac=0.01)
 # Keyed by the bare game name, so ALE/Boxing-v5, BoxingNoFrameskip-v4, Boxing-v4 all find Boxing.
 SPRITES: dict[str, SpriteSpec] = {"boxing": BOXING, "tiny": TINY}
-# The other body that moves the player (the predictability yardstick's second track). Boxing's opponent is
+# The other body on the screen, where a game has one: the eval's opponent metric, the error budget's
+# opponent region, the predictability yardstick's second track. Boxing's opponent is
 # black (0, 0, 0), like ALE's blank strip at the left edge (8 of 160 columns, 3 px at 64x64): cols >= 0.06.
 BOXING_OPPONENT = SpriteSpec("black boxer (the opponent)", ((0, 0, 0),), tol=150, rows=(0.1, 0.95),
                              cols=(0.06, 1.0), min_frac=0.002)
