@@ -15,6 +15,16 @@ from pathlib import Path
 
 
 def main(argv=None) -> int:
+    from worldsim.errors import WorldsimError
+
+    try:
+        return measure(argv)
+    except (WorldsimError, ValueError) as e:  # a bad input (no such dataset, a game without a sprite entry): one line
+        print(f"sprite_predictability: {e}", file=sys.stderr)
+        return 2
+
+
+def measure(argv) -> int:
     from worldsim.data.episode import list_episodes, read_meta
     from worldsim.eval.predictability import fit_linear, fit_mlp, motion_rows, open_loop_errors, sprite_tracks
     from worldsim.eval.sprites import opponent_spec, sprite_spec

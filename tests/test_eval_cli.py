@@ -327,3 +327,16 @@ def test_error_budget_script_on_saved_rollouts(setup, tmp_path, capsys):
     assert "is not among --episodes" in capsys.readouterr().err
     assert mod.main(["--rollouts", str(tmp_path / "ro"), "--episodes", *map(str, eps), "--horizon", "9"]) == 2
     assert "--horizon 9" in capsys.readouterr().err
+    assert mod.main(["--rollouts", str(tmp_path / "ro"), "--episodes", *map(str, eps), "--horizon", str(H),
+                     "--second", str(tmp_path / "nothing")]) == 2
+    assert "--second must hold the same rollouts" in capsys.readouterr().err
+    # the same rollouts as their own second sample: no spread between them
+    assert mod.main(["--rollouts", str(tmp_path / "ro"), "--episodes", *map(str, eps), "--horizon", str(H),
+                     "--second", str(tmp_path / "ro"), "--json", str(out_json)]) == 0
+    assert json.loads(out_json.read_text())["spread"]["mse_between_samples"] == [0.0] * H
+    capsys.readouterr()
+    spec = importlib.util.spec_from_file_location("sprite_predictability", "scripts/sprite_predictability.py")
+    pred = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pred)
+    assert pred.main(["--train", str(tmp_path / "none"), "--heldout", str(tmp_path / "none")]) == 2
+    assert "not found" in capsys.readouterr().err
