@@ -22,21 +22,9 @@ from typing import Sequence
 
 import numpy as np
 
-from worldsim.eval.sprites import SpriteSpec, find_sprites
+from worldsim.eval.sprites import SpriteSpec, find_sprites, sprite_mask
 
 REGIONS = ("player", "opponent", "top", "rest")
-
-
-def colour_mask(frames: np.ndarray, spec: SpriteSpec) -> np.ndarray:
-    """(N, H, W) bool: pixels within ``spec.tol`` (L1) of any of its colours inside its region."""
-    f = np.asarray(frames).astype(np.int16)
-    N, H, W = f.shape[:3]
-    m = np.zeros((N, H, W), bool)
-    for c in spec.colors:
-        m |= np.abs(f - np.asarray(c, np.int16)).sum(-1) < spec.tol
-    region = np.zeros((H, W), bool)
-    region[int(spec.rows[0] * H):int(round(spec.rows[1] * H)), int(spec.cols[0] * W):int(round(spec.cols[1] * W))] = True
-    return m & region
 
 
 def grow(mask: np.ndarray, px: int) -> np.ndarray:
@@ -63,8 +51,8 @@ def region_labels(real: np.ndarray, pred: np.ndarray, player: SpriteSpec, oppone
     lab = np.full((N, H, W), REGIONS.index("rest"), np.int8)
     lab[:, :int(player.rows[0] * H)] = REGIONS.index("top")
     if opponent is not None:
-        lab[grow(colour_mask(real, opponent) | colour_mask(pred, opponent), grow_px)] = REGIONS.index("opponent")
-    lab[grow(colour_mask(real, player) | colour_mask(pred, player), grow_px)] = REGIONS.index("player")
+        lab[grow(sprite_mask(real, opponent) | sprite_mask(pred, opponent), grow_px)] = REGIONS.index("opponent")
+    lab[grow(sprite_mask(real, player) | sprite_mask(pred, player), grow_px)] = REGIONS.index("player")
     return lab
 
 

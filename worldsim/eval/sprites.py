@@ -88,6 +88,29 @@ def opponent_spec(env_id: str) -> SpriteSpec:
     return _lookup(OPPONENTS, "OPPONENTS", "opponent-sprite", env_id)
 
 
+def _region_mask(f: np.ndarray, spec: SpriteSpec):
+    """The colour mask inside the spec's region (N, h, w) and the region's bounds (r0, r1, c0, c1)."""
+    if f.ndim != 4 or f.shape[-1] != 3:
+        raise ValueError(f"find_sprites needs (N, H, W, 3) frames, got {f.shape}")
+    H, W = f.shape[1:3]
+    r0, r1 = int(spec.rows[0] * H), max(int(round(spec.rows[1] * H)), int(spec.rows[0] * H) + 1)
+    c0, c1 = int(spec.cols[0] * W), max(int(round(spec.cols[1] * W)), int(spec.cols[0] * W) + 1)
+    crop = f[:, r0:r1, c0:c1].astype(np.int16)  # (N, h, w, 3)
+    mask = np.zeros(crop.shape[:3], bool)  # (N, h, w)
+    for c in spec.colors:
+        mask |= np.abs(crop - np.asarray(c, np.int16)).sum(-1) < spec.tol
+    return mask, (r0, r1, c0, c1)
+
+
+def sprite_mask(frames: np.ndarray, spec: SpriteSpec) -> np.ndarray:
+    """(N, H, W) bool: the pixels ``find_sprites`` counts as the sprite (its colour, inside its region)."""
+    f = np.asarray(frames)
+    mask, (r0, r1, c0, c1) = _region_mask(f, spec)
+    full = np.zeros(f.shape[:3], bool)
+    full[:, r0:r1, c0:c1] = mask
+    return full
+
+
 def find_sprites(frames: np.ndarray, spec: SpriteSpec) -> tuple[np.ndarray, np.ndarray]:
     """Player positions in uint8 (or float 0..255) frames (N, H, W, 3).
 
@@ -95,15 +118,8 @@ def find_sprites(frames: np.ndarray, spec: SpriteSpec) -> tuple[np.ndarray, np.n
     found (N,) bool).
     """
     f = np.asarray(frames)
-    if f.ndim != 4 or f.shape[-1] != 3:
-        raise ValueError(f"find_sprites needs (N, H, W, 3) frames, got {f.shape}")
-    N, H, W = f.shape[:3]
-    r0, r1 = int(spec.rows[0] * H), max(int(round(spec.rows[1] * H)), int(spec.rows[0] * H) + 1)
-    c0, c1 = int(spec.cols[0] * W), max(int(round(spec.cols[1] * W)), int(spec.cols[0] * W) + 1)
-    crop = f[:, r0:r1, c0:c1].astype(np.int16)  # (N, h, w, 3)
-    mask = np.zeros(crop.shape[:3], bool)  # (N, h, w)
-    for c in spec.colors:
-        mask |= np.abs(crop - np.asarray(c, np.int16)).sum(-1) < spec.tol
+    mask, (r0, r1, c0, c1) = _region_mask(f, spec)  # (N, h, w) inside the spec's region (checks the shape)
+    H, W = f.shape[1:3]
     count = mask.sum((1, 2))  # (N,)
     ys = np.arange(r0, r1, dtype=np.float64)[None, :, None] + 0.5
     xs = np.arange(c0, c1, dtype=np.float64)[None, None, :] + 0.5
