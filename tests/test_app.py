@@ -15,6 +15,7 @@ os.environ["SDL_VIDEODRIVER"] = "dummy"
 pygame = pytest.importorskip("pygame")
 
 from worldsim.app.keymap import Keymap, parse_meaning  # noqa: E402
+from worldsim.app.latency import LatencyMeter, format_summary  # noqa: E402
 from worldsim.app.player import PlayConfig  # noqa: E402
 from worldsim.app.synthetic import build_player, post_key, run_headless  # noqa: E402
 from worldsim.runtime import load_playable  # noqa: E402
@@ -150,6 +151,24 @@ def test_synthetic_input_latency_summary(spy):
     b = s["breakdown_ms"]
     assert b["generation"]["p50"] > 0 and b["presentation"]["p50"] >= 0
     assert s["frame_time_ms"]["p50"] > 0 and s["jitter_ms"] >= 0
+    # Per chunk: the engine's own time lies inside each chunk's generation window, so its p50 cannot exceed it.
+    ch = s["chunk_ms"]
+    assert 0 < ch["model"]["p50"] <= ch["generation"]["p50"] < 2000
+    assert "the model" in format_summary(s)
+
+
+def test_latency_meter_chunk_breakdown():
+    m = LatencyMeter()
+    for gen, model in ((10.0, 8.0), (12.0, 9.5), (30.0, 27.0)):
+        m.chunk(0, int(gen * 1e6), model)
+    s = m.summary()
+    assert s["chunk_ms"]["generation"]["p50"] == 12.0 and s["chunk_ms"]["model"]["p50"] == 9.5
+    assert "generation per chunk p50 12.0 ms (the model 9.5, hand-over 2.5)" in format_summary(s)
+    real = LatencyMeter()  # the real emulator reports no model time: the line leaves it out
+    real.chunk(0, int(5e6))
+    assert math.isnan(real.summary()["chunk_ms"]["model"]["p50"])
+    assert "the model" not in format_summary(real.summary())
+    assert "generation per chunk" not in format_summary(LatencyMeter().summary())
 
 
 def test_play_keys(spy, tmp_path):

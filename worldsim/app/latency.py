@@ -8,7 +8,10 @@ once the first frame generated under it has been flipped to the screen:
     generation   = t_done    - t_take    # the model (or emulator) producing the chunk
     presentation = t_present - t_done    # hand-over, scaling, blit and flip
 
-and, for every generated frame presented, the time since the previous one (FPS and jitter).
+and, for every generated frame presented, the time since the previous one (FPS and jitter). Per
+generated chunk (not only those that carried an input) it also keeps the generation time and, where the
+backend reports it (``info['model_ms']``: the engine's own step), the model's part of it; the rest is
+the hand-over around the model (the pipe to a generation process, the frame's conversion to uint8).
 Storage is bounded (deques), so a kiosk running all day keeps flat memory.
 """
 
@@ -32,6 +35,8 @@ class LatencyMeter:
         self.recent: collections.deque = collections.deque(maxlen=self.recent_n)  # totals, for the HUD
         self.intervals: collections.deque = collections.deque(maxlen=self.keep)  # ms between presented frames
         self.present_times: collections.deque = collections.deque(maxlen=self.recent_n)
+        self.chunk_gen: collections.deque = collections.deque(maxlen=self.keep)  # ms, t_done - t_take per chunk
+        self.chunk_model: collections.deque = collections.deque(maxlen=self.keep)  # ms, the model's part
         self.frames = 0
         self.inputs = 0
         self._first_ns: int | None = None
@@ -54,6 +59,12 @@ class LatencyMeter:
         self._last_ns = t_present_ns
         self.present_times.append(t_present_ns)
         self.frames += 1
+
+    def chunk(self, t_take_ns: int, t_done_ns: int, model_ms: float | None = None) -> None:
+        """A generated chunk was first presented: its generation time and the model's own part of it."""
+        self.chunk_gen.append((t_done_ns - t_take_ns) / 1e6)
+        if model_ms is not None:
+            self.chunk_model.append(float(model_ms))
 
     def gap(self) -> None:
         """The stream was interrupted on purpose (pause, reset): do not count the pause as a frame time."""
@@ -89,6 +100,7 @@ class LatencyMeter:
             "frames": self.frames,
             "frame_time_ms": ft,
             "jitter_ms": ft["std"],
+            "chunk_ms": {"generation": percentiles(self.chunk_gen), "model": percentiles(self.chunk_model)},
         }
 
 
@@ -96,6 +108,11 @@ def format_summary(s: dict) -> str:
     lat, b, ft = s["latency_ms"], s["breakdown_ms"], s["frame_time_ms"]
     frames = (f"{s['frames']} frames at {s['fps']:.1f} FPS; frame time p50 {ft['p50']:.1f} ms, p99 {ft['p99']:.1f} ms, "
               f"jitter (std) {s['jitter_ms']:.1f} ms")
+    ch = s.get("chunk_ms", {})
+    if ch and not math.isnan(ch["generation"]["p50"]):  # some generated chunk was presented
+        frames += f"; generation per chunk p50 {ch['generation']['p50']:.1f} ms"
+        if not math.isnan(ch["model"]["p50"]):
+            frames += f" (the model {ch['model']['p50']:.1f}, hand-over {ch['generation']['p50'] - ch['model']['p50']:.1f})"
     if not s["inputs"]:
         return ("input-to-pixel latency: no inputs, so no p50/p95/p99/max (--synthetic-input RATE posts "
                 "random key events)\n" + frames)

@@ -357,6 +357,8 @@ class Player:
         if chunk.kind == "gen":
             if i == 0 and chunk.stamps:  # the inputs this generation was the first to see
                 latency = max(self.meter.add(s, chunk.t_take_ns, chunk.t_done_ns, t) for s in chunk.stamps)
+            if i == 0:
+                self.meter.chunk(chunk.t_take_ns, chunk.t_done_ns, chunk.info.get("model_ms"))
             self.meter.frame(t)
             self.frames_presented += 1
         if self.recorder is not None and self.recording():

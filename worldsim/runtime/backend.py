@@ -120,7 +120,8 @@ class ModelBackend:
         x = self.engine.step(torch.full((1, C), int(action), dtype=torch.long))  # (1, C, 3, H, W)
         for f in x[0]:
             self._history.append((f, int(action)))
-        return frames_to_uint8(x[0]), {}
+        # The engine's own time for the chunk: the player's breakdown tells it from the hand-over around it.
+        return frames_to_uint8(x[0]), {"model_ms": self.engine.last_step_ms}
 
     def configure(self, steps: int | None = None, chunk: int | None = None) -> None:
         """New sampling settings: a new engine on the same weights, re-prefilled with the recent frames."""
