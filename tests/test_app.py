@@ -163,7 +163,7 @@ def test_latency_meter_chunk_breakdown():
         m.chunk(0, int(gen * 1e6), model)
     s = m.summary()
     assert s["chunk_ms"]["generation"]["p50"] == 12.0 and s["chunk_ms"]["model"]["p50"] == 9.5
-    assert "generation per chunk p50 12.0 ms (the model 9.5, hand-over 2.5)" in format_summary(s)
+    assert "generation per chunk p50 12.0 ms (the model 9.5, transfer 2.5)" in format_summary(s)
     real = LatencyMeter()  # the real emulator reports no model time: the line leaves it out
     real.chunk(0, int(5e6))
     assert math.isnan(real.summary()["chunk_ms"]["model"]["p50"])

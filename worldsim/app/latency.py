@@ -11,7 +11,7 @@ once the first frame generated under it has been flipped to the screen:
 and, for every generated frame presented, the time since the previous one (FPS and jitter). Per
 generated chunk (not only those that carried an input) it also keeps the generation time and, where the
 backend reports it (``info['model_ms']``: the engine's own step), the model's part of it; the rest is
-the hand-over around the model (the pipe to a generation process, the frame's conversion to uint8).
+the transfer around the model (the pipe to a generation process, the frame's conversion to uint8).
 Storage is bounded (deques), so a kiosk running all day keeps flat memory.
 """
 
@@ -112,7 +112,7 @@ def format_summary(s: dict) -> str:
     if ch and not math.isnan(ch["generation"]["p50"]):  # some generated chunk was presented
         frames += f"; generation per chunk p50 {ch['generation']['p50']:.1f} ms"
         if not math.isnan(ch["model"]["p50"]):
-            frames += f" (the model {ch['model']['p50']:.1f}, hand-over {ch['generation']['p50'] - ch['model']['p50']:.1f})"
+            frames += f" (the model {ch['model']['p50']:.1f}, transfer {ch['generation']['p50'] - ch['model']['p50']:.1f})"
     if not s["inputs"]:
         return ("input-to-pixel latency: no inputs, so no p50/p95/p99/max (--synthetic-input RATE posts "
                 "random key events)\n" + frames)

@@ -120,7 +120,7 @@ class ModelBackend:
         x = self.engine.step(torch.full((1, C), int(action), dtype=torch.long))  # (1, C, 3, H, W)
         for f in x[0]:
             self._history.append((f, int(action)))
-        # The engine's own time for the chunk: the player's breakdown tells it from the hand-over around it.
+        # The engine's own time for the chunk: the player's breakdown tells it from the transfer around it.
         return frames_to_uint8(x[0]), {"model_ms": self.engine.last_step_ms}
 
     def configure(self, steps: int | None = None, chunk: int | None = None) -> None:
