@@ -17,6 +17,7 @@ COMMANDS = {
     "train": ("worldsim.train.cli:main", "train a stage or the whole pipeline from a config"),
     "eval": ("worldsim.eval.cli:main", "roll a checkpoint out against real episodes, write metrics"),
     "bench": ("worldsim.bench.cli:main", "benchmarks: engine speed, input-to-pixel latency"),
+    "compile": ("worldsim.runtime.compile_cli:main", "compile a model's frame-wise forwards for this CPU (faster play)"),
 }
 
 

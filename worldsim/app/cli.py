@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -78,6 +79,13 @@ def load_configs(args):
         play = dataclasses.replace(play, fullscreen=True)
     if args.headless:
         play = dataclasses.replace(play, start_screen=False)
+    # WORLDSIM_COMPILE sets the default of compile= (a key=value override still wins): the test suite
+    # sets it to 'off' so that no play it runs starts a background build. YAML reads a bare off/on as a
+    # boolean, which the str field keeps as 'False'/'True'.
+    given = any(o.split("=")[0] in ("compile", "play.compile") for o in args.overrides)
+    compile_mode = play.compile if given else os.environ.get("WORLDSIM_COMPILE") or play.compile
+    compile_mode = {"false": "off", "true": "auto"}.get(str(compile_mode).lower(), str(compile_mode))
+    play = dataclasses.replace(play, compile=compile_mode)
     if kcfg is not None:
         kcfg = dataclasses.replace(kcfg, play=play)
     return play, kcfg
@@ -101,6 +109,11 @@ def build_model_session(play):
                       context_path=play.context or None)
     if p.note:
         print(f"play.py: note: {p.note}", file=sys.stderr)
+    # compiled forwards on the CPU (worldsim.engine.aot); a background build loads the same file and dtype
+    from worldsim.device import dtype_name
+
+    p.backend.compiled_mode = play.compile
+    p.backend.source = {"checkpoint": str(Path(p.path).resolve()), "dtype": dtype_name(p.weights_dtype)}
     label = f"{Path(p.path).name} ({p.env_id})"
     meta = {"env_id": p.env_id, "action_meanings": p.action_meanings, "source": "play", "policy": "human",
             "checkpoint": p.path, "checkpoint_hash": p.file_hash, "engine": dataclasses.asdict(p.backend.cfg),
@@ -167,6 +180,8 @@ def run(args) -> int:
     play, kcfg = load_configs(args)
     if play.worker not in ("process", "thread"):
         raise WorldsimError(f"worker must be 'process' or 'thread' (got {play.worker!r})")
+    if play.compile not in ("auto", "cached", "off"):
+        raise WorldsimError(f"compile must be 'auto', 'cached' or 'off' (got {play.compile!r})")
     set_generation_threads(play.threads)
     if args.play_real:
         fps_given = args.fps is not None or any(o.split("=")[0] in ("fps", "play.fps") for o in args.overrides)

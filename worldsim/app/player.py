@@ -50,6 +50,10 @@ class PlayConfig:
     # for --play-real). See worldsim/runtime/process_backend.py.
     worker: str = "process"
     threads: int = 0  # torch threads for generation (0: every core in a process worker; all but one in a thread)
+    # Compiled forwards for this CPU (worldsim.engine.aot; frame-wise play ~1.5x faster): 'auto' uses them
+    # if built and else builds them in the background (low priority) and switches when ready; 'cached'
+    # uses them only if built ('worldsim compile'); 'off' never.
+    compile: str = "auto"
     steps: int = 0  # sampling steps per chunk (0: the checkpoint's recommendation); 1, 2 or 4
     chunk: int = 0  # frames per chunk (0: the checkpoint's; 1: frame-wise)
     window: int = 0  # KV cache window in frames (0: the checkpoint's); smaller is faster, see assets/README.md
@@ -77,7 +81,8 @@ def settings_label(settings: dict) -> str:
     if settings.get("sampler") == "emulator":
         return "real emulator"
     c, s = settings.get("chunk", 1), settings.get("steps", 0)
-    return f"frame-wise {s}-step" if c == 1 else f"chunk-wise C={c} {s}-step"
+    label = f"frame-wise {s}-step" if c == 1 else f"chunk-wise C={c} {s}-step"
+    return label + (", compiled" if settings.get("compiled") else "")
 
 
 class Player:

@@ -73,12 +73,14 @@ def load_bench_model(checkpoint: str | None):
 def _flops_per_step(engine: Engine) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
-    packed = is_packed(engine.model)
+    packed, compiled = is_packed(engine.model), engine.compiled
     unpack_linears(engine.model)  # the counter knows aten's matmuls, not oneDNN's packed one
+    engine.compiled = None  # nor a compiled graph's: the same step counted eagerly
     try:
         with FlopCounterMode(display=False) as fc:
             engine.step(0)
     finally:
+        engine.compiled = compiled
         if packed:
             pack_linears(engine.model)
     return float(fc.get_total_flops())
@@ -86,7 +88,7 @@ def _flops_per_step(engine: Engine) -> float:
 
 def bench_setting(model, base: EngineConfig, chunk: int, steps: int, dtype: torch.dtype, iters: int,
                   warmup: int, context: int = 8, first_reps: int = 5, device=torch.device("cpu"),
-                  pack: bool = True) -> dict:
+                  pack: bool = True, compiled=None) -> dict:
     m = model.to(device, dtype)
     if pack and device.type == "cpu":  # as play.py runs it (worldsim.engine.cpu_pack)
         pack_linears(m)
@@ -94,6 +96,10 @@ def bench_setting(model, base: EngineConfig, chunk: int, steps: int, dtype: torc
         unpack_linears(m)
     cfg = replace(base, chunk=chunk, steps=steps, sampler="renoise", timesteps=[])
     eng = Engine(m, cfg, device=device, dtype=torch.float32)
+    if compiled is not None and chunk == 1:  # worldsim.engine.aot: the steady-state forwards, compiled
+        from worldsim.engine.aot import attach
+
+        attach(eng, compiled)
     mc = model.cfg
     ctx = torch.zeros(1, context, mc.channels, mc.resolution, mc.resolution)
     eng.reset(1, seed=0)  # one untimed frame first: CUDA compiles the Triton kernels on first launch
@@ -125,6 +131,7 @@ def bench_setting(model, base: EngineConfig, chunk: int, steps: int, dtype: torc
     pf = percentiles(per_frame)
     return {
         "chunk": chunk, "steps": steps, "dtype": "bf16" if dtype == torch.bfloat16 else "fp32",
+        "compiled": eng.compiled is not None,
         "fps": iters * chunk / wall, "ms_per_frame_p50": pf["p50"], "ms_per_frame_p95": pf["p95"],
         "first_frame_ms": percentiles(first)["p50"], "gflop_per_frame": flops / 1e9,
         "gflops_achieved": flops / 1e9 / (pf["mean"] / 1e3),
@@ -156,6 +163,20 @@ def long_run(model, base: EngineConfig, frames: int, dtype=torch.bfloat16, devic
     return out
 
 
+def _compiled_for(model, base: EngineConfig, dtype: torch.dtype, source: str):
+    """The compiled forwards of ``model`` in ``dtype`` for its cache layout, built by ``worldsim compile``."""
+    from worldsim.engine import aot
+    from worldsim.errors import WorldsimError
+
+    m = model.to("cpu", dtype)
+    path = aot.find(m, base.window, base.sink)
+    if path is None:
+        name = "bf16" if dtype == torch.bfloat16 else "fp32"
+        raise WorldsimError(f"no compiled forwards for {source} in {name} (window {base.window} + sink {base.sink}) "
+                            f"under {aot.cache_root()}: run 'worldsim compile --checkpoint {source} --dtype {name}' first")
+    return aot.CompiledForwards.load(path)
+
+
 def _kernels_label(device: torch.device) -> str:
     if device.type != "cuda":
         return "torch reference (CPU)"
@@ -177,6 +198,8 @@ def main(argv=None) -> int:
                     help="on CUDA: auto = Triton kernels (default), torch = the torch references, to compare")
     ap.add_argument("--no-pack", action="store_true",
                     help="CPU: plain linears instead of the oneDNN-packed ones play.py uses, to compare")
+    ap.add_argument("--compiled", action="store_true",
+                    help="CPU: frame-wise rows through the compiled forwards 'worldsim compile' built (worldsim.engine.aot)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     from worldsim.device import pick_device
@@ -194,6 +217,8 @@ def main(argv=None) -> int:
         os.environ["WORLDSIM_KERNELS"] = args.kernels
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.compiled and device.type != "cpu":
+        ap.error("--compiled times the CPU's compiled forwards; on CUDA the engine runs its Triton kernels")
     model, source, base = load_bench_model(args.checkpoint)
     iters = 40 if args.quick else args.iters
     dtypes = ["bf16"] if args.quick else [d.strip() for d in args.dtypes.split(",")]
@@ -210,14 +235,15 @@ def main(argv=None) -> int:
     print(hdr)
     for dname in dtypes:
         dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dname]
+        compiled = _compiled_for(model, base, dtype, source) if args.compiled else None
         for chunk, steps in SETTINGS:
             row = bench_setting(model, base, chunk, steps, dtype, iters, warmup=10 if args.quick else 20,
-                                device=device, pack=not args.no_pack)
+                                device=device, pack=not args.no_pack, compiled=compiled)
             row["fraction_of_bf16_peak"] = row["gflops_achieved"] / peak
             rows.append(row)
             print(f"{chunk:>5} {steps:>5} {dname:>5} {row['fps']:>7.1f} {row['ms_per_frame_p50']:>12.2f} "
                   f"{row['ms_per_frame_p95']:>7.2f} {row['first_frame_ms']:>14.2f} {row['gflops_achieved']:>8.1f} "
-                  f"{100 * row['fraction_of_bf16_peak']:>5.1f}%")
+                  f"{100 * row['fraction_of_bf16_peak']:>5.1f}%{'  compiled' if row['compiled'] else ''}")
     result = {"rows": rows, "model": source, "params": model.num_params(), "bf16_matmul_peak_gflops": peak,
               "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
               "cpu_count": os.cpu_count(), "device": where, "kernels": kernels_used}

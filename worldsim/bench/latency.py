@@ -69,6 +69,9 @@ def main(argv=None) -> int:
     ap.add_argument("--window", type=int, default=0, help="KV cache window in frames, as play.py's window= (0: the checkpoint's)")
     ap.add_argument("--sink", type=int, default=-1, help="sink frames, as play.py's sink= (-1: the checkpoint's)")
     ap.add_argument("--dtype", help="auto | fp32 | bf16")
+    ap.add_argument("--compile", choices=["cached", "off"], default="cached",
+                    help="compiled forwards as play.py's compile=: cached (default: use them if 'worldsim compile' built "
+                         "them; a benchmark never builds in the background) or off (eager)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
@@ -87,6 +90,7 @@ def main(argv=None) -> int:
         overrides = {**({"window": args.window} if args.window > 0 else {}), **({"sink": args.sink} if args.sink >= 0 else {})}
         playable, label = load_backend(args.checkpoint, args.dtype, tmp, overrides or None)
         model = playable.backend.model
+        playable.backend.compiled_mode = args.compile
         from worldsim.app.cli import in_worker_process, torch_device_type
         from worldsim.app.player import PlayConfig
 
@@ -104,18 +108,19 @@ def main(argv=None) -> int:
             backend = in_worker_process(playable.backend.with_settings(steps=steps, chunk=chunk), play)
             s = run_headless(backend, seconds=args.duration, warmup_s=args.warmup, fps=args.fps, rate=args.rate,
                              seed=args.seed, model_label=label)
+            compiled = bool(backend.settings.get("compiled"))
             if hasattr(backend, "close"):
                 backend.close()
-            row = {"chunk": chunk, "steps": steps, **{k: s[k] for k in (
+            row = {"chunk": chunk, "steps": steps, "compiled": compiled, **{k: s[k] for k in (
                 "latency_ms", "breakdown_ms", "fps", "frames", "frame_time_ms", "jitter_ms", "chunk_ms", "inputs",
                 "inputs_posted", "restarts")}}
             rows.append(row)
             name = "frame-wise" if chunk == 1 else f"chunk-wise C={chunk}"
-            print(f"--- {name} {steps}-step")
+            print(f"--- {name} {steps}-step{', compiled' if compiled else ''}")
             print(format_summary(s))
     default = next((r for r in rows if (r["chunk"], r["steps"]) == DEFAULT_SETTING), rows[0])
     result = {
-        "setting": {"chunk": default["chunk"], "steps": default["steps"]},
+        "setting": {"chunk": default["chunk"], "steps": default["steps"]}, "compiled": default["compiled"],
         **{k: default[k] for k in ("latency_ms", "fps", "breakdown_ms", "frame_time_ms", "jitter_ms", "chunk_ms")},
         "settings": rows, "model": label, "fps_cap": args.fps, "duration_s": args.duration,
         "worker": worker, "threads": threads, "pinned": pinned, "window": playable.backend.cfg.window, "sink": playable.backend.cfg.sink, "machine": platform.processor() or platform.machine(),

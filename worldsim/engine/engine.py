@@ -15,6 +15,10 @@ Step alignment (shared/DESIGN.md): ``step(a)`` takes the action chosen after see
 frame and returns the frame(s) it produces. ``prefill(frames, prev_actions)`` takes context frames
 with the action that produced each (``no_action`` for an episode's first frame).
 
+Compiled forwards (``worldsim.engine.aot``): on the CPU, once the cache is full, the two forwards of a
+frame-wise step can run as ahead-of-time compiled graphs (``engine.compiled``); the eager forward
+remains for everything else.
+
 Anchored models (``model.cfg.anchor``) also get, for every frame, the clean frame(s) before its chunk
 (``worldsim.model.anchor_frames``; ``anchor_history`` of them): the engine keeps the last ones for that.
 """
@@ -87,6 +91,8 @@ class Engine:
         self._history = model.cfg.anchor_history if model.cfg.anchor else 1
         self._gen = None
         self.last_step_ms = 0.0
+        # Compiled steady-state forwards (worldsim.engine.aot.attach): used where they apply, else eager.
+        self.compiled = None
 
     # -- session control ---------------------------------------------------------------------
     def reset(self, batch_size: int = 1, seed: int | None = None) -> None:
@@ -110,6 +116,9 @@ class Engine:
         return self.cache.frames + (self._pending[0].shape[1] if self._pending is not None else 0)
 
     def _forward(self, x, sigma, actions, pos, anchor, drop_first: int = 0):
+        aot = self.compiled
+        if aot is not None and aot.accepts(self, x.shape[1], drop_first):
+            return aot(self, x, sigma, actions, pos, anchor, drop_first)
         with autocast(self.device, self.dtype):
             return self.model_fn(x, sigma, actions, frame_pos=pos, chunk=self.cfg.chunk, cache=self.cache,
                                  anchor=anchor, drop_first=drop_first).float()

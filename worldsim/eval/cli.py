@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--free-play", type=int, default=0, metavar="FRAMES",
                     help="frames of free play under sticky random actions (the model card uses 10000)")
     ap.add_argument("--sticky", type=float, default=0.8, help="free play: probability of repeating an action")
+    ap.add_argument("--compiled", action="store_true",
+                    help="batch-1 generation (free play) through the compiled forwards 'worldsim compile' built, as "
+                         "play.py runs it (batched rollouts stay eager)")
     ap.add_argument("--action-response", type=int, default=12, metavar="FRAMES",
                     help="hold each direction this many frames and compare the player's move with the real "
                          "game's (default 12; 0: skip)")
@@ -127,6 +130,20 @@ def parse_settings(args, base) -> list[tuple[str, object]]:
         cfg.validate()
         out.append((f"{c}x{s}", cfg))
     return out
+
+
+def attach_compiled(engine, ckpt) -> None:
+    """The compiled forwards of this model and cache layout (``worldsim compile``), or a one-line error."""
+    from worldsim.engine import aot
+
+    if engine.cfg.chunk != 1:
+        return  # chunk-wise settings have no compiled forwards: eager, as in play
+    path = aot.find(engine.model, engine.cfg.window, engine.cfg.sink)
+    if path is None:
+        raise WorldsimError(f"--compiled: no compiled forwards for {ckpt} (window {engine.cfg.window} + sink "
+                            f"{engine.cfg.sink}) under {aot.cache_root()}; run 'worldsim compile --checkpoint {ckpt} "
+                            f"--window {engine.cfg.window} --sink {engine.cfg.sink}' first")
+    aot.attach(engine, aot.CompiledForwards.load(path))
 
 
 def load_for_eval(path: Path, device, dtype, overrides):
@@ -313,6 +330,8 @@ def main(argv=None) -> int:
                                                                      args.quiet)
         for name, ecfg in settings:
             engine = Engine(model, ecfg, device=device, dtype=torch.float32)
+            if args.compiled:
+                attach_compiled(engine, ckpt)
             sub = save_dir / name if save_dir is not None and len(settings) > 1 else save_dir
 
             def on_rollout(i, ctx_start, frames, sub=sub, name=name, ecfg=ecfg):

@@ -224,18 +224,19 @@ class SigmaEmbedding(nn.Module):
         return self.mlp(torch.cat([args.cos(), args.sin()], -1).to(self.mlp[0].weight.dtype))
 
 
-@torch.compiler.disable
-def cached_attention(cache, layer: int, q, k, v, chunk_tokens: int):
-    """Write this call's k, v into the cache scratch and attend over cache + self.
-
-    Kept out of ``torch.compile`` graphs: it mutates the cache and its key count changes as the
-    cache fills, while everything around it has static shapes and compiles once.
-    """
+def _cached_attention(cache, layer: int, q, k, v, chunk_tokens: int):
+    """Write this call's k, v into the cache scratch and attend over cache + self."""
     kbuf, vbuf, kv_len = cache.write_scratch(layer, k, v)
     if torch.is_grad_enabled() and (q.requires_grad or kbuf.requires_grad):
         # Training through the cache (stage 3 self-rollout): the Triton kernel has no backward.
         return block_causal_attention_torch(q, kbuf, vbuf, kv_len, chunk_tokens)
     return block_causal_attention(q, kbuf, vbuf, kv_len, chunk_tokens)
+
+
+# Kept out of ``torch.compile`` graphs: it mutates the cache and its key count changes as the cache
+# fills, while everything around it has static shapes and compiles once. A cache with a fixed layout
+# (``worldsim.engine.aot.SteadyCache``: ``exportable``) is traced through instead, into one graph.
+cached_attention = torch.compiler.disable(_cached_attention)
 
 
 class Attention(nn.Module):
@@ -250,7 +251,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.dim, cfg.dim)
 
     def forward(self, x, rot, *, mask=None, chunk_tokens=None, cache=None, cache_layer=0, q_from=0):
-        # x: (B, L, dim); rot: (L, 1, d/2) complex rotations for these tokens (rope.rotate). q_from: the first token
+        # x: (B, L, dim); rot: (L, 1, d/2) rotations for these tokens (rope.rotate: complex or real pairs). q_from: the first token
         # whose output is wanted (the earlier ones only give keys and values; cache or frame-local).
         B, L, _ = x.shape
         h, hkv, d = self.h, self.hkv, self.d
@@ -269,7 +270,8 @@ class Attention(nn.Module):
             out = out.unflatten(0, (B, T)).transpose(1, 2).flatten(2, 3)  # (B, h, L, d)
         elif cache is not None:
             # The queries are the last L - q_from tokens; the attention takes queries as the newest tokens.
-            out = cached_attention(cache, cache_layer, q[:, :, q_from:], k, v, chunk_tokens)
+            attend = _cached_attention if getattr(cache, "exportable", False) else cached_attention
+            out = attend(cache, cache_layer, q[:, :, q_from:], k, v, chunk_tokens)
         elif q_from:
             raise ValueError("q_from needs a cache (or a frame-local block): skipped tokens must still be kept somewhere")
         elif mask is not None:
@@ -361,7 +363,7 @@ class WorldDiT(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------
     def forward(self, x, sigma, actions, *, frame_pos=None, frame_mask=None, chunk=None, cache=None, anchor=None,
-                drop_first: int = 0):
+                drop_first: int = 0, cond=None, rot=None):
         """Predict x0 for every frame of ``x``.
 
         x: (B, T, 3, H, W); sigma: (B, T) or (B,); actions: (B, T) long.
@@ -374,18 +376,22 @@ class WorldDiT(nn.Module):
         drop_first: with a cache, the first frames are there only for their keys and values (the
         engine's fused cache write): the last block computes nothing else for them, and the result
         holds the other T - drop_first frames. Their rows are the same as without it.
+        cond, rot: the adaLN terms (``conditioning(actions, sigma)``) and the rotations of ``frame_pos``
+        (``rope.rotations`` or ``rope.real_rotations``), when the caller has them (an exported graph
+        takes them as inputs: ``worldsim.engine.aot``); sigma and actions are then not read.
         """
         B, T = x.shape[:2]
         N = self.grid * self.grid
         D = self.cfg.dim
         if drop_first and (cache is None or not 0 <= drop_first < T):
             raise ValueError(f"drop_first={drop_first} needs a cache and fewer than the {T} frames given")
-        if sigma.dim() == 1:
+        if cond is None and sigma.dim() == 1:
             sigma = sigma[:, None].expand(B, T)
-        if frame_pos is None:
-            frame_pos = frame_positions(T)  # on the host: rotations are memoised per position
+        if rot is None:
+            if frame_pos is None:
+                frame_pos = frame_positions(T)  # on the host: rotations are memoised per position
+            rot = self.rope.rotations(frame_pos)  # (T*N, 1, d/2) complex
         wdtype = self.patch_embed.weight.dtype
-        rot = self.rope.rotations(frame_pos)  # (T*N, 1, d/2) complex
         tokens = self.patch_embed(self.patchify(x.to(wdtype)))  # (B, T, N, dim)
         if self.anchor_embed is not None:
             residual = self.cfg.anchor_mode == "residual"  # fp32 only where it is added back to the output
@@ -398,7 +404,8 @@ class WorldDiT(nn.Module):
             tokens = tokens + self.anchor_embed(anc.to(wdtype))  # anc: (B, T, N, p*p*C)
         # memoised only with a cache (the engine, self-rollout): a few discrete noise levels there,
         # continuous random ones in training batches
-        cond = self.conditioning(actions, sigma) if cache is not None else self._conditioning(actions, sigma)
+        if cond is None:
+            cond = self.conditioning(actions, sigma) if cache is not None else self._conditioning(actions, sigma)
         mods = cond[:, :, None].unbind(3)  # each (B, T, 1, dim)
         attn_kw: dict = {}
         if frame_mask is not None:

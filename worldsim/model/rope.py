@@ -15,7 +15,7 @@ import torch
 # Tables kept per frame position (each N x d/2 complex: 16 KB at the shipped size). Play visits each
 # position in 2-3 forwards (the fused cache write, then the next chunk's steps) and a training clip
 # reuses positions 0..T-1 every batch, so a few dozen cover both.
-MEMO_FRAMES = 64  # entries: a frame's (cos, sin) tables and its complex rotations
+MEMO_FRAMES = 64  # entries: a frame's (cos, sin) tables and its complex (or real-pair) rotations
 
 
 def split_dims(head_dim: int) -> tuple[int, int, int]:
@@ -49,7 +49,8 @@ class AxialRope:
         self.space_cos = sp.cos().float().to(device)
         self.space_sin = sp.sin().float().to(device)
         self.tokens = grid * grid
-        # (pos, False) -> that frame's (cos, sin); (pos, True) -> its complex rotations (N, 1, d/2)
+        # (pos, "tables") -> that frame's (cos, sin); (pos, "complex") -> its complex rotations (N, 1, d/2);
+        # (pos, "real") -> the same as (cos, sin) pairs (N, 1, d/2, 2), for compiled graphs (no complex dtype)
         self._memo: collections.OrderedDict = collections.OrderedDict()
 
     def to(self, device):
@@ -58,9 +59,9 @@ class AxialRope:
         self._memo.clear()
         return self
 
-    def _frame(self, p: int, complex_: bool) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
-        """One frame's (cos, sin) tables, or its complex rotations (``complex_``), memoised."""
-        key = (p, complex_)
+    def _frame(self, p: int, form: str) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+        """One frame's (cos, sin) tables (``form`` "tables"), or its rotations ("complex", "real"), memoised."""
+        key = (p, form)
         hit = self._memo.get(key)
         if hit is not None:
             try:
@@ -68,7 +69,10 @@ class AxialRope:
             except KeyError:  # evicted meanwhile: a restarted play worker may share this model's tables
                 pass
             return hit
-        hit = complex_rotations(*self._frame(p, False)) if complex_ else self._tables(torch.tensor([p]))
+        if form == "tables":
+            hit = self._tables(torch.tensor([p]))
+        else:
+            hit = (complex_rotations if form == "complex" else real_rotations)(*self._frame(p, "tables"))
         self._memo[key] = hit
         while len(self._memo) > MEMO_FRAMES:
             try:
@@ -83,7 +87,15 @@ class AxialRope:
         and building them (float64 angles, cos/sin) was ~4% of a played frame on the 2-core CPU."""
         if frame_pos.device.type != "cpu":  # positions on a GPU are not read back: built there
             return complex_rotations(*self._tables(frame_pos))
-        blocks = [self._frame(p, True) for p in frame_pos.tolist()]
+        blocks = [self._frame(p, "complex") for p in frame_pos.tolist()]
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
+
+    def real_rotations(self, frame_pos: torch.Tensor) -> torch.Tensor:
+        """``real_rotations(*tables(frame_pos))``: (F*N, 1, D/2, 2) float32, the form ``rotate`` takes in
+        an exported graph (``worldsim.engine.aot``: Inductor has no complex dtype). Memoised as ``rotations``."""
+        if frame_pos.device.type != "cpu":
+            return real_rotations(*self._tables(frame_pos))
+        blocks = [self._frame(p, "real") for p in frame_pos.tolist()]
         return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
 
     def tables(self, frame_pos: torch.Tensor):
@@ -91,7 +103,7 @@ class AxialRope:
         memoised for host positions (the KV cache re-rotates its sinks with them every frame)."""
         if frame_pos.device.type != "cpu":
             return self._tables(frame_pos)
-        pairs = [self._frame(p, False) for p in frame_pos.tolist()]
+        pairs = [self._frame(p, "tables") for p in frame_pos.tolist()]
         if len(pairs) == 1:
             return pairs[0]
         return torch.cat([c for c, _ in pairs]), torch.cat([s for _, s in pairs])
@@ -118,6 +130,11 @@ def complex_rotations(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return torch.complex(cos.float(), sin.float())[:, None, :]
 
 
+def real_rotations(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """(L, 1, D/2, 2) float32 (cos, sin) pairs: ``rotate``'s form of the tables for graphs without complex numbers."""
+    return torch.stack((cos.float(), sin.float()), -1)[:, None]
+
+
 def rotate(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
     """``apply_rope`` of ``x`` (..., L, H, D) in float32, as one complex multiply: pair (x[2i], x[2i+1])
     is the number x[2i] + i x[2i+1], turned by ``rot`` (L, 1, D/2) from ``complex_rotations``.
@@ -125,6 +142,12 @@ def rotate(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
     Why this form: on a 2-core CPU the per-op overhead, not the arithmetic, dominates a small model's
     forward; with 64-128 tokens of 4 heads it takes ~33 us where a batched matmul by (L, D, D)
     block-diagonal rotation matrices took ~68 us and the elementwise form ~10 ops. Returns float32.
+    ``rot`` may also be ``real_rotations`` (L, 1, D/2, 2): the elementwise form, which a compiled graph
+    fuses into one loop (``worldsim.engine.aot``); the same numbers to fp32 rounding.
     """
+    if not rot.is_complex():
+        x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+        c, s = rot.unbind(-1)
+        return torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), -1).flatten(-2)
     z = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
     return torch.view_as_real(z * rot).flatten(-2)

@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -53,7 +56,10 @@ class ModelBackend:
     kind = "model"
 
     def __init__(self, model, engine_cfg: EngineConfig, context: Context, *, device="cpu",
-                 dtype=torch.float32, action_meanings: list[str] | None = None, name: str = "model"):
+                 dtype=torch.float32, action_meanings: list[str] | None = None, name: str = "model",
+                 compiled: str = "off", source: dict[str, str] | None = None):
+        if compiled not in COMPILED_MODES:
+            raise ValueError(f"compiled={compiled!r}: expected one of {', '.join(COMPILED_MODES)}")
         self.model = model
         self.cfg = engine_cfg
         self.context = context
@@ -65,6 +71,17 @@ class ModelBackend:
         self._seed = engine_cfg.seed
         # (frame (3, H, W) in [-1, 1], the action that produced it) for the last frames shown
         self._history: collections.deque = collections.deque(maxlen=self._history_len(engine_cfg))
+        # Compiled forwards (worldsim.engine.aot): "off"; "cached" (use them if built); "auto" (use them if
+        # built, else build them in a background process and switch to them when ready). ``source`` is
+        # what a background build loads: {"checkpoint": path, "dtype": "bf16"}.
+        self.compiled_mode, self.source = compiled, source
+        self._aot = _AotState()
+
+    def __getstate__(self):  # to a process worker: loaded graphs, threads and processes stay behind
+        state = dict(self.__dict__)
+        state["_aot"] = _AotState()
+        state["engine"] = None
+        return state
 
     def _history_len(self, cfg: EngineConfig) -> int:
         return max(len(self.context.actions), cfg.sink + cfg.window)
@@ -75,14 +92,21 @@ class ModelBackend:
 
     @property
     def settings(self) -> dict[str, Any]:
-        return {"chunk": self.cfg.chunk, "steps": len(self.cfg.sigmas()) - 1, "sampler": self.cfg.sampler}
+        return {"chunk": self.cfg.chunk, "steps": len(self.cfg.sigmas()) - 1, "sampler": self.cfg.sampler,
+                "compiled": self._aot.forwards is not None and self.cfg.chunk == 1}
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": "model", "model": self.name, "engine": dataclasses.asdict(self.cfg)}
+        return {"backend": "model", "model": self.name, "engine": dataclasses.asdict(self.cfg),
+                "compiled": {"mode": self.compiled_mode, "state": self._aot.state,
+                             "package": str(self._aot.forwards.path) if self._aot.forwards is not None else None}}
+
+    def _copy(self, cfg: EngineConfig) -> "ModelBackend":
+        return ModelBackend(self.model, cfg, self.context, device=self.device, dtype=self.dtype,
+                            action_meanings=self.action_meanings, name=self.name, compiled=self.compiled_mode,
+                            source=self.source)
 
     def fresh(self) -> "ModelBackend":
-        return ModelBackend(self.model, self.cfg, self.context, device=self.device, dtype=self.dtype,
-                            action_meanings=self.action_meanings, name=self.name)
+        return self._copy(self.cfg)
 
     def with_settings(self, steps: int | None = None, chunk: int | None = None) -> "ModelBackend":
         """A fresh copy that samples with other settings (before a session starts)."""
@@ -92,13 +116,92 @@ class ModelBackend:
         if chunk is not None:
             cfg = dataclasses.replace(cfg, chunk=int(chunk), window=max(cfg.window, int(chunk)))
         cfg.validate()
-        return ModelBackend(self.model, cfg, self.context, device=self.device, dtype=self.dtype,
-                            action_meanings=self.action_meanings, name=self.name)
+        return self._copy(cfg)
 
     def _new_engine(self) -> Engine:
         if torch.device(self.device).type == "cpu":  # packed linears, GELU fused (worldsim.engine.cpu_pack): ~9% a frame
             pack_linears(self.model)
-        return Engine(self.model, self.cfg, device=self.device, dtype=self.dtype)
+        engine = Engine(self.model, self.cfg, device=self.device, dtype=self.dtype)
+        self._attach(engine)
+        return engine
+
+    # -- compiled forwards (worldsim.engine.aot) -----------------------------------------------
+    def prepare(self) -> None:
+        """Load the compiled forwards if they are built (2-4 s: a worker calls this as it starts, outside
+        the stall clock); with ``compiled="auto"`` start building them in the background if not."""
+        self._poll_compiled(load_now=True)
+
+    def _aot_usable(self) -> bool:
+        return self.compiled_mode != "off" and torch.device(self.device).type == "cpu"
+
+    def _poll_compiled(self, load_now: bool = False) -> None:
+        st = self._aot
+        if not self._aot_usable() or st.state in ("ready", "unavailable", "loading"):
+            return
+        now = time.monotonic()
+        if not load_now and now < st.next_poll:
+            return
+        st.next_poll = now + COMPILED_POLL_S
+        from worldsim.engine import aot
+
+        layout = (self.cfg.window, self.cfg.sink)
+        if st.layout != layout:  # the key hashes the weights: once per cache layout
+            st.layout, st.key = layout, aot.package_key(self.model, *layout)
+        path = aot.cache_root() / st.key
+        if (path / "meta.json").is_file():
+            if load_now:
+                self._load_compiled(path)
+            else:  # mid-session: load beside generation, switch when loaded
+                st.state = "loading"
+                threading.Thread(target=self._load_compiled, args=(path, True), daemon=True,
+                                 name="worldsim-aot-load").start()
+            return
+        if self.compiled_mode != "auto" or self.source is None:
+            return
+        if st.build is None and aot.build_running(st.key):  # another worker's build (a restarted worker's predecessor)
+            st.state = "building"
+            return
+        if st.build is None:
+            st.build = aot.build_in_background(self.source["checkpoint"], self.source.get("dtype", "auto"), *layout)
+            st.state = "building" if st.build is not None else "unavailable"
+            if st.build is None:
+                _warn("compiled forwards: could not start the background build; playing eagerly")
+            else:
+                _warn(f"compiling the model for this CPU in the background (1-3 minutes; playing meanwhile, "
+                      f"faster once done; log: {aot.cache_root() / 'build.log'})")
+        elif st.build.poll() is not None:  # the build ended without a package: a lock held elsewhere, or a failure
+            st.build = None
+            st.failures += 1
+            if st.failures >= 3:
+                st.state = "unavailable"
+                _warn(f"compiled forwards: the background build failed ({aot.cache_root() / 'build.log'}); "
+                      f"playing eagerly (worldsim compile shows why)")
+
+    def _load_compiled(self, path, announce: bool = False) -> None:
+        from worldsim.engine import aot
+
+        st = self._aot
+        try:
+            forwards = aot.CompiledForwards.load(path)
+        except aot.AotError as e:
+            st.state = "unavailable"
+            _warn(f"compiled forwards: {e}; playing eagerly")
+            return
+        st.forwards, st.state = forwards, "ready"
+        if announce:  # the switch mid-session (the step after this attaches them)
+            _warn(f"compiled forwards loaded ({path}): frame-wise steps run them from now on")
+
+    def _attach(self, engine: Engine) -> None:
+        from worldsim.engine import aot
+
+        st = self._aot
+        if st.forwards is None or engine.compiled is st.forwards:
+            return
+        try:  # the key is known when the layout is the one it was computed for: no second hash of the weights
+            aot.attach(engine, st.forwards, key=st.key if st.layout == (engine.cfg.window, engine.cfg.sink) else None)
+        except aot.AotError as e:  # built for another layout (a window switch): eager from here on
+            st.forwards, st.state = None, "unavailable"
+            _warn(f"compiled forwards: {e}; playing eagerly")
 
     def reset(self, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         self._seed = self.cfg.seed if seed is None else int(seed)
@@ -116,6 +219,9 @@ class ModelBackend:
         return frames, self.context.actions[:-1].copy()
 
     def step(self, action: int) -> tuple[np.ndarray, dict]:
+        self._poll_compiled()
+        if self._aot.forwards is not None and self.engine.compiled is None:
+            self._attach(self.engine)
         C = self.cfg.chunk
         x = self.engine.step(torch.full((1, C), int(action), dtype=torch.long))  # (1, C, 3, H, W)
         for f in x[0]:
@@ -138,6 +244,27 @@ class ModelBackend:
             x = torch.stack([f for f, _ in history])[None]  # (1, n, 3, H, W)
             a = torch.tensor([[a for _, a in history]], dtype=torch.long)  # (1, n)
             self.engine.prefill(x, a)
+
+
+COMPILED_MODES = ("off", "cached", "auto")
+COMPILED_POLL_S = 2.0  # how often a session without compiled forwards looks for a finished build
+
+
+@dataclass
+class _AotState:
+    """A backend's compiled forwards: never pickled (a process worker loads its own)."""
+
+    state: str = "idle"  # idle | building | loading | ready | unavailable
+    forwards: Any = None  # worldsim.engine.aot.CompiledForwards once loaded
+    build: Any = None  # the background build's Popen
+    layout: tuple | None = None  # (window, sink) the key was computed for
+    key: str = ""
+    next_poll: float = 0.0
+    failures: int = 0
+
+
+def _warn(msg: str) -> None:
+    print(f"play.py: {msg}", file=sys.stderr, flush=True)
 
 
 class EnvBackend:

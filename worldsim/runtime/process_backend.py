@@ -100,6 +100,12 @@ def _serve(conn, backend, threads: int, cores: set[int] | None = None) -> None:
     if cores:
         _pin_threads(cores)
     torch.set_num_threads(threads)
+    prepare = getattr(backend, "prepare", None)
+    if prepare is not None:  # e.g. load the compiled forwards: seconds, inside the start's timeout, not the stall clock
+        try:
+            prepare()
+        except Exception as e:  # an accelerator only: the backend generates without it
+            print(f"play.py: worker preparation failed ({type(e).__name__}: {e}); generating without it", flush=True)
     conn.send(("ready", os.getpid(), torch.get_num_threads()))
     while True:
         try:

@@ -282,8 +282,10 @@ class Session:
 
     def _work(self, epoch: int, backend, seed: int) -> None:
         try:
-            start = getattr(backend, "start_worker", None)
-            if start is not None:  # a process backend: seconds to start, not a stalled generation
+            # A process backend starts its child (which prepares the backend there); a backend in this
+            # thread prepares here (compiled forwards: seconds to load). Neither is a stalled generation.
+            start = getattr(backend, "start_worker", None) or getattr(backend, "prepare", None)
+            if start is not None:
                 start()
             with self._cv:
                 context_id = self._context_id
@@ -330,6 +332,7 @@ class Session:
                 if epoch != self._epoch:
                     return  # abandoned while it ran: its frames belong to nobody
                 settings = dict(backend.settings)
+                self._settings = settings  # a backend may change mid-session (compiled forwards loaded)
                 if self.cfg.fps > 0:
                     next_start = next_frame_start(next_start, t0, int(len(frames) * 1e9 / self.cfg.fps))
                 gen_ms = (t1 - t0) / 1e6

@@ -1,0 +1,231 @@
+"""Compiled steady-state forwards (worldsim.engine.aot).
+
+The traced graph (``SteadyForward``, run eagerly) must compute the engine's eager forward, through
+ring wrap-around and sink re-rotation; the engine must use it only where it applies (full cache,
+batch 1, frame-wise, unchanged weights). The AOTInductor package of a tiny model must match the eager
+engine, be found by key, refuse other weights and a damaged file with one line, and play.py's backend
+must pick it up. Building needs a C++ compiler (skips with that reason without one)."""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from worldsim.engine import Engine, EngineConfig, aot
+from worldsim.model import ModelConfig, WorldDiT
+
+WINDOW, SINK = 6, 1
+
+
+def tiny(anchor=True, seed=0, temporal_every=2):
+    torch.manual_seed(seed)
+    m = WorldDiT(ModelConfig(resolution=16, patch=4, dim=32, depth=4, heads=2, kv_heads=1, num_actions=5,
+                             temporal_every=temporal_every, anchor=anchor, anchor_mode="input",
+                             anchor_history=2 if anchor else 1)).eval()
+    with torch.no_grad():  # zero-init output layers would make every comparison trivially pass
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return m
+
+
+class Counting:
+    """A runner that counts its calls (the engine took the compiled path)."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        return self.fn(*args)
+
+
+def traced_forwards(model, window=WINDOW, sink=SINK) -> aot.CompiledForwards:
+    """The graphs that get exported, run eagerly in place of the compiled ones."""
+    prefix = (sink + window) * model.cfg.tokens_per_frame
+    runners = {(t, d): Counting(aot.SteadyForward(model, t, d, prefix)) for t, d in aot.GRAPHS}
+    meta = {"window": window, "sink": sink, "key": aot.package_key(model, window, sink)}
+    return aot.CompiledForwards(runners, meta, path="<traced>")
+
+
+def engines(model, steps, context=8, sampler="renoise", window=WINDOW, sink=SINK, seed=0):
+    out = []
+    g = torch.Generator().manual_seed(seed)
+    ctx = torch.rand(1, context, 3, 16, 16, generator=g) * 2 - 1
+    acts = torch.randint(0, 5, (1, context), generator=g)
+    for _ in range(2):
+        e = Engine(model, EngineConfig(steps=steps, window=window, sink=sink, sampler=sampler, seed=3))
+        e.reset(1)
+        e.prefill(ctx, acts)
+        out.append(e)
+    return out
+
+
+def calls(forwards):
+    return sum(r.calls for r in forwards.runners.values())
+
+
+@pytest.mark.parametrize("anchor", [True, False], ids=["anchored", "plain"])
+@pytest.mark.parametrize("steps,sampler", [(1, "renoise"), (2, "renoise"), (2, "euler"), (4, "renoise")])
+def test_traced_graph_engine_matches_eager(anchor, steps, sampler):
+    m = tiny(anchor)
+    eager, graph = engines(m, steps, sampler=sampler)
+    fw = traced_forwards(m)
+    aot.attach(graph, fw)
+    with torch.no_grad():
+        for t in range(20):  # past the window: the ring wraps and the sink is re-rotated every frame
+            torch.testing.assert_close(graph.step(t % 5), eager.step(t % 5), atol=2e-5, rtol=1e-5)
+    assert calls(fw) == 20 * steps  # every forward went through the graph (the cache was full after prefill)
+    torch.testing.assert_close(graph.cache.k[0], eager.cache.k[0], atol=2e-5, rtol=1e-5)
+
+
+def test_graph_only_once_the_cache_is_full_and_for_one_frame_wise_row():
+    m = tiny()
+    eager, graph = engines(m, 2, context=2)  # 2 of 7 slots: the next 5 frames fill the cache eagerly
+    fw = traced_forwards(m)
+    aot.attach(graph, fw)
+    with torch.no_grad():
+        for t in range(10):
+            before, full = calls(fw), graph.cache.full
+            torch.testing.assert_close(graph.step(1), eager.step(1), atol=2e-5, rtol=1e-5)
+            # full before the step: both forwards compiled; else the fused one ran eagerly (and the
+            # second one compiled if the commit inside the step filled the cache)
+            assert calls(fw) - before == (2 if full else int(graph.cache.full))
+        assert graph.cache.full and calls(fw) > 0
+        # batch 2: eager
+        e2 = Engine(m, EngineConfig(steps=2, window=WINDOW, sink=SINK))
+        aot.attach(e2, fw)
+        e2.reset(2)
+        e2.prefill(torch.zeros(2, 8, 3, 16, 16))
+        n = calls(fw)
+        e2.step(0)
+        assert calls(fw) == n
+
+
+def test_changed_weights_turn_the_graph_off():
+    m = tiny()
+    eager, graph = engines(m, 2)
+    fw = traced_forwards(m)
+    aot.attach(graph, fw)
+    with torch.no_grad():
+        graph.step(0), eager.step(0)
+        m.out.bias.add_(0.5)  # an optimiser step or a load: the frozen weights of a package would be stale
+        n = calls(fw)
+        torch.testing.assert_close(graph.step(2), eager.step(2), atol=2e-5, rtol=1e-5)
+    assert calls(fw) == n
+
+
+def test_key_follows_weights_and_layout_and_attach_checks_them():
+    a, b = tiny(seed=0), tiny(seed=1)
+    assert aot.package_key(a, 6, 1) == aot.package_key(tiny(seed=0), 6, 1)
+    assert len({aot.package_key(a, 6, 1), aot.package_key(b, 6, 1), aot.package_key(a, 4, 1),
+                aot.package_key(a, 6, 0)}) == 4
+    fw = traced_forwards(a)
+    e = Engine(b, EngineConfig(window=WINDOW, sink=SINK))
+    with pytest.raises(aot.AotError, match="other weights"):
+        aot.attach(e, fw)
+    with pytest.raises(aot.AotError, match="window 6 \\+ sink 1.*worldsim compile --window 4"):
+        aot.attach(Engine(a, EngineConfig(window=4, sink=SINK)), fw)
+
+
+def test_build_lock_is_exclusive_and_a_dead_holder_is_taken_over(tmp_path):
+    with aot.build_lock("k", tmp_path) as mine:
+        assert mine and aot.build_running("k", tmp_path)
+        with aot.build_lock("k", tmp_path) as second:
+            assert not second
+    assert not aot.build_running("k", tmp_path)
+    (tmp_path / ".k.lock").write_text("999999999")  # a pid that does not exist: a build that died
+    assert not aot.build_running("k", tmp_path)
+    with aot.build_lock("k", tmp_path) as mine:
+        assert mine
+
+
+def test_load_refuses_a_missing_or_foreign_package(tmp_path):
+    with pytest.raises(aot.AotError, match="meta.json.*worldsim compile"):
+        aot.CompiledForwards.load(tmp_path)
+    (tmp_path / "meta.json").write_text(json.dumps({"format": aot.FORMAT, "torch": "0.0"}))
+    with pytest.raises(aot.AotError, match="torch 0.0"):
+        aot.CompiledForwards.load(tmp_path)
+
+
+# -- the real package (AOTInductor): one build for the tests below -------------------------------
+def _no_compiler() -> str | None:
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        return "no C++ compiler (g++): AOTInductor cannot build"
+    return None
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A tiny fp32 checkpoint, as play.py loads it, and its package built into a private cache."""
+    reason = _no_compiler()
+    if reason:
+        pytest.skip(reason)
+    from worldsim.runtime import load_playable
+    from worldsim.runtime.testing import write_random_checkpoint
+
+    root = tmp_path_factory.mktemp("aotcache")
+    ckpt = write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors",
+                                   engine={"window": WINDOW, "sink": SINK, "steps": 2})
+    old = os.environ.get("WORLDSIM_CACHE_DIR")
+    os.environ["WORLDSIM_CACHE_DIR"] = str(root)
+    try:
+        b = load_playable(ckpt, dtype="fp32").backend
+        path = aot.build(b.model, b.cfg.window, b.cfg.sink, log=lambda *a: None)
+        yield ckpt, b, path
+    finally:
+        if old is None:
+            os.environ.pop("WORLDSIM_CACHE_DIR", None)
+        else:
+            os.environ["WORLDSIM_CACHE_DIR"] = old
+
+
+def test_package_matches_eager_engine(built):
+    from worldsim.runtime.compile_cli import check
+
+    _, b, path = built
+    assert aot.find(b.model, WINDOW, SINK) == path
+    assert aot.build(b.model, WINDOW, SINK) == path  # found, not rebuilt
+    forwards = aot.CompiledForwards.load(path)
+    c = check(b, forwards, frames=6, timed=3)
+    assert c["max_abs_diff_first"] < 1e-4, c  # fp32 in, fp32 out: only the order of sums differs
+    assert c["max_abs_diff"] < 1e-3, c
+
+
+def test_package_refuses_a_damaged_graph(built, tmp_path):
+    _, _, path = built
+    bad = tmp_path / "bad"
+    shutil.copytree(path, bad)
+    g = bad / "forward_t2_d1.pt2"
+    g.write_bytes(g.read_bytes()[:1000])  # truncated
+    with pytest.raises(aot.AotError, match="does not load.*worldsim compile"):
+        aot.CompiledForwards.load(bad)
+
+
+def test_backend_uses_a_built_package_and_off_does_not(built):
+    from worldsim.runtime import load_playable
+
+    ckpt, _, _ = built
+    for mode, want in (("cached", True), ("off", False)):
+        b = load_playable(ckpt, dtype="fp32").backend
+        b.compiled_mode = mode
+        b.prepare()
+        b.reset(0)
+        frames, _ = b.step(1)
+        assert frames.shape == (1, 16, 16, 3)
+        assert b.settings["compiled"] is want
+        assert b.describe()["compiled"]["state"] == ("ready" if want else "idle")
+
+
+def test_compile_cli_finds_the_package_and_checks_it(built, tmp_path, capsys):
+    from worldsim.runtime.compile_cli import main
+
+    ckpt, _, path = built
+    out = tmp_path / "c.json"
+    assert main(["--checkpoint", str(ckpt), "--dtype", "fp32", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["package"] == str(path) and r["check"]["max_abs_diff_first"] < 1e-4
+    assert "already compiled" in capsys.readouterr().out
+    with pytest.raises(Exception, match="unknown override 'steps=2'"):
+        main(["--checkpoint", str(ckpt), "steps=2"])

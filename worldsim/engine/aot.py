@@ -1,0 +1,360 @@
+"""Ahead-of-time compiled forwards for frame-wise play on the CPU (torch.export + AOTInductor).
+
+Why. The default model is tiny (64 tokens a frame, 2M parameters): a 2-step frame is ~0.25 GFLOP,
+yet an eager frame takes 12-18 ms on the 2-core CPU, 2-3% of its bf16 peak. Nearly all of it is
+per-op overhead: ~2,000 ATen calls a frame, each dispatched from Python. Once the KV cache is full,
+though, every frame-wise step has the same shapes. There are two forwards:
+
+    (2, 1)  the fused cache write: [clean frame k | noisy frame k+1], the first frame's outputs dropped
+    (1, 0)  any later denoising step of frame k+1
+
+Each is exported (``torch.export``) as one graph over fixed shapes, with the KV cache buffers as
+inputs it writes in place, and compiled by Inductor ahead of time into one C++ function: weights frozen
+in (the linears packed for oneDNN), the pointwise ops fused into a few loops, no Python between ops.
+On the 2-core target one forward drops from ~7 ms (fused) and ~5.5 ms (plain) eager to ~3.9 and ~3.0.
+
+What stays eager: everything between forwards (noise, the re-noising update, the cache commit and the
+sinks' re-rotation), the first frames after a reset while the cache fills (none after the usual
+8-frame prefill), other batch sizes and chunk-wise play. ``CompiledForwards.accepts`` decides per call;
+the engine falls back to the eager forward whenever it says no, so the compiled path is an
+accelerator, never a requirement.
+
+Numbers. The graph computes what the eager forward computes, in the same dtypes, but Inductor keeps
+fused intermediates in fp32 where eager rounds each op's output to bf16: outputs differ by bf16
+rounding (~1e-2 at most on x0 in [-1, 1]; the tests bound it). A session played compiled is not bit
+for bit the session played eagerly, as a session on another machine would not be.
+
+Where the packages live: ``$WORLDSIM_CACHE_DIR/aot/<key>`` (default ``~/.cache/worldsim/aot``), one
+directory per (weights, model config, window, sink, dtype, torch version, CPU capability), written to a
+temporary name and renamed when complete, so a reader never sees half a package. Building takes
+~1-2 minutes on the target (``worldsim compile``, or play.py in the background); loading ~2-4 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from worldsim.errors import WorldsimError
+
+FORMAT = 1  # bump when the graphs' inputs or what they compute change: old packages are then not found
+GRAPHS = ((2, 1), (1, 0))  # (frames in, first frames dropped): the fused cache write, a later step
+LOCK_STALE_S = 1800.0  # a build lock older than this (or whose process is gone) is taken over
+
+
+class AotError(WorldsimError):
+    """A compiled package that cannot be built or loaded."""
+
+
+def cache_root() -> Path:
+    root = os.environ.get("WORLDSIM_CACHE_DIR") or Path.home() / ".cache" / "worldsim"
+    return Path(root) / "aot"
+
+
+# -- what a package is specialised to -----------------------------------------------------------
+def spec(model, window: int, sink: int) -> dict[str, Any]:
+    """Everything the compiled graphs depend on besides the weights' values."""
+    import dataclasses
+
+    mc = model.cfg
+    return {
+        "format": FORMAT, "model_config": dataclasses.asdict(mc), "window": int(window), "sink": int(sink),
+        "dtype": str(model.patch_embed.weight.dtype).removeprefix("torch."), "torch": torch.__version__,
+        "cpu": torch.backends.cpu.get_cpu_capability(), "graphs": [list(g) for g in GRAPHS],
+    }
+
+
+def package_key(model, window: int, sink: int) -> str:
+    """sha256 of the spec and every weight's bytes (2M parameters: ~10 ms)."""
+    h = hashlib.sha256(json.dumps(spec(model, window, sink), sort_keys=True).encode())
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:24]
+
+
+def _graph_file(frames: int, drop: int) -> str:
+    return f"forward_t{frames}_d{drop}.pt2"
+
+
+# -- the graphs ---------------------------------------------------------------------------------
+class SteadyCache:
+    """The KV cache's buffers once full (every sink and window slot valid): the frames being computed
+    write their keys at the one fixed scratch offset, so the write traces into the graph."""
+
+    exportable = True  # worldsim.model.dit: attention traces through this cache instead of stopping at it
+
+    def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor], prefix_tokens: int):
+        self.k, self.v, self.prefix = k, v, prefix_tokens
+
+    def write_scratch(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        M = k.shape[2]
+        self.k[layer][:, :, self.prefix:self.prefix + M].copy_(k)
+        self.v[layer][:, :, self.prefix:self.prefix + M].copy_(v)
+        return self.k[layer], self.v[layer], self.prefix + M
+
+
+class SteadyForward(nn.Module):
+    """``model(x, ...)`` with the KV cache full, as a function of tensors only (what gets exported):
+    ``forward(x, cond, rot, [anchor], *k_layers, *v_layers) -> x0`` (B, frames - drop, 3, H, W) float32.
+    cond: ``model.conditioning`` (B, frames, 6 * depth + 2, dim); rot: ``rope.real_rotations``."""
+
+    def __init__(self, model, frames: int, drop: int, prefix_tokens: int):
+        super().__init__()
+        self.model, self.frames, self.drop, self.prefix = model, frames, drop, prefix_tokens
+        self.anchored = bool(model.cfg.anchor)
+
+    def forward(self, x, cond, rot, *rest):
+        anchor, kv = (rest[0], rest[1:]) if self.anchored else (None, rest)
+        n = len(kv) // 2
+        cache = SteadyCache(list(kv[:n]), list(kv[n:]), self.prefix)
+        out = self.model(x, None, None, chunk=1, cache=cache, anchor=anchor, drop_first=self.drop, cond=cond, rot=rot)
+        return out.float()
+
+
+def _example_inputs(model, frames: int, window: int, sink: int) -> tuple:
+    mc = model.cfg
+    wd = model.patch_embed.weight.dtype
+    N = mc.tokens_per_frame
+    slots = (sink + window + max(2, sink + window)) * N  # as Engine.reset sizes it for chunk 1
+    x = torch.randn(1, frames, mc.channels, mc.resolution, mc.resolution)
+    cond = torch.randn(1, frames, 6 * mc.depth + 2, mc.dim).to(wd)
+    rot = model.rope.real_rotations(torch.arange(sink + window, sink + window + frames))
+    anchor = [torch.randn(1, frames, mc.channels * mc.anchor_history, mc.resolution, mc.resolution)] if mc.anchor else []
+    kv = [torch.randn(1, mc.kv_heads, slots, mc.head_dim).to(wd) for _ in range(2 * mc.cache_layers)]
+    return (x, cond, rot, *anchor, *kv)
+
+
+# -- building ------------------------------------------------------------------------------------
+def build(model, window: int, sink: int, *, root: Path | None = None, compile_threads: int | None = None,
+          log=print) -> Path:
+    """Export and compile both graphs for ``model`` (eval mode, its play dtype, on the CPU) into
+    ``root/<key>``; returns that directory (at once if it exists). Needs a C++ compiler."""
+    if next(model.parameters()).device.type != "cpu":
+        raise AotError("compiled forwards are for the CPU; on a GPU the engine runs its Triton kernels")
+    if not model.cfg.causal:
+        raise AotError("compiled forwards need a causal (student) model with a KV cache")
+    if shutil.which(os.environ.get("CXX", "g++")) is None and shutil.which("c++") is None:
+        raise AotError("no C++ compiler found (g++): install one (Debian: apt install g++) to compile the model "
+                       "for this CPU; play runs eagerly meanwhile")
+    root = Path(root) if root is not None else cache_root()
+    key = package_key(model, window, sink)
+    final = root / key
+    if (final / "meta.json").is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{key}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    import torch._inductor.config as inductor_config
+
+    patches = {"freezing": True}
+    if compile_threads is not None:
+        patches["compile_threads"] = int(compile_threads)
+    t_all = time.perf_counter()
+    try:
+        with torch.no_grad(), inductor_config.patch(patches):
+            for frames, drop in GRAPHS:
+                t0 = time.perf_counter()
+                mod = SteadyForward(model, frames, drop, (sink + window) * model.cfg.tokens_per_frame).eval()
+                exported = torch.export.export(mod, _example_inputs(model, frames, window, sink))
+                torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp / _graph_file(frames, drop)))
+                log(f"compiled the {frames}-frame forward (dropping {drop}) in {time.perf_counter() - t0:.0f} s")
+        meta = {**spec(model, window, sink), "key": key, "build_s": round(time.perf_counter() - t_all, 1),
+                "built": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another builder finished first: theirs is as good
+            if not (final / "meta.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def find(model, window: int, sink: int, root: Path | None = None) -> Path | None:
+    """The package directory for this model and cache layout, if built."""
+    d = (Path(root) if root is not None else cache_root()) / package_key(model, window, sink)
+    return d if (d / "meta.json").is_file() else None
+
+
+@contextlib.contextmanager
+def build_lock(key: str, root: Path | None = None):
+    """Yields True for the one process that should build ``key`` now, False while another does."""
+    root = Path(root) if root is not None else cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    lock = root / f".{key}.lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if not _stale(lock):
+                yield False
+                return
+            lock.unlink(missing_ok=True)
+            continue
+        try:
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            yield True
+        finally:
+            lock.unlink(missing_ok=True)
+        return
+    yield False
+
+
+def build_running(key: str, root: Path | None = None) -> bool:
+    """Whether a live process holds the build lock of ``key``."""
+    lock = (Path(root) if root is not None else cache_root()) / f".{key}.lock"
+    return lock.exists() and not _stale(lock)
+
+
+def _stale(lock: Path) -> bool:
+    try:
+        pid = int(lock.read_text() or "0")
+        age = time.time() - lock.stat().st_mtime
+    except (OSError, ValueError):
+        return True
+    if age > LOCK_STALE_S:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    return False
+
+
+def build_in_background(checkpoint: str, dtype: str, window: int, sink: int) -> subprocess.Popen | None:
+    """Start ``worldsim compile`` for this checkpoint in a low-priority process on every core (the
+    player's pinned generation core included: at nice 19 it takes only what play leaves idle). Its
+    output goes to ``<cache>/aot/build.log``. None if it could not start."""
+    root = cache_root()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        logf = open(root / "build.log", "ab")
+    except OSError:
+        return None
+    cores = None
+    if hasattr(os, "sched_getaffinity"):
+        try:
+            cores = set(range(os.cpu_count() or 1))
+        except Exception:
+            cores = None
+
+    def _lower():  # in the child, before exec
+        os.nice(19)
+        if cores:
+            try:
+                os.sched_setaffinity(0, cores)
+            except OSError:
+                pass
+
+    cmd = [sys.executable, "-m", "worldsim", "compile", "--checkpoint", checkpoint, "--dtype", dtype,
+           "--quiet", "--no-check", f"window={window}", f"sink={sink}", "--compile-threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    try:
+        return subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=_lower, env=env, start_new_session=True)
+    except OSError:
+        return None
+    finally:
+        logf.close()
+
+
+# -- running -------------------------------------------------------------------------------------
+class CompiledForwards:
+    """The loaded graphs of one package, run in place of the engine's eager forward when they apply."""
+
+    def __init__(self, runners: dict[tuple[int, int], Any], meta: dict[str, Any], path: Path):
+        self.runners, self.meta, self.path = runners, meta, path
+        self.window, self.sink = int(meta["window"]), int(meta["sink"])
+        self.key = meta["key"]
+        self._stamp = None  # the bound model's weights (identity, version) when attached
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CompiledForwards":
+        path = Path(path)
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+        except (OSError, ValueError) as e:
+            raise AotError(f"compiled package '{path}' has no readable meta.json ({e}); delete the directory "
+                           f"and run 'worldsim compile' again") from None
+        if meta.get("format") != FORMAT or meta.get("torch") != torch.__version__:
+            raise AotError(f"compiled package '{path}' was built for format {meta.get('format')} / torch "
+                           f"{meta.get('torch')}; this is format {FORMAT} / torch {torch.__version__}: run 'worldsim compile'")
+        runners = {}
+        for frames, drop in GRAPHS:
+            f = path / _graph_file(frames, drop)
+            try:
+                runners[(frames, drop)] = torch._inductor.aoti_load_package(str(f))
+            except Exception as e:  # a truncated or foreign file: the loader's own message, shortened
+                raise AotError(f"compiled graph '{f}' does not load ({type(e).__name__}: {str(e)[:120]}); delete "
+                               f"'{path}' and run 'worldsim compile' again") from None
+        return cls(runners, meta, path)
+
+    def bind(self, model, key: str | None = None) -> None:
+        """Check that this package was built from ``model``'s weights (by key; pass ``key`` when it is
+        known) and remember them: a later change of the weights (training, a load) turns the compiled
+        path off rather than run stale ones."""
+        key = key or package_key(model, self.window, self.sink)
+        if key != self.key:
+            raise AotError(f"compiled package '{self.path}' was built for other weights or settings "
+                           f"(key {self.key}, this model {key}); run 'worldsim compile' for this checkpoint")
+        self._stamp = _weights_stamp(model)
+
+    def accepts(self, engine, frames: int, drop: int) -> bool:
+        cache = engine.cache
+        if (frames, drop) not in self.runners or engine.batch != 1 or engine.cfg.chunk != 1:
+            return False
+        if cache is None or not cache.full or cache.S != self.sink or cache.W != self.window:
+            return False
+        if engine.dtype != torch.float32 or torch.is_grad_enabled() or engine.device.type != "cpu":
+            return False  # autocast (fp32 weights run in bf16) or training: the eager path
+        if cache.k[0].dtype != engine.model.patch_embed.weight.dtype:  # not written yet (dtype decided on write)
+            return False
+        return self._stamp is not None and _weights_stamp(engine.model) == self._stamp
+
+    def __call__(self, engine, x, sigma, actions, pos, anchor, drop: int) -> torch.Tensor:
+        m, cache = engine.model, engine.cache
+        frames = x.shape[1]
+        cond = m.conditioning(actions, sigma)
+        rot = m.rope.real_rotations(pos)
+        if m.cfg.anchor:
+            if anchor is None:
+                anchor = x.new_zeros(1, frames, m.cfg.channels * m.cfg.anchor_history, *x.shape[3:])
+            args = (x.contiguous(), cond, rot, anchor.float().contiguous(), *cache.k, *cache.v)
+        else:
+            args = (x.contiguous(), cond, rot, *cache.k, *cache.v)
+        out = self.runners[(frames, drop)](*args)
+        cache.pending = frames  # as write_scratch leaves it: the engine commits the clean frames next
+        return out
+
+
+def _weights_stamp(model) -> tuple:
+    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+
+
+def attach(engine, forwards: CompiledForwards | None, key: str | None = None) -> None:
+    """Run ``engine``'s steady-state forwards through ``forwards`` (None: eager again); ``key``: the
+    engine's package key if already computed."""
+    if forwards is not None:
+        if (engine.cfg.window, engine.cfg.sink) != (forwards.window, forwards.sink):
+            raise AotError(f"compiled package '{forwards.path}' is for window {forwards.window} + sink {forwards.sink}, "
+                           f"the engine has {engine.cfg.window} + {engine.cfg.sink}: run 'worldsim compile --window "
+                           f"{engine.cfg.window} --sink {engine.cfg.sink}'")
+        forwards.bind(engine.model, key)
+    engine.compiled = forwards

@@ -1,0 +1,119 @@
+"""``worldsim compile``: compile a checkpoint's frame-wise forwards for this CPU (``worldsim.engine.aot``).
+
+Loads the model as play.py does (same dtype, window, sink), builds the package into the cache (or
+finds it there), then checks it: from one prefilled state, the eager and the compiled engine generate
+the same frames to bf16 rounding, and it prints both speeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from worldsim.errors import WorldsimError
+
+
+def _time_engine(engine, steps: int) -> float:
+    """Median ms of a frame-wise step over ``steps`` steps."""
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        engine.step(0)
+        times.append((time.perf_counter() - t) * 1e3)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def check(backend, forwards, frames: int = 24, timed: int = 60) -> dict:
+    """Eager against compiled from one state: the largest difference of each generated frame (the same
+    noise; the sessions diverge slowly as rounding differs, so the first frames are compared) and ms a frame."""
+    import torch
+
+    from worldsim.engine import Engine
+    from worldsim.engine.aot import attach
+    from worldsim.runtime.backend import frames_from_uint8
+
+    engines = []
+    for compiled in (False, True):
+        eng = Engine(backend.model, backend.cfg, device="cpu", dtype=backend.dtype)
+        eng.reset(1, seed=0)
+        ctx = backend.context
+        prev = torch.tensor([[backend.no_action, *ctx.actions[:-1].tolist()]], dtype=torch.long)
+        eng.prefill(frames_from_uint8(ctx.frames)[None], prev)
+        if compiled:
+            attach(eng, forwards)
+        engines.append(eng)
+    diffs = []
+    with torch.no_grad():
+        for t in range(frames):
+            a = t % backend.no_action
+            x_eager, x_aot = (e.step(a) for e in engines)
+            diffs.append(float((x_eager - x_aot).abs().max()))
+        ms = {name: _time_engine(e, timed) for name, e in zip(("eager", "compiled"), engines)}
+    return {"max_abs_diff_first": diffs[0], "max_abs_diff": max(diffs), "frames": frames,
+            "ms_per_frame": ms, "steps": len(backend.cfg.sigmas()) - 1}
+
+
+def main(argv=None) -> int:
+    from worldsim.engine import aot
+    from worldsim.runtime import DEFAULT_CHECKPOINT, load_playable
+
+    ap = argparse.ArgumentParser(prog="worldsim compile", description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help=f"model (default {DEFAULT_CHECKPOINT})")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
+                    help="weights dtype, as play.py's dtype= (auto: bf16 where the CPU has native bf16)")
+    ap.add_argument("--window", type=int, default=0, help="KV cache window in frames, as play.py's window= (0: the checkpoint's)")
+    ap.add_argument("--sink", type=int, default=-1, help="sink frames, as play.py's sink= (-1: the checkpoint's)")
+    ap.add_argument("--compile-threads", type=int, default=None, help="Inductor compile workers (default: its own choice)")
+    ap.add_argument("--no-check", action="store_true", help="skip the eager-vs-compiled check after building")
+    ap.add_argument("--json", help="write the result (package, build seconds, check) to this file")
+    ap.add_argument("--quiet", action="store_true", help="print only errors and the final line")
+    ap.add_argument("overrides", nargs="*", help="window=W sink=S (as the flags; what play.py's background build passes)")
+    args = ap.parse_args(argv)
+    for item in args.overrides:
+        k, sep, v = item.partition("=")
+        if not sep or k not in ("window", "sink"):
+            raise WorldsimError(f"unknown override '{item}': worldsim compile takes window=W and sink=S")
+        try:
+            setattr(args, k, int(v))
+        except ValueError:
+            raise WorldsimError(f"override '{item}' needs an integer value") from None
+    overrides = {}
+    if args.window:
+        overrides["window"] = args.window
+    if args.sink >= 0:
+        overrides["sink"] = args.sink
+    p = load_playable(args.checkpoint, device="cpu", dtype=None if args.dtype == "auto" else args.dtype,
+                      engine_overrides=overrides)
+    b = p.backend
+    model, window, sink = b.model, b.cfg.window, b.cfg.sink
+    say = (lambda *a: None) if args.quiet else print
+    existing = aot.find(model, window, sink)
+    t0 = time.perf_counter()
+    if existing is not None:
+        path = existing
+        say(f"already compiled: {path}")
+    else:
+        say(f"compiling {args.checkpoint} for this CPU ({aot.spec(model, window, sink)['cpu']}, "
+            f"{aot.spec(model, window, sink)['dtype']}, window {window} + sink {sink}): about 1-2 minutes")
+        key = aot.package_key(model, window, sink)
+        with aot.build_lock(key) as mine:
+            if not mine:
+                raise WorldsimError(f"another process is compiling this model now ({aot.cache_root()}/.{key}.lock); "
+                                    f"wait for it, or delete the lock if no build runs")
+            path = aot.build(model, window, sink, compile_threads=args.compile_threads, log=say)
+    build_s = time.perf_counter() - t0
+    result = {"package": str(path), "build_s": round(build_s, 1), "checkpoint": args.checkpoint,
+              "window": window, "sink": sink}
+    if not args.no_check:
+        forwards = aot.CompiledForwards.load(path)
+        result["check"] = c = check(b, forwards)
+        say(f"check ({c['steps']}-step, frame-wise): largest difference eager vs compiled {c['max_abs_diff_first']:.4f} on "
+            f"the first frame, {c['max_abs_diff']:.4f} over {c['frames']} frames (bf16 rounding); "
+            f"{c['ms_per_frame']['eager']:.2f} ms a frame eager, {c['ms_per_frame']['compiled']:.2f} compiled")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    print(f"compiled forwards: {path} ({build_s:.0f} s); play.py uses them from now on")
+    return 0
