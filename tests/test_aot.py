@@ -229,3 +229,74 @@ def test_compile_cli_finds_the_package_and_checks_it(built, tmp_path, capsys):
     assert "already compiled" in capsys.readouterr().out
     with pytest.raises(Exception, match="unknown override 'steps=2'"):
         main(["--checkpoint", str(ckpt), "steps=2"])
+
+
+class FakeBuild:
+    """Stands in for the background ``worldsim compile`` process."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, checkpoint, dtype, window, sink):
+        self.calls.append((checkpoint, dtype, window, sink))
+        return self
+
+    def poll(self):
+        return None  # still running
+
+
+def test_auto_mode_builds_in_the_background_and_switches_mid_session(built, tmp_path, monkeypatch):
+    import time
+
+    from worldsim.runtime import load_playable
+
+    ckpt, _, path = built
+    monkeypatch.setenv("WORLDSIM_CACHE_DIR", str(tmp_path))  # an empty cache: nothing built yet
+    fake = FakeBuild()
+    monkeypatch.setattr(aot, "build_in_background", fake)
+    b = load_playable(ckpt, dtype="fp32").backend
+    b.compiled_mode, b.source = "auto", {"checkpoint": str(ckpt), "dtype": "fp32"}
+    b.prepare()
+    assert fake.calls == [(str(ckpt), "fp32", WINDOW, SINK)] and b.describe()["compiled"]["state"] == "building"
+    b.reset(0)
+    b.step(0)
+    assert b.settings["compiled"] is False  # eager while it builds
+    shutil.copytree(path, aot.cache_root() / path.name)  # the build finishes
+    b._aot.next_poll = 0.0
+    b.step(0)  # finds it and loads it beside generation
+    deadline = time.monotonic() + 60
+    while b._aot.state != "ready" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    b.step(0)
+    assert b.settings["compiled"] is True and b.engine.compiled is not None
+    assert len(fake.calls) == 1
+
+
+def test_auto_mode_without_a_compiler_plays_eagerly_and_says_why(built, tmp_path, monkeypatch, capsys):
+    from worldsim.runtime import load_playable
+
+    ckpt, _, _ = built
+    monkeypatch.setenv("WORLDSIM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(aot.shutil, "which", lambda name: None)
+    fake = FakeBuild()
+    monkeypatch.setattr(aot, "build_in_background", fake)
+    b = load_playable(ckpt, dtype="fp32").backend
+    b.compiled_mode, b.source = "auto", {"checkpoint": str(ckpt), "dtype": "fp32"}
+    b.prepare()
+    b.reset(0)
+    b.step(0)
+    assert fake.calls == [] and b.describe()["compiled"]["state"] == "unavailable"
+    assert "no C++ compiler found (g++)" in capsys.readouterr().err
+
+
+def test_play_compile_setting_is_checked(tmp_path, capsys):
+    from worldsim.app.cli import compile_mode, main as play_main
+    from worldsim.errors import WorldsimError
+
+    assert [compile_mode(v) for v in ("auto", "cached", "off", False, "False", True)] == \
+        ["auto", "cached", "off", "off", "off", "auto"]
+    with pytest.raises(WorldsimError, match="compile must be 'auto', 'cached' or 'off'"):
+        compile_mode("fast")
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    assert play_main(["--headless", "--checkpoint", str(tmp_path / "none.safetensors"), "compile=fast"]) == 2
+    assert "compile must be" in capsys.readouterr().err  # before the checkpoint is even looked at

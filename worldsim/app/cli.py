@@ -83,12 +83,19 @@ def load_configs(args):
     # sets it to 'off' so that no play it runs starts a background build. YAML reads a bare off/on as a
     # boolean, which the str field keeps as 'False'/'True'.
     given = any(o.split("=")[0] in ("compile", "play.compile") for o in args.overrides)
-    compile_mode = play.compile if given else os.environ.get("WORLDSIM_COMPILE") or play.compile
-    compile_mode = {"false": "off", "true": "auto"}.get(str(compile_mode).lower(), str(compile_mode))
-    play = dataclasses.replace(play, compile=compile_mode)
+    play = dataclasses.replace(play, compile=compile_mode(
+        play.compile if given else os.environ.get("WORLDSIM_COMPILE") or play.compile))
     if kcfg is not None:
         kcfg = dataclasses.replace(kcfg, play=play)
     return play, kcfg
+
+
+def compile_mode(value) -> str:
+    """play.compile as one of auto | cached | off (a bare YAML off/on arrives as a boolean)."""
+    mode = {"false": "off", "true": "auto"}.get(str(value).lower(), str(value))
+    if mode not in ("auto", "cached", "off"):
+        raise WorldsimError(f"compile must be 'auto', 'cached' or 'off' (got {value!r})")
+    return mode
 
 
 def build_model_session(play):
@@ -180,8 +187,6 @@ def run(args) -> int:
     play, kcfg = load_configs(args)
     if play.worker not in ("process", "thread"):
         raise WorldsimError(f"worker must be 'process' or 'thread' (got {play.worker!r})")
-    if play.compile not in ("auto", "cached", "off"):
-        raise WorldsimError(f"compile must be 'auto', 'cached' or 'off' (got {play.compile!r})")
     set_generation_threads(play.threads)
     if args.play_real:
         fps_given = args.fps is not None or any(o.split("=")[0] in ("fps", "play.fps") for o in args.overrides)

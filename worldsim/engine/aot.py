@@ -145,9 +145,9 @@ def build(model, window: int, sink: int, *, root: Path | None = None, compile_th
         raise AotError("compiled forwards are for the CPU; on a GPU the engine runs its Triton kernels")
     if not model.cfg.causal:
         raise AotError("compiled forwards need a causal (student) model with a KV cache")
-    if shutil.which(os.environ.get("CXX", "g++")) is None and shutil.which("c++") is None:
-        raise AotError("no C++ compiler found (g++): install one (Debian: apt install g++) to compile the model "
-                       "for this CPU; play runs eagerly meanwhile")
+    missing = compiler_missing()
+    if missing:
+        raise AotError(missing)
     root = Path(root) if root is not None else cache_root()
     key = package_key(model, window, sink)
     final = root / key
@@ -182,6 +182,14 @@ def build(model, window: int, sink: int, *, root: Path | None = None, compile_th
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def compiler_missing() -> str | None:
+    """Why nothing can be compiled here (no C++ compiler), or None."""
+    if shutil.which(os.environ.get("CXX", "g++")) is None and shutil.which("c++") is None:
+        return ("no C++ compiler found (g++): install one (Debian: apt install g++) to compile the model for this "
+                "CPU; play runs eagerly meanwhile")
+    return None
 
 
 def find(model, window: int, sink: int, root: Path | None = None) -> Path | None:

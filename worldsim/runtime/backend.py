@@ -161,6 +161,10 @@ class ModelBackend:
         if st.build is None and aot.build_running(st.key):  # another worker's build (a restarted worker's predecessor)
             st.state = "building"
             return
+        if st.build is None and aot.compiler_missing():
+            st.state = "unavailable"
+            _warn(f"compiled forwards: {aot.compiler_missing()}")
+            return
         if st.build is None:
             st.build = aot.build_in_background(self.source["checkpoint"], self.source.get("dtype", "auto"), *layout)
             st.state = "building" if st.build is not None else "unavailable"
