@@ -300,3 +300,20 @@ def test_play_compile_setting_is_checked(tmp_path, capsys):
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     assert play_main(["--headless", "--checkpoint", str(tmp_path / "none.safetensors"), "compile=fast"]) == 2
     assert "compile must be" in capsys.readouterr().err  # before the checkpoint is even looked at
+
+
+def test_a_failing_graph_falls_back_to_eager_for_good():
+    m = tiny()
+    eager, graph = engines(m, 2)
+    fw = traced_forwards(m)
+    aot.attach(graph, fw)
+
+    def broken(*args):
+        raise RuntimeError("simulated fault in the compiled code")
+
+    fw.runners[(1, 0)] = fw.runners[(2, 1)] = broken
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match="simulated fault.*eagerly from here on"):
+        torch.testing.assert_close(graph.step(1), eager.step(1), atol=2e-5, rtol=1e-5)
+    assert graph.compiled is None
+    with torch.no_grad():
+        torch.testing.assert_close(graph.step(2), eager.step(2), atol=2e-5, rtol=1e-5)

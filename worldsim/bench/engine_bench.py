@@ -138,9 +138,14 @@ def bench_setting(model, base: EngineConfig, chunk: int, steps: int, dtype: torc
     }
 
 
-def long_run(model, base: EngineConfig, frames: int, dtype=torch.bfloat16, device=torch.device("cpu")) -> dict:
+def long_run(model, base: EngineConfig, frames: int, dtype=torch.bfloat16, device=torch.device("cpu"),
+             compiled=None) -> dict:
     """Cost and memory at the start and end of a long session (flat if the cache rolls)."""
     eng = Engine(model.to(device, dtype), replace(base, chunk=1, steps=2), device=device, dtype=torch.float32)
+    if compiled is not None:
+        from worldsim.engine.aot import attach
+
+        attach(eng, compiled)
     mc = model.cfg
     eng.reset(1)
     eng.prefill(torch.zeros(1, 8, mc.channels, mc.resolution, mc.resolution))
@@ -156,7 +161,8 @@ def long_run(model, base: EngineConfig, frames: int, dtype=torch.bfloat16, devic
                 gpu.append(torch.cuda.memory_allocated(device) / 2**20)
     first = percentiles(times[:100])["p50"]
     last = percentiles(times[-100:])["p50"]
-    out = {"frames": frames, "ms_per_frame_p50_first100": first, "ms_per_frame_p50_last100": last,
+    out = {"frames": frames, "compiled": eng.compiled is not None,
+           "ms_per_frame_p50_first100": first, "ms_per_frame_p50_last100": last,
            "max_rss_mb_at_100": rss[0], "max_rss_mb_at_end": rss[-1], "kv_cache_bytes": eng.cache.nbytes()}
     if gpu:
         out.update(gpu_allocated_mb_at_100=gpu[0], gpu_allocated_mb_at_end=gpu[-1])
@@ -248,9 +254,11 @@ def main(argv=None) -> int:
               "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
               "cpu_count": os.cpu_count(), "device": where, "kernels": kernels_used}
     if args.long:
-        lr = long_run(model, base, args.long, device=device)
+        lr = long_run(model, base, args.long, device=device,
+                      compiled=_compiled_for(model, base, torch.bfloat16, source) if args.compiled else None)
         result["long_run"] = lr
-        print(f"long run {lr['frames']} frames (frame-wise 2-step bf16): ms/frame p50 first 100 "
+        print(f"long run {lr['frames']} frames (frame-wise 2-step bf16{', compiled' if lr['compiled'] else ''}): "
+              f"ms/frame p50 first 100 "
               f"{lr['ms_per_frame_p50_first100']:.2f}, last 100 {lr['ms_per_frame_p50_last100']:.2f}; max RSS "
               f"{lr['max_rss_mb_at_100']:.0f} MB at 100 -> {lr['max_rss_mb_at_end']:.0f} MB at end; KV cache "
               f"{lr['kv_cache_bytes'] / 1e6:.2f} MB")

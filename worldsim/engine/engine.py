@@ -26,6 +26,7 @@ Anchored models (``model.cfg.anchor``) also get, for every frame, the clean fram
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -118,7 +119,13 @@ class Engine:
     def _forward(self, x, sigma, actions, pos, anchor, drop_first: int = 0):
         aot = self.compiled
         if aot is not None and aot.accepts(self, x.shape[1], drop_first):
-            return aot(self, x, sigma, actions, pos, anchor, drop_first)
+            try:
+                return aot(self, x, sigma, actions, pos, anchor, drop_first)
+            except Exception as e:  # an accelerator must not take play down: eager from here on
+                # (the graph writes only this call's scratch slots, which the eager forward rewrites)
+                self.compiled = None
+                warnings.warn(f"compiled forward failed ({type(e).__name__}: {str(e)[:200]}); "
+                              f"the engine runs eagerly from here on", RuntimeWarning, stacklevel=2)
         with autocast(self.device, self.dtype):
             return self.model_fn(x, sigma, actions, frame_pos=pos, chunk=self.cfg.chunk, cache=self.cache,
                                  anchor=anchor, drop_first=drop_first).float()
