@@ -154,6 +154,9 @@ def build(model, window: int, sink: int, *, root: Path | None = None, compile_th
     if (final / "meta.json").is_file():
         return final
     root.mkdir(parents=True, exist_ok=True)
+    for old in root.glob(f".{key}.*.tmp"):  # left by a build that was killed (a booth switched off mid-build)
+        if not _pid_alive(old.name.split(".")[-2]):
+            shutil.rmtree(old, ignore_errors=True)
     tmp = root / f".{key}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -235,15 +238,20 @@ def _stale(lock: Path) -> bool:
         age = time.time() - lock.stat().st_mtime
     except (OSError, ValueError):
         return True
-    if age > LOCK_STALE_S:
-        return True
+    return age > LOCK_STALE_S or not _pid_alive(pid)
+
+
+def _pid_alive(pid) -> bool:
     try:
+        pid = int(pid)
+        if pid <= 0:
+            return False
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # alive, another user's
         return True
-    except PermissionError:
-        pass
-    return False
+    return True
 
 
 def build_in_background(checkpoint: str, dtype: str, window: int, sink: int) -> subprocess.Popen | None:
