@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from worldsim.errors import WorldsimError
+from worldsim.model.dit import param_slots, weights_stamp
 
 FORMAT = 1  # bump when the graphs' inputs or what they compute change: old packages are then not found
 GRAPHS = ((2, 1), (1, 0))  # (frames in, first frames dropped): the fused cache write, a later step
@@ -299,7 +300,7 @@ class CompiledForwards:
         self.runners, self.meta, self.path = runners, meta, path
         self.window, self.sink = int(meta["window"]), int(meta["sink"])
         self.key = meta["key"]
-        self._stamp = None  # the bound model's weights (identity, version) when attached
+        self._stamp = self._slots = None  # the bound model's weights (identity, version) when attached
 
     @classmethod
     def load(cls, path: str | Path) -> "CompiledForwards":
@@ -330,7 +331,8 @@ class CompiledForwards:
         if key != self.key:
             raise AotError(f"compiled package '{self.path}' was built for other weights or settings "
                            f"(key {self.key}, this model {key}); run 'worldsim compile' for this checkpoint")
-        self._stamp = _weights_stamp(model)
+        self._slots = param_slots(model)
+        self._stamp = weights_stamp(self._slots)
 
     def accepts(self, engine, frames: int, drop: int) -> bool:
         cache = engine.cache
@@ -342,7 +344,7 @@ class CompiledForwards:
             return False  # autocast (fp32 weights run in bf16) or training: the eager path
         if cache.k[0].dtype != engine.model.patch_embed.weight.dtype:  # not written yet (dtype decided on write)
             return False
-        return self._stamp is not None and _weights_stamp(engine.model) == self._stamp
+        return self._stamp is not None and weights_stamp(self._slots) == self._stamp
 
     def __call__(self, engine, x, sigma, actions, pos, anchor, drop: int) -> torch.Tensor:
         m, cache = engine.model, engine.cache
@@ -358,10 +360,6 @@ class CompiledForwards:
         out = self.runners[(frames, drop)](*args)
         cache.pending = frames  # as write_scratch leaves it: the engine commits the clean frames next
         return out
-
-
-def _weights_stamp(model) -> tuple:
-    return tuple((p.data_ptr(), p._version) for p in model.parameters())
 
 
 def attach(engine, forwards: CompiledForwards | None, key: str | None = None) -> None:
