@@ -27,7 +27,7 @@ for bit the session played eagerly, as a session on another machine would not be
 Where the packages live: ``$WORLDSIM_CACHE_DIR/aot/<key>`` (default ``~/.cache/worldsim/aot``), one
 directory per (weights, model config, window, sink, dtype, torch version, CPU capability), written to a
 temporary name and renamed when complete, so a reader never sees half a package. Building takes
-~1-2 minutes on the target (``worldsim compile``, or play.py in the background); loading ~2-4 s.
+~1 minute on the target (``worldsim compile``, or play.py in the background); loading ~10 ms.
 """
 
 from __future__ import annotations
@@ -317,7 +317,7 @@ class CompiledForwards:
         for frames, drop in GRAPHS:
             f = path / _graph_file(frames, drop)
             try:
-                runners[(frames, drop)] = torch._inductor.aoti_load_package(str(f))
+                runners[(frames, drop)] = _load_graph(f)
             except Exception as e:  # a truncated or foreign file: the loader's own message, shortened
                 raise AotError(f"compiled graph '{f}' does not load ({type(e).__name__}: {str(e)[:120]}); delete "
                                f"'{path}' and run 'worldsim compile' again") from None
@@ -360,6 +360,27 @@ class CompiledForwards:
         out = self.runners[(frames, drop)](*args)
         cache.pending = frames  # as write_scratch leaves it: the engine commits the clean frames next
         return out
+
+
+class _Graph:
+    """One compiled graph, called with its flat tensor inputs; returns its one output."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+        return self.loader.boxed_run(list(args))[0]
+
+
+def _load_graph(f: Path):
+    """The package's runner through torch's C++ loader: 5 ms, where ``torch._inductor.aoti_load_package``
+    first imports Inductor and dynamo and probes the CPU's vector ISA by compiling test programs (~6 s
+    on the target, in every new play worker); the ISA is part of our key already. Falls back to the
+    public loader if this torch has no such class."""
+    loader_cls = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
+    if loader_cls is None:
+        return torch._inductor.aoti_load_package(str(f))
+    return _Graph(loader_cls(str(f), "model", False, 1, -1))
 
 
 def attach(engine, forwards: CompiledForwards | None, key: str | None = None) -> None:

@@ -127,8 +127,9 @@ class ModelBackend:
 
     # -- compiled forwards (worldsim.engine.aot) -----------------------------------------------
     def prepare(self) -> None:
-        """Load the compiled forwards if they are built (2-4 s: a worker calls this as it starts, outside
-        the stall clock); with ``compiled="auto"`` start building them in the background if not."""
+        """Load the compiled forwards if they are built (~10 ms, and ~10 ms to hash the weights for their key; a
+        worker calls this as it starts, outside the stall clock); with ``compiled="auto"`` start building them
+        in the background if not."""
         self._poll_compiled(load_now=True)
 
     def _aot_usable(self) -> bool:

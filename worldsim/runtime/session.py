@@ -283,7 +283,7 @@ class Session:
     def _work(self, epoch: int, backend, seed: int) -> None:
         try:
             # A process backend starts its child (which prepares the backend there); a backend in this
-            # thread prepares here (compiled forwards: seconds to load). Neither is a stalled generation.
+            # thread prepares here (compiled forwards: found and loaded). Neither is a stalled generation.
             start = getattr(backend, "start_worker", None) or getattr(backend, "prepare", None)
             if start is not None:
                 start()
