@@ -199,7 +199,7 @@ def test_package_refuses_a_damaged_graph(built, tmp_path):
     shutil.copytree(path, bad)
     g = bad / "forward_t2_d1.pt2"
     g.write_bytes(g.read_bytes()[:1000])  # truncated
-    with pytest.raises(aot.AotError, match="does not load.*worldsim compile"):
+    with pytest.raises(aot.AotError, match="does not load.*worldsim compile --force"):
         aot.CompiledForwards.load(bad)
 
 
@@ -317,3 +317,24 @@ def test_a_failing_graph_falls_back_to_eager_for_good():
     assert graph.compiled is None
     with torch.no_grad():
         torch.testing.assert_close(graph.step(2), eager.step(2), atol=2e-5, rtol=1e-5)
+
+
+def test_auto_mode_sets_a_damaged_package_aside_and_builds_it_again(built, tmp_path, monkeypatch, capsys):
+    from worldsim.runtime import load_playable
+
+    ckpt, _, path = built
+    monkeypatch.setenv("WORLDSIM_CACHE_DIR", str(tmp_path))
+    bad = aot.cache_root() / path.name
+    shutil.copytree(path, bad)
+    g = bad / "forward_t1_d0.pt2"
+    g.write_bytes(g.read_bytes()[:500])  # a copy cut short
+    fake = FakeBuild()
+    monkeypatch.setattr(aot, "build_in_background", fake)
+    b = load_playable(ckpt, dtype="fp32").backend
+    b.compiled_mode, b.source = "auto", {"checkpoint": str(ckpt), "dtype": "fp32"}
+    b.prepare()
+    assert not bad.exists() and len(list(aot.cache_root().glob(f".bad-*-{path.name}"))) == 1
+    assert "set aside, building them again" in capsys.readouterr().err
+    b.reset(0)
+    b.step(0)  # the next poll starts the build; play goes on eagerly
+    assert fake.calls == [(str(ckpt), "fp32", WINDOW, SINK)] and b.settings["compiled"] is False

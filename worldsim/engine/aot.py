@@ -227,6 +227,20 @@ def build_lock(key: str, root: Path | None = None):
     yield False
 
 
+def discard(path: Path) -> Path | None:
+    """Move a damaged package out of the way (renamed ``.bad-<time>-<key>`` beside it, kept for a look;
+    older set-aside copies of the same key are removed), so that it is built again. None if it could not."""
+    path = Path(path)
+    for old in path.parent.glob(f".bad-*-{path.name}"):
+        shutil.rmtree(old, ignore_errors=True)
+    dest = path.parent / f".bad-{int(time.time())}-{path.name}"
+    try:
+        os.replace(path, dest)
+    except OSError:
+        return None
+    return dest
+
+
 def build_running(key: str, root: Path | None = None) -> bool:
     """Whether a live process holds the build lock of ``key``."""
     lock = (Path(root) if root is not None else cache_root()) / f".{key}.lock"
@@ -308,8 +322,8 @@ class CompiledForwards:
         try:
             meta = json.loads((path / "meta.json").read_text())
         except (OSError, ValueError) as e:
-            raise AotError(f"compiled package '{path}' has no readable meta.json ({e}); delete the directory "
-                           f"and run 'worldsim compile' again") from None
+            raise AotError(f"compiled package '{path}' has no readable meta.json ({e}); run 'worldsim compile "
+                           f"--force' to build it again") from None
         if meta.get("format") != FORMAT or meta.get("torch") != torch.__version__:
             raise AotError(f"compiled package '{path}' was built for format {meta.get('format')} / torch "
                            f"{meta.get('torch')}; this is format {FORMAT} / torch {torch.__version__}: run 'worldsim compile'")
@@ -319,8 +333,8 @@ class CompiledForwards:
             try:
                 runners[(frames, drop)] = _load_graph(f)
             except Exception as e:  # a truncated or foreign file: the loader's own message, shortened
-                raise AotError(f"compiled graph '{f}' does not load ({type(e).__name__}: {str(e)[:120]}); delete "
-                               f"'{path}' and run 'worldsim compile' again") from None
+                raise AotError(f"compiled graph '{f}' does not load ({type(e).__name__}: {str(e)[:120]}); run "
+                               f"'worldsim compile --force' to build it again") from None
         return cls(runners, meta, path)
 
     def bind(self, model, key: str | None = None) -> None:

@@ -189,6 +189,14 @@ class ModelBackend:
         try:
             forwards = aot.CompiledForwards.load(path)
         except aot.AotError as e:
+            st.failures += 1
+            if self.compiled_mode == "auto" and self.source is not None and st.failures < 3:
+                # a damaged package in our own cache (a disk fault, a copy cut short): set it aside and
+                # build it again, as an unattended booth must
+                aot.discard(path)
+                st.state, st.next_poll = "idle", 0.0
+                _warn(f"compiled forwards: {e}; set aside, building them again (playing eagerly meanwhile)")
+                return
             st.state = "unavailable"
             _warn(f"compiled forwards: {e}; playing eagerly")
             return

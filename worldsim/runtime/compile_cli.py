@@ -71,6 +71,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sink", type=int, default=-1, help="sink frames, as play.py's sink= (-1: the checkpoint's)")
     ap.add_argument("--compile-threads", type=int, default=None, help="Inductor compile workers (default: its own choice)")
     ap.add_argument("--no-check", action="store_true", help="skip the eager-vs-compiled check after building")
+    ap.add_argument("--force", action="store_true", help="build again even if built (a damaged package is set aside)")
     ap.add_argument("--json", help="write the result (package, build seconds, check) to this file")
     ap.add_argument("--quiet", action="store_true", help="print only errors and the final line")
     ap.add_argument("overrides", nargs="*", help="window=W sink=S (as the flags; what play.py's background build passes)")
@@ -94,6 +95,10 @@ def main(argv=None) -> int:
     model, window, sink = b.model, b.cfg.window, b.cfg.sink
     say = (lambda *a: None) if args.quiet else print
     existing = aot.find(model, window, sink)
+    if existing is not None and args.force:
+        aside = aot.discard(existing)
+        say(f"set the built package aside: {aside}")
+        existing = None
     t0 = time.perf_counter()
     if existing is not None:
         path = existing
