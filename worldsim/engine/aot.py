@@ -270,9 +270,10 @@ def _pid_alive(pid) -> bool:
 
 
 def build_in_background(checkpoint: str, dtype: str, window: int, sink: int) -> subprocess.Popen | None:
-    """Start ``worldsim compile`` for this checkpoint in a low-priority process on every core (the
-    player's pinned generation core included: at nice 19 it takes only what play leaves idle). Its
-    output goes to ``<cache>/aot/build.log``. None if it could not start."""
+    """Start ``worldsim compile`` for this checkpoint in a low-priority process (nice 19). Called from a
+    pinned generation process, it runs on the other cores (the display's, which sleeps most of a frame),
+    so the frames being generated meanwhile keep their core; unpinned, on every core. Its output goes to
+    ``<cache>/aot/build.log``. None if it could not start."""
     root = cache_root()
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -281,10 +282,8 @@ def build_in_background(checkpoint: str, dtype: str, window: int, sink: int) -> 
         return None
     cores = None
     if hasattr(os, "sched_getaffinity"):
-        try:
-            cores = set(range(os.cpu_count() or 1))
-        except Exception:
-            cores = None
+        every = set(range(os.cpu_count() or 1))
+        cores = (every - os.sched_getaffinity(0)) or every
 
     def _lower():  # in the child, before exec
         os.nice(19)
