@@ -41,21 +41,21 @@ class Counting:
         return self.fn(*args)
 
 
-def traced_forwards(model, window=WINDOW, sink=SINK) -> aot.CompiledForwards:
+def traced_forwards(model, window=WINDOW, sink=SINK, chunk=1) -> aot.CompiledForwards:
     """The graphs that get exported, run eagerly in place of the compiled ones."""
     prefix = (sink + window) * model.cfg.tokens_per_frame
-    runners = {(t, d): Counting(aot.SteadyForward(model, t, d, prefix)) for t, d in aot.GRAPHS}
-    meta = {"window": window, "sink": sink, "key": aot.package_key(model, window, sink)}
+    runners = {(t, d): Counting(aot.SteadyForward(model, t, d, prefix, chunk)) for t, d in aot.graphs(chunk)}
+    meta = {"window": window, "sink": sink, "chunk": chunk, "key": aot.package_key(model, window, sink, chunk)}
     return aot.CompiledForwards(runners, meta, path="<traced>")
 
 
-def engines(model, steps, context=8, sampler="renoise", window=WINDOW, sink=SINK, seed=0):
+def engines(model, steps, context=8, sampler="renoise", window=WINDOW, sink=SINK, seed=0, chunk=1):
     out = []
     g = torch.Generator().manual_seed(seed)
     ctx = torch.rand(1, context, 3, 16, 16, generator=g) * 2 - 1
     acts = torch.randint(0, 5, (1, context), generator=g)
     for _ in range(2):
-        e = Engine(model, EngineConfig(steps=steps, window=window, sink=sink, sampler=sampler, seed=3))
+        e = Engine(model, EngineConfig(steps=steps, window=window, sink=sink, sampler=sampler, seed=3, chunk=chunk))
         e.reset(1)
         e.prefill(ctx, acts)
         out.append(e)
@@ -78,6 +78,21 @@ def test_traced_graph_engine_matches_eager(anchor, steps, sampler):
             torch.testing.assert_close(graph.step(t % 5), eager.step(t % 5), atol=2e-5, rtol=1e-5)
     assert calls(fw) == 20 * steps  # every forward went through the graph (the cache was full after prefill)
     torch.testing.assert_close(graph.cache.k[0], eager.cache.k[0], atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+def test_traced_chunk_wise_graphs_match_eager(steps):
+    m = tiny(temporal_every=1)
+    eager, graph = engines(m, steps, chunk=3, context=9)
+    fw = traced_forwards(m, chunk=3)
+    aot.attach(graph, fw)
+    with torch.no_grad():
+        for t in range(8):  # 24 frames: the ring wraps several times
+            a = torch.tensor([[t % 5, (t + 1) % 5, (t + 2) % 5]])
+            torch.testing.assert_close(graph.step(a), eager.step(a), atol=2e-5, rtol=1e-5)
+    assert calls(fw) == 8 * steps
+    with pytest.raises(aot.AotError, match="chunk 3; the engine has 6 \\+ 1, chunk 1"):
+        aot.attach(Engine(m, EngineConfig(window=WINDOW, sink=SINK)), fw)
 
 
 def test_graph_only_once_the_cache_is_full_and_for_one_frame_wise_row():
@@ -120,12 +135,12 @@ def test_key_follows_weights_and_layout_and_attach_checks_them():
     a, b = tiny(seed=0), tiny(seed=1)
     assert aot.package_key(a, 6, 1) == aot.package_key(tiny(seed=0), 6, 1)
     assert len({aot.package_key(a, 6, 1), aot.package_key(b, 6, 1), aot.package_key(a, 4, 1),
-                aot.package_key(a, 6, 0)}) == 4
+                aot.package_key(a, 6, 0), aot.package_key(a, 6, 1, chunk=3)}) == 5
     fw = traced_forwards(a)
     e = Engine(b, EngineConfig(window=WINDOW, sink=SINK))
     with pytest.raises(aot.AotError, match="other weights"):
         aot.attach(e, fw)
-    with pytest.raises(aot.AotError, match="window 6 \\+ sink 1.*worldsim compile --window 4"):
+    with pytest.raises(aot.AotError, match="window 6 \\+ sink 1.*worldsim compile --window 4 --sink 1 --chunk 1"):
         aot.attach(Engine(a, EngineConfig(window=4, sink=SINK)), fw)
 
 
@@ -237,8 +252,8 @@ class FakeBuild:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, checkpoint, dtype, window, sink):
-        self.calls.append((checkpoint, dtype, window, sink))
+    def __call__(self, checkpoint, dtype, window, sink, chunk=1):
+        self.calls.append((checkpoint, dtype, window, sink, chunk))
         return self
 
     def poll(self):
@@ -257,7 +272,7 @@ def test_auto_mode_builds_in_the_background_and_switches_mid_session(built, tmp_
     b = load_playable(ckpt, dtype="fp32").backend
     b.compiled_mode, b.source = "auto", {"checkpoint": str(ckpt), "dtype": "fp32"}
     b.prepare()
-    assert fake.calls == [(str(ckpt), "fp32", WINDOW, SINK)] and b.describe()["compiled"]["state"] == "building"
+    assert fake.calls == [(str(ckpt), "fp32", WINDOW, SINK, 1)] and b.describe()["compiled"]["state"] == "building"
     b.reset(0)
     b.step(0)
     assert b.settings["compiled"] is False  # eager while it builds
@@ -270,6 +285,12 @@ def test_auto_mode_builds_in_the_background_and_switches_mid_session(built, tmp_
     b.step(0)
     assert b.settings["compiled"] is True and b.engine.compiled is not None
     assert len(fake.calls) == 1
+    b.configure(chunk=3)  # chunk-wise play: its own package, built when first used
+    b.step(0)
+    assert fake.calls[-1] == (str(ckpt), "fp32", WINDOW, SINK, 3) and b.settings["compiled"] is False
+    b.configure(chunk=1)  # back to frame-wise: the loaded package at once
+    b.step(0)
+    assert b.settings["compiled"] is True
 
 
 def test_auto_mode_without_a_compiler_plays_eagerly_and_says_why(built, tmp_path, monkeypatch, capsys):
@@ -337,4 +358,4 @@ def test_auto_mode_sets_a_damaged_package_aside_and_builds_it_again(built, tmp_p
     assert "set aside, building them again" in capsys.readouterr().err
     b.reset(0)
     b.step(0)  # the next poll starts the build; play goes on eagerly
-    assert fake.calls == [(str(ckpt), "fp32", WINDOW, SINK)] and b.settings["compiled"] is False
+    assert fake.calls == [(str(ckpt), "fp32", WINDOW, SINK, 1)] and b.settings["compiled"] is False

@@ -96,7 +96,7 @@ def bench_setting(model, base: EngineConfig, chunk: int, steps: int, dtype: torc
         unpack_linears(m)
     cfg = replace(base, chunk=chunk, steps=steps, sampler="renoise", timesteps=[])
     eng = Engine(m, cfg, device=device, dtype=torch.float32)
-    if compiled is not None and chunk == 1:  # worldsim.engine.aot: the steady-state forwards, compiled
+    if compiled is not None:  # worldsim.engine.aot: the steady-state forwards, compiled
         from worldsim.engine.aot import attach
 
         attach(eng, compiled)
@@ -169,17 +169,23 @@ def long_run(model, base: EngineConfig, frames: int, dtype=torch.bfloat16, devic
     return out
 
 
-def _compiled_for(model, base: EngineConfig, dtype: torch.dtype, source: str):
-    """The compiled forwards of ``model`` in ``dtype`` for its cache layout, built by ``worldsim compile``."""
+def _compiled_for(model, base: EngineConfig, dtype: torch.dtype, source: str, chunk: int = 1):
+    """The compiled forwards of ``model`` in ``dtype`` for its cache layout and ``chunk``, built by
+    ``worldsim compile``: frame-wise ones must exist (a one-line error), a chunk size without a package
+    is timed eagerly (said in a note)."""
     from worldsim.engine import aot
     from worldsim.errors import WorldsimError
 
     m = model.to("cpu", dtype)
-    path = aot.find(m, base.window, base.sink)
-    if path is None:
-        name = "bf16" if dtype == torch.bfloat16 else "fp32"
+    path = aot.find(m, base.window, base.sink, chunk=chunk)
+    name = "bf16" if dtype == torch.bfloat16 else "fp32"
+    build = f"worldsim compile --checkpoint {source} --dtype {name}" + (f" --chunk {chunk}" if chunk > 1 else "")
+    if path is None and chunk == 1:
         raise WorldsimError(f"no compiled forwards for {source} in {name} (window {base.window} + sink {base.sink}) "
-                            f"under {aot.cache_root()}: run 'worldsim compile --checkpoint {source} --dtype {name}' first")
+                            f"under {aot.cache_root()}: run '{build}' first")
+    if path is None:
+        print(f"note: no compiled forwards for chunk {chunk} in {name}: those rows run eagerly ('{build}' builds them)")
+        return None
     return aot.CompiledForwards.load(path)
 
 
@@ -241,10 +247,11 @@ def main(argv=None) -> int:
     print(hdr)
     for dname in dtypes:
         dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dname]
-        compiled = _compiled_for(model, base, dtype, source) if args.compiled else None
+        compiled = {c: _compiled_for(model, base, dtype, source, c) for c in sorted({c for c, _ in SETTINGS})} \
+            if args.compiled else {}
         for chunk, steps in SETTINGS:
             row = bench_setting(model, base, chunk, steps, dtype, iters, warmup=10 if args.quick else 20,
-                                device=device, pack=not args.no_pack, compiled=compiled)
+                                device=device, pack=not args.no_pack, compiled=compiled.get(chunk))
             row["fraction_of_bf16_peak"] = row["gflops_achieved"] / peak
             rows.append(row)
             print(f"{chunk:>5} {steps:>5} {dname:>5} {row['fps']:>7.1f} {row['ms_per_frame_p50']:>12.2f} "

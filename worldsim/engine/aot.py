@@ -1,23 +1,26 @@
-"""Ahead-of-time compiled forwards for frame-wise play on the CPU (torch.export + AOTInductor).
+"""Ahead-of-time compiled forwards for play on the CPU (torch.export + AOTInductor).
 
 Why. The default model is tiny (64 tokens a frame, 2M parameters): a 2-step frame is ~0.25 GFLOP,
 yet an eager frame takes 12-18 ms on the 2-core CPU, 2-3% of its bf16 peak. Nearly all of it is
 per-op overhead: ~2,000 ATen calls a frame, each dispatched from Python. Once the KV cache is full,
-though, every frame-wise step has the same shapes. There are two forwards:
+though, every step of a session has the same shapes. There are two forwards per chunk size C
+(frame-wise: C = 1):
 
-    (2, 1)  the fused cache write: [clean frame k | noisy frame k+1], the first frame's outputs dropped
-    (1, 0)  any later denoising step of frame k+1
+    (2C, C)  the fused cache write: [clean chunk k | noisy chunk k+1], the first C frames' outputs dropped
+    (C, 0)   any later denoising step of chunk k+1
 
 Each is exported (``torch.export``) as one graph over fixed shapes, with the KV cache buffers as
 inputs it writes in place, and compiled by Inductor ahead of time into one C++ function: weights frozen
 in (the linears packed for oneDNN), the pointwise ops fused into a few loops, no Python between ops.
-On the 2-core target one forward drops from ~7 ms (fused) and ~5.5 ms (plain) eager to ~3.9 and ~3.0.
+On the 2-core target one frame-wise forward drops from ~7 ms (fused) and ~5.5 ms (plain) eager to ~3.9
+and ~3.0. A package holds one chunk size's two graphs: play builds the frame-wise one first and a
+chunk-wise one when chunk-wise play is first used.
 
 What stays eager: everything between forwards (noise, the re-noising update, the cache commit and the
 sinks' re-rotation), the first frames after a reset while the cache fills (none after the usual
-8-frame prefill), other batch sizes and chunk-wise play. ``CompiledForwards.accepts`` decides per call;
-the engine falls back to the eager forward whenever it says no, so the compiled path is an
-accelerator, never a requirement.
+8-frame prefill), other batch sizes and chunk sizes without a package. ``CompiledForwards.accepts``
+decides per call; the engine falls back to the eager forward whenever it says no, so the compiled path
+is an accelerator, never a requirement.
 
 Numbers. The graph computes what the eager forward computes, in the same dtypes, but Inductor keeps
 fused intermediates in fp32 where eager rounds each op's output to bf16: outputs differ by bf16
@@ -25,7 +28,7 @@ rounding (~1e-2 at most on x0 in [-1, 1]; the tests bound it). A session played 
 for bit the session played eagerly, as a session on another machine would not be.
 
 Where the packages live: ``$WORLDSIM_CACHE_DIR/aot/<key>`` (default ``~/.cache/worldsim/aot``), one
-directory per (weights, model config, window, sink, dtype, torch version, CPU capability), written to a
+directory per (weights, model config, window, sink, chunk, dtype, torch version, CPU capability), written to a
 temporary name and renamed when complete, so a reader never sees half a package. Building takes
 ~1 minute on the target (``worldsim compile``, or play.py in the background); loading ~10 ms.
 """
@@ -49,8 +52,7 @@ from torch import nn
 from worldsim.errors import WorldsimError
 from worldsim.model.dit import param_slots, weights_stamp
 
-FORMAT = 1  # bump when the graphs' inputs or what they compute change: old packages are then not found
-GRAPHS = ((2, 1), (1, 0))  # (frames in, first frames dropped): the fused cache write, a later step
+FORMAT = 2  # bump when the graphs' inputs or what they compute change: old packages are then not found
 LOCK_STALE_S = 1800.0  # a build lock older than this (or whose process is gone) is taken over
 
 
@@ -64,21 +66,28 @@ def cache_root() -> Path:
 
 
 # -- what a package is specialised to -----------------------------------------------------------
-def spec(model, window: int, sink: int) -> dict[str, Any]:
+def graphs(chunk: int = 1) -> tuple[tuple[int, int], ...]:
+    """(frames in, first frames dropped) of a package's two graphs: the fused cache write [clean chunk |
+    noisy chunk], and any later step of a chunk. One package per chunk size (frame-wise: chunk 1)."""
+    return ((2 * chunk, chunk), (chunk, 0))
+
+
+def spec(model, window: int, sink: int, chunk: int = 1) -> dict[str, Any]:
     """Everything the compiled graphs depend on besides the weights' values."""
     import dataclasses
 
     mc = model.cfg
     return {
         "format": FORMAT, "model_config": dataclasses.asdict(mc), "window": int(window), "sink": int(sink),
-        "dtype": str(model.patch_embed.weight.dtype).removeprefix("torch."), "torch": torch.__version__,
-        "cpu": torch.backends.cpu.get_cpu_capability(), "graphs": [list(g) for g in GRAPHS],
+        "chunk": int(chunk), "dtype": str(model.patch_embed.weight.dtype).removeprefix("torch."),
+        "torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability(),
+        "graphs": [list(g) for g in graphs(chunk)],
     }
 
 
-def package_key(model, window: int, sink: int) -> str:
+def package_key(model, window: int, sink: int, chunk: int = 1) -> str:
     """sha256 of the spec and every weight's bytes (2M parameters: ~10 ms)."""
-    h = hashlib.sha256(json.dumps(spec(model, window, sink), sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps(spec(model, window, sink, chunk), sort_keys=True).encode())
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -111,24 +120,25 @@ class SteadyForward(nn.Module):
     ``forward(x, cond, rot, [anchor], *k_layers, *v_layers) -> x0`` (B, frames - drop, 3, H, W) float32.
     cond: ``model.conditioning`` (B, frames, 6 * depth + 2, dim); rot: ``rope.real_rotations``."""
 
-    def __init__(self, model, frames: int, drop: int, prefix_tokens: int):
+    def __init__(self, model, frames: int, drop: int, prefix_tokens: int, chunk: int = 1):
         super().__init__()
-        self.model, self.frames, self.drop, self.prefix = model, frames, drop, prefix_tokens
+        self.model, self.frames, self.drop, self.prefix, self.chunk = model, frames, drop, prefix_tokens, chunk
         self.anchored = bool(model.cfg.anchor)
 
     def forward(self, x, cond, rot, *rest):
         anchor, kv = (rest[0], rest[1:]) if self.anchored else (None, rest)
         n = len(kv) // 2
         cache = SteadyCache(list(kv[:n]), list(kv[n:]), self.prefix)
-        out = self.model(x, None, None, chunk=1, cache=cache, anchor=anchor, drop_first=self.drop, cond=cond, rot=rot)
+        out = self.model(x, None, None, chunk=self.chunk, cache=cache, anchor=anchor, drop_first=self.drop, cond=cond,
+                         rot=rot)
         return out.float()
 
 
-def _example_inputs(model, frames: int, window: int, sink: int) -> tuple:
+def _example_inputs(model, frames: int, window: int, sink: int, chunk: int) -> tuple:
     mc = model.cfg
     wd = model.patch_embed.weight.dtype
     N = mc.tokens_per_frame
-    slots = (sink + window + max(2, sink + window)) * N  # as Engine.reset sizes it for chunk 1
+    slots = (sink + window + max(2 * chunk, sink + window)) * N  # as Engine.reset sizes the cache
     x = torch.randn(1, frames, mc.channels, mc.resolution, mc.resolution)
     cond = torch.randn(1, frames, 6 * mc.depth + 2, mc.dim).to(wd)
     rot = model.rope.real_rotations(torch.arange(sink + window, sink + window + frames))
@@ -138,19 +148,22 @@ def _example_inputs(model, frames: int, window: int, sink: int) -> tuple:
 
 
 # -- building ------------------------------------------------------------------------------------
-def build(model, window: int, sink: int, *, root: Path | None = None, compile_threads: int | None = None,
-          log=print) -> Path:
-    """Export and compile both graphs for ``model`` (eval mode, its play dtype, on the CPU) into
-    ``root/<key>``; returns that directory (at once if it exists). Needs a C++ compiler."""
+def build(model, window: int, sink: int, *, chunk: int = 1, root: Path | None = None,
+          compile_threads: int | None = None, log=print) -> Path:
+    """Export and compile both graphs for ``model`` (eval mode, its play dtype, on the CPU) and this cache
+    layout and chunk size into ``root/<key>``; returns that directory (at once if it exists). Needs a C++
+    compiler."""
     if next(model.parameters()).device.type != "cpu":
         raise AotError("compiled forwards are for the CPU; on a GPU the engine runs its Triton kernels")
     if not model.cfg.causal:
         raise AotError("compiled forwards need a causal (student) model with a KV cache")
+    if not 1 <= chunk <= window:
+        raise AotError(f"chunk {chunk} must be between 1 and the window ({window} frames)")
     missing = compiler_missing()
     if missing:
         raise AotError(missing)
     root = Path(root) if root is not None else cache_root()
-    key = package_key(model, window, sink)
+    key = package_key(model, window, sink, chunk)
     final = root / key
     if (final / "meta.json").is_file():
         return final
@@ -169,13 +182,13 @@ def build(model, window: int, sink: int, *, root: Path | None = None, compile_th
     t_all = time.perf_counter()
     try:
         with torch.no_grad(), inductor_config.patch(patches):
-            for frames, drop in GRAPHS:
+            for frames, drop in graphs(chunk):
                 t0 = time.perf_counter()
-                mod = SteadyForward(model, frames, drop, (sink + window) * model.cfg.tokens_per_frame).eval()
-                exported = torch.export.export(mod, _example_inputs(model, frames, window, sink))
+                mod = SteadyForward(model, frames, drop, (sink + window) * model.cfg.tokens_per_frame, chunk).eval()
+                exported = torch.export.export(mod, _example_inputs(model, frames, window, sink, chunk))
                 torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp / _graph_file(frames, drop)))
                 log(f"compiled the {frames}-frame forward (dropping {drop}) in {time.perf_counter() - t0:.0f} s")
-        meta = {**spec(model, window, sink), "key": key, "build_s": round(time.perf_counter() - t_all, 1),
+        meta = {**spec(model, window, sink, chunk), "key": key, "build_s": round(time.perf_counter() - t_all, 1),
                 "built": time.strftime("%Y-%m-%dT%H:%M:%S")}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         try:
@@ -196,9 +209,9 @@ def compiler_missing() -> str | None:
     return None
 
 
-def find(model, window: int, sink: int, root: Path | None = None) -> Path | None:
-    """The package directory for this model and cache layout, if built."""
-    d = (Path(root) if root is not None else cache_root()) / package_key(model, window, sink)
+def find(model, window: int, sink: int, *, chunk: int = 1, root: Path | None = None) -> Path | None:
+    """The package directory for this model, cache layout and chunk size, if built."""
+    d = (Path(root) if root is not None else cache_root()) / package_key(model, window, sink, chunk)
     return d if (d / "meta.json").is_file() else None
 
 
@@ -269,7 +282,7 @@ def _pid_alive(pid) -> bool:
     return True
 
 
-def build_in_background(checkpoint: str, dtype: str, window: int, sink: int) -> subprocess.Popen | None:
+def build_in_background(checkpoint: str, dtype: str, window: int, sink: int, chunk: int = 1) -> subprocess.Popen | None:
     """Start ``worldsim compile`` for this checkpoint in a low-priority process (nice 19). Called from a
     pinned generation process, it runs on the other cores (the display's, which sleeps most of a frame),
     so the frames being generated meanwhile keep their core; unpinned, on every core. Its output goes to
@@ -294,7 +307,7 @@ def build_in_background(checkpoint: str, dtype: str, window: int, sink: int) -> 
                 pass
 
     cmd = [sys.executable, "-m", "worldsim", "compile", "--checkpoint", checkpoint, "--dtype", dtype,
-           "--quiet", "--no-check", f"window={window}", f"sink={sink}", "--compile-threads", "1"]
+           "--quiet", "--no-check", f"window={window}", f"sink={sink}", f"chunk={chunk}", "--compile-threads", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     try:
         return subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -311,7 +324,7 @@ class CompiledForwards:
 
     def __init__(self, runners: dict[tuple[int, int], Any], meta: dict[str, Any], path: Path):
         self.runners, self.meta, self.path = runners, meta, path
-        self.window, self.sink = int(meta["window"]), int(meta["sink"])
+        self.window, self.sink, self.chunk = int(meta["window"]), int(meta["sink"]), int(meta.get("chunk", 1))
         self.key = meta["key"]
         self._stamp = self._slots = None  # the bound model's weights (identity, version) when attached
 
@@ -327,7 +340,7 @@ class CompiledForwards:
             raise AotError(f"compiled package '{path}' was built for format {meta.get('format')} / torch "
                            f"{meta.get('torch')}; this is format {FORMAT} / torch {torch.__version__}: run 'worldsim compile'")
         runners = {}
-        for frames, drop in GRAPHS:
+        for frames, drop in graphs(int(meta.get("chunk", 1))):
             f = path / _graph_file(frames, drop)
             try:
                 runners[(frames, drop)] = _load_graph(f)
@@ -340,7 +353,7 @@ class CompiledForwards:
         """Check that this package was built from ``model``'s weights (by key; pass ``key`` when it is
         known) and remember them: a later change of the weights (training, a load) turns the compiled
         path off rather than run stale ones."""
-        key = key or package_key(model, self.window, self.sink)
+        key = key or package_key(model, self.window, self.sink, self.chunk)
         if key != self.key:
             raise AotError(f"compiled package '{self.path}' was built for other weights or settings "
                            f"(key {self.key}, this model {key}); run 'worldsim compile' for this checkpoint")
@@ -349,7 +362,7 @@ class CompiledForwards:
 
     def accepts(self, engine, frames: int, drop: int) -> bool:
         cache = engine.cache
-        if (frames, drop) not in self.runners or engine.batch != 1 or engine.cfg.chunk != 1:
+        if (frames, drop) not in self.runners or engine.batch != 1 or engine.cfg.chunk != self.chunk:
             return False
         if cache is None or not cache.full or cache.S != self.sink or cache.W != self.window:
             return False
@@ -400,9 +413,10 @@ def attach(engine, forwards: CompiledForwards | None, key: str | None = None) ->
     """Run ``engine``'s steady-state forwards through ``forwards`` (None: eager again); ``key``: the
     engine's package key if already computed."""
     if forwards is not None:
-        if (engine.cfg.window, engine.cfg.sink) != (forwards.window, forwards.sink):
+        have = (engine.cfg.window, engine.cfg.sink, engine.cfg.chunk)
+        if have != (forwards.window, forwards.sink, forwards.chunk):
             raise AotError(f"compiled package '{forwards.path}' is for window {forwards.window} + sink {forwards.sink}, "
-                           f"the engine has {engine.cfg.window} + {engine.cfg.sink}: run 'worldsim compile --window "
-                           f"{engine.cfg.window} --sink {engine.cfg.sink}'")
+                           f"chunk {forwards.chunk}; the engine has {have[0]} + {have[1]}, chunk {have[2]}: run "
+                           f"'worldsim compile --window {have[0]} --sink {have[1]} --chunk {have[2]}'")
         forwards.bind(engine.model, key)
     engine.compiled = forwards

@@ -136,13 +136,12 @@ def attach_compiled(engine, ckpt) -> None:
     """The compiled forwards of this model and cache layout (``worldsim compile``), or a one-line error."""
     from worldsim.engine import aot
 
-    if engine.cfg.chunk != 1:
-        return  # chunk-wise settings have no compiled forwards: eager, as in play
-    path = aot.find(engine.model, engine.cfg.window, engine.cfg.sink)
+    c = engine.cfg
+    path = aot.find(engine.model, c.window, c.sink, chunk=c.chunk)
     if path is None:
-        raise WorldsimError(f"--compiled: no compiled forwards for {ckpt} (window {engine.cfg.window} + sink "
-                            f"{engine.cfg.sink}) under {aot.cache_root()}; run 'worldsim compile --checkpoint {ckpt} "
-                            f"--window {engine.cfg.window} --sink {engine.cfg.sink}' first")
+        raise WorldsimError(f"--compiled: no compiled forwards for {ckpt} (window {c.window} + sink {c.sink}, chunk "
+                            f"{c.chunk}) under {aot.cache_root()}; run 'worldsim compile --checkpoint {ckpt} --window "
+                            f"{c.window} --sink {c.sink} --chunk {c.chunk}' first")
     aot.attach(engine, aot.CompiledForwards.load(path))
 
 

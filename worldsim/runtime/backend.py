@@ -75,13 +75,22 @@ class ModelBackend:
         # built, else build them in a background process and switch to them when ready). ``source`` is
         # what a background build loads: {"checkpoint": path, "dtype": "bf16"}.
         self.compiled_mode, self.source = compiled, source
-        self._aot = _AotState()
+        self._aots: dict[tuple[int, int, int], _AotState] = {}  # per (window, sink, chunk): one package each
 
     def __getstate__(self):  # to a process worker: loaded graphs, threads and processes stay behind
         state = dict(self.__dict__)
-        state["_aot"] = _AotState()
+        state["_aots"] = {}
         state["engine"] = None
         return state
+
+    @property
+    def _aot(self) -> "_AotState":
+        """The compiled-forwards state of the current settings' cache layout and chunk size."""
+        layout = (self.cfg.window, self.cfg.sink, self.cfg.chunk)
+        st = self._aots.get(layout)
+        if st is None:
+            st = self._aots[layout] = _AotState(layout=layout)
+        return st
 
     def _history_len(self, cfg: EngineConfig) -> int:
         return max(len(self.context.actions), cfg.sink + cfg.window)
@@ -93,7 +102,7 @@ class ModelBackend:
     @property
     def settings(self) -> dict[str, Any]:
         return {"chunk": self.cfg.chunk, "steps": len(self.cfg.sigmas()) - 1, "sampler": self.cfg.sampler,
-                "compiled": self._aot.forwards is not None and self.cfg.chunk == 1}
+                "compiled": self.engine is not None and self.engine.compiled is not None}
 
     def describe(self) -> dict[str, Any]:
         return {"backend": "model", "model": self.name, "engine": dataclasses.asdict(self.cfg),
@@ -145,16 +154,16 @@ class ModelBackend:
         st.next_poll = now + COMPILED_POLL_S
         from worldsim.engine import aot
 
-        layout = (self.cfg.window, self.cfg.sink)
-        if st.layout != layout:  # the key hashes the weights: once per cache layout
-            st.layout, st.key = layout, aot.package_key(self.model, *layout)
+        window, sink, chunk = st.layout
+        if not st.key:  # the key hashes the weights: once per layout
+            st.key = aot.package_key(self.model, window, sink, chunk)
         path = aot.cache_root() / st.key
         if (path / "meta.json").is_file():
             if load_now:
-                self._load_compiled(path)
+                self._load_compiled(st, path)
             else:  # mid-session: load beside generation, switch when loaded
                 st.state = "loading"
-                threading.Thread(target=self._load_compiled, args=(path, True), daemon=True,
+                threading.Thread(target=self._load_compiled, args=(st, path, True), daemon=True,
                                  name="worldsim-aot-load").start()
             return
         if self.compiled_mode != "auto" or self.source is None:
@@ -167,13 +176,15 @@ class ModelBackend:
             _warn(f"compiled forwards: {aot.compiler_missing()}")
             return
         if st.build is None:
-            st.build = aot.build_in_background(self.source["checkpoint"], self.source.get("dtype", "auto"), *layout)
+            st.build = aot.build_in_background(self.source["checkpoint"], self.source.get("dtype", "auto"), window, sink,
+                                               chunk)
             st.state = "building" if st.build is not None else "unavailable"
             if st.build is None:
                 _warn("compiled forwards: could not start the background build; playing eagerly")
             else:
-                _warn(f"compiling the model for this CPU in the background (1-3 minutes; playing meanwhile, "
-                      f"faster once done; log: {aot.cache_root() / 'build.log'})")
+                what = "frame-wise" if chunk == 1 else f"chunk-wise (C={chunk})"
+                _warn(f"compiling the model's {what} forwards for this CPU in the background (1-3 minutes; playing "
+                      f"meanwhile, faster once done; log: {aot.cache_root() / 'build.log'})")
         elif st.build.poll() is not None:  # the build ended without a package: a lock held elsewhere, or a failure
             st.build = None
             st.failures += 1
@@ -182,10 +193,9 @@ class ModelBackend:
                 _warn(f"compiled forwards: the background build failed ({aot.cache_root() / 'build.log'}); "
                       f"playing eagerly (worldsim compile shows why)")
 
-    def _load_compiled(self, path, announce: bool = False) -> None:
+    def _load_compiled(self, st: "_AotState", path, announce: bool = False) -> None:
         from worldsim.engine import aot
 
-        st = self._aot
         try:
             forwards = aot.CompiledForwards.load(path)
         except aot.AotError as e:
@@ -202,17 +212,18 @@ class ModelBackend:
             return
         st.forwards, st.state = forwards, "ready"
         if announce:  # the switch mid-session (the step after this attaches them)
-            _warn(f"compiled forwards loaded ({path}): frame-wise steps run them from now on")
+            what = "frame-wise" if st.layout[2] == 1 else f"chunk-wise (C={st.layout[2]})"
+            _warn(f"compiled forwards loaded ({path}): {what} steps run them from now on")
 
     def _attach(self, engine: Engine) -> None:
         from worldsim.engine import aot
 
-        st = self._aot
-        if st.forwards is None or engine.compiled is st.forwards:
+        st = self._aots.get((engine.cfg.window, engine.cfg.sink, engine.cfg.chunk))
+        if st is None or st.forwards is None or engine.compiled is st.forwards:
             return
-        try:  # the key is known when the layout is the one it was computed for: no second hash of the weights
-            aot.attach(engine, st.forwards, key=st.key if st.layout == (engine.cfg.window, engine.cfg.sink) else None)
-        except aot.AotError as e:  # built for another layout (a window switch): eager from here on
+        try:  # the key of this layout is known: no second hash of the weights
+            aot.attach(engine, st.forwards, key=st.key)
+        except aot.AotError as e:  # not this model's (weights changed since): eager for this layout
             st.forwards, st.state = None, "unavailable"
             _warn(f"compiled forwards: {e}; playing eagerly")
 
@@ -267,11 +278,11 @@ COMPILED_POLL_S = 2.0  # how often a session without compiled forwards looks for
 class _AotState:
     """A backend's compiled forwards: never pickled (a process worker loads its own)."""
 
+    layout: tuple  # (window, sink, chunk): what its package is built for
     state: str = "idle"  # idle | building | loading | ready | unavailable
     forwards: Any = None  # worldsim.engine.aot.CompiledForwards once loaded
     build: Any = None  # the background build's Popen
-    layout: tuple | None = None  # (window, sink) the key was computed for
-    key: str = ""
+    key: str = ""  # the package key (hashes the weights: computed once)
     next_poll: float = 0.0
     failures: int = 0
 

@@ -16,12 +16,12 @@ from worldsim.errors import WorldsimError
 
 
 def _time_engine(engine, steps: int) -> float:
-    """Median ms of a frame-wise step over ``steps`` steps."""
+    """Median ms a frame over ``steps`` steps (a step makes one chunk)."""
     times = []
     for _ in range(steps):
         t = time.perf_counter()
         engine.step(0)
-        times.append((time.perf_counter() - t) * 1e3)
+        times.append((time.perf_counter() - t) * 1e3 / engine.cfg.chunk)
     times.sort()
     return times[len(times) // 2]
 
@@ -69,22 +69,26 @@ def main(argv=None) -> int:
                     help="weights dtype, as play.py's dtype= (auto: bf16 where the CPU has native bf16)")
     ap.add_argument("--window", type=int, default=0, help="KV cache window in frames, as play.py's window= (0: the checkpoint's)")
     ap.add_argument("--sink", type=int, default=-1, help="sink frames, as play.py's sink= (-1: the checkpoint's)")
+    ap.add_argument("--chunk", type=int, default=1,
+                    help="frames per chunk the forwards are for (default 1, frame-wise; play.py's chunk-wise C: 3)")
     ap.add_argument("--compile-threads", type=int, default=None, help="Inductor compile workers (default: its own choice)")
     ap.add_argument("--no-check", action="store_true", help="skip the eager-vs-compiled check after building")
     ap.add_argument("--force", action="store_true", help="build again even if built (a damaged package is set aside)")
     ap.add_argument("--json", help="write the result (package, build seconds, check) to this file")
     ap.add_argument("--quiet", action="store_true", help="print only errors and the final line")
-    ap.add_argument("overrides", nargs="*", help="window=W sink=S (as the flags; what play.py's background build passes)")
+    ap.add_argument("overrides", nargs="*", help="window=W sink=S chunk=C (as the flags; what play.py's background build passes)")
     args = ap.parse_args(argv)
     for item in args.overrides:
         k, sep, v = item.partition("=")
-        if not sep or k not in ("window", "sink"):
-            raise WorldsimError(f"unknown override '{item}': worldsim compile takes window=W and sink=S")
+        if not sep or k not in ("window", "sink", "chunk"):
+            raise WorldsimError(f"unknown override '{item}': worldsim compile takes window=W, sink=S and chunk=C")
         try:
             setattr(args, k, int(v))
         except ValueError:
             raise WorldsimError(f"override '{item}' needs an integer value") from None
-    overrides = {}
+    if args.chunk < 1:
+        raise WorldsimError(f"--chunk must be >= 1 (got {args.chunk})")
+    overrides = {"chunk": args.chunk}
     if args.window:
         overrides["window"] = args.window
     if args.sink >= 0:
@@ -92,9 +96,10 @@ def main(argv=None) -> int:
     p = load_playable(args.checkpoint, device="cpu", dtype=None if args.dtype == "auto" else args.dtype,
                       engine_overrides=overrides)
     b = p.backend
-    model, window, sink = b.model, b.cfg.window, b.cfg.sink
+    model, window, sink, chunk = b.model, b.cfg.window, b.cfg.sink, b.cfg.chunk
     say = (lambda *a: None) if args.quiet else print
-    existing = aot.find(model, window, sink)
+    what = "frame-wise" if chunk == 1 else f"chunk-wise C={chunk}"
+    existing = aot.find(model, window, sink, chunk=chunk)
     if existing is not None and args.force:
         aside = aot.discard(existing)
         say(f"set the built package aside: {aside}")
@@ -104,21 +109,22 @@ def main(argv=None) -> int:
         path = existing
         say(f"already compiled: {path}")
     else:
-        say(f"compiling {args.checkpoint} for this CPU ({aot.spec(model, window, sink)['cpu']}, "
-            f"{aot.spec(model, window, sink)['dtype']}, window {window} + sink {sink}): about 1-2 minutes")
-        key = aot.package_key(model, window, sink)
+        sp = aot.spec(model, window, sink, chunk)
+        say(f"compiling {args.checkpoint} ({what}) for this CPU ({sp['cpu']}, {sp['dtype']}, window {window} + sink "
+            f"{sink}): about 1-2 minutes")
+        key = aot.package_key(model, window, sink, chunk)
         with aot.build_lock(key) as mine:
             if not mine:
                 raise WorldsimError(f"another process is compiling this model now ({aot.cache_root()}/.{key}.lock); "
                                     f"wait for it, or delete the lock if no build runs")
-            path = aot.build(model, window, sink, compile_threads=args.compile_threads, log=say)
+            path = aot.build(model, window, sink, chunk=chunk, compile_threads=args.compile_threads, log=say)
     build_s = time.perf_counter() - t0
     result = {"package": str(path), "build_s": round(build_s, 1), "checkpoint": args.checkpoint,
-              "window": window, "sink": sink}
+              "window": window, "sink": sink, "chunk": chunk}
     if not args.no_check:
         forwards = aot.CompiledForwards.load(path)
         result["check"] = c = check(b, forwards)
-        say(f"check ({c['steps']}-step, frame-wise, one state, the same noise): eager and compiled differ by at most "
+        say(f"check ({c['steps']}-step, {what}, one state, the same noise): eager and compiled differ by at most "
             f"{c['max_abs_diff_first']:.4f} on the first frame (rounding); after {c['frames']} frames by "
             f"{c['mean_abs_diff_last']:.4f} on average (PSNR {c['psnr_last_db']:.1f} dB between them: rounding grows "
             f"as on another machine); {c['ms_per_frame']['eager']:.2f} ms a frame eager, "
