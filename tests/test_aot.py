@@ -203,7 +203,7 @@ def test_package_matches_eager_engine(built):
     assert aot.find(b.model, WINDOW, SINK) == path
     assert aot.build(b.model, WINDOW, SINK) == path  # found, not rebuilt
     forwards = aot.CompiledForwards.load(path)
-    c = check(b, forwards, frames=6, timed=3)
+    c = check(b, forwards, chunks=6, timed=3)
     assert c["max_abs_diff_first"] < 1e-4, c  # fp32 in, fp32 out: only the order of sums differs
     assert c["max_abs_diff"] < 1e-3, c
 

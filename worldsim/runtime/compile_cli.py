@@ -26,9 +26,10 @@ def _time_engine(engine, steps: int) -> float:
     return times[len(times) // 2]
 
 
-def check(backend, forwards, frames: int = 24, timed: int = 60) -> dict:
-    """Eager against compiled from one state: the largest difference of each generated frame (the same
-    noise; the sessions diverge slowly as rounding differs, so the first frames are compared) and ms a frame."""
+def check(backend, forwards, chunks: int = 24, timed: int = 60) -> dict:
+    """Eager against compiled from one state over ``chunks`` steps (a chunk each, one frame frame-wise):
+    the largest difference on the first, the mean one on the last (the same noise; the sessions drift
+    apart slowly as rounding differs), and ms a frame of each."""
     import torch
 
     from worldsim.engine import Engine
@@ -47,7 +48,7 @@ def check(backend, forwards, frames: int = 24, timed: int = 60) -> dict:
         engines.append(eng)
     diffs, means = [], []
     with torch.no_grad():
-        for t in range(frames):
+        for t in range(chunks):
             a = t % backend.no_action
             x_eager, x_aot = (e.step(a) for e in engines)
             diffs.append(float((x_eager - x_aot).abs().max()))
@@ -55,7 +56,7 @@ def check(backend, forwards, frames: int = 24, timed: int = 60) -> dict:
         mse = float(((x_eager - x_aot) / 2).pow(2).mean())  # frames in [-1, 1]: PSNR on the [0, 1] scale
         ms = {name: _time_engine(e, timed) for name, e in zip(("eager", "compiled"), engines)}
     return {"max_abs_diff_first": diffs[0], "max_abs_diff": max(diffs), "mean_abs_diff_last": means[-1],
-            "psnr_last_db": 10 * math.log10(1 / mse) if mse > 0 else float("inf"), "frames": frames,
+            "psnr_last_db": 10 * math.log10(1 / mse) if mse > 0 else float("inf"), "frames": chunks * backend.cfg.chunk,
             "ms_per_frame": ms, "steps": len(backend.cfg.sigmas()) - 1}
 
 
