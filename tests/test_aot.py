@@ -359,3 +359,16 @@ def test_auto_mode_sets_a_damaged_package_aside_and_builds_it_again(built, tmp_p
     b.reset(0)
     b.step(0)  # the next poll starts the build; play goes on eagerly
     assert fake.calls == [(str(ckpt), "fp32", WINDOW, SINK, 1)] and b.settings["compiled"] is False
+
+
+def test_play_in_a_process_worker_runs_the_built_package(built, tmp_path):
+    """play.py end to end: the generating child process finds the package (prepare, before 'ready')."""
+    from worldsim.app.cli import main as play_main
+
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    ckpt, _, _ = built
+    out = tmp_path / "play.json"
+    assert play_main(["--headless", "--checkpoint", str(ckpt), "--dtype", "fp32", "--max-seconds", "4",
+                      "--json", str(out), "compile=cached"]) == 0
+    s = json.loads(out.read_text())
+    assert s["frames"] >= 1 and s["settings"]["compiled"] is True
