@@ -372,3 +372,25 @@ def test_play_in_a_process_worker_runs_the_built_package(built, tmp_path):
                       "--json", str(out), "compile=cached"]) == 0
     s = json.loads(out.read_text())
     assert s["frames"] >= 1 and s["settings"]["compiled"] is True
+
+
+def test_backend_does_not_take_back_forwards_its_engine_dropped(built):
+    from worldsim.runtime import load_playable
+
+    ckpt, _, _ = built
+    b = load_playable(ckpt, dtype="fp32").backend
+    b.compiled_mode = "cached"
+    b.prepare()
+    b.reset(0)
+
+    def broken(*args):
+        raise RuntimeError("simulated fault in the compiled code")
+
+    forwards = b._aot.forwards
+    forwards.runners = {k: broken for k in forwards.runners}
+    with pytest.warns(RuntimeWarning, match="simulated fault"):
+        for _ in range(4):  # past the 3 frames that fill the cache
+            b.step(0)
+    assert b.settings["compiled"] is False and b.engine.compiled_error
+    b.step(0)  # the backend's poll does not re-attach the graphs that failed
+    assert b.engine.compiled is None

@@ -176,17 +176,15 @@ def _compiled_for(model, base: EngineConfig, dtype: torch.dtype, source: str, ch
     from worldsim.engine import aot
     from worldsim.errors import WorldsimError
 
-    m = model.to("cpu", dtype)
-    path = aot.find(m, base.window, base.sink, chunk=chunk)
+    forwards = aot.load_built(model.to("cpu", dtype), base.window, base.sink, chunk=chunk)
     name = "bf16" if dtype == torch.bfloat16 else "fp32"
-    build = f"worldsim compile --checkpoint {source} --dtype {name}" + (f" --chunk {chunk}" if chunk > 1 else "")
-    if path is None and chunk == 1:
+    build = aot.build_command(source, name, base.window, base.sink, chunk)
+    if forwards is None and chunk == 1:
         raise WorldsimError(f"no compiled forwards for {source} in {name} (window {base.window} + sink {base.sink}) "
                             f"under {aot.cache_root()}: run '{build}' first")
-    if path is None:
+    if forwards is None:
         print(f"note: no compiled forwards for chunk {chunk} in {name}: those rows run eagerly ('{build}' builds them)")
-        return None
-    return aot.CompiledForwards.load(path)
+    return forwards
 
 
 def _kernels_label(device: torch.device) -> str:

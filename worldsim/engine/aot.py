@@ -49,6 +49,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from worldsim.engine.engine import cache_scratch_frames
 from worldsim.errors import WorldsimError
 from worldsim.model.dit import param_slots, weights_stamp
 
@@ -138,7 +139,7 @@ def _example_inputs(model, frames: int, window: int, sink: int, chunk: int) -> t
     mc = model.cfg
     wd = model.patch_embed.weight.dtype
     N = mc.tokens_per_frame
-    slots = (sink + window + max(2 * chunk, sink + window)) * N  # as Engine.reset sizes the cache
+    slots = (sink + window + cache_scratch_frames(chunk, sink, window)) * N  # as Engine.reset sizes the cache
     x = torch.randn(1, frames, mc.channels, mc.resolution, mc.resolution)
     cond = torch.randn(1, frames, 6 * mc.depth + 2, mc.dim).to(wd)
     rot = model.rope.real_rotations(torch.arange(sink + window, sink + window + frames))
@@ -207,6 +208,18 @@ def compiler_missing() -> str | None:
         return ("no C++ compiler found (g++): install one (Debian: apt install g++) to compile the model for this "
                 "CPU; play runs eagerly meanwhile")
     return None
+
+
+def load_built(model, window: int, sink: int, *, chunk: int = 1) -> "CompiledForwards | None":
+    """The loaded package for this model, cache layout and chunk size if built (``worldsim compile``), else None."""
+    path = find(model, window, sink, chunk=chunk)
+    return CompiledForwards.load(path) if path is not None else None
+
+
+def build_command(checkpoint, dtype: str, window: int, sink: int, chunk: int = 1) -> str:
+    """The ``worldsim compile`` line that builds that package (for messages)."""
+    return (f"worldsim compile --checkpoint {checkpoint} --dtype {dtype} --window {window} --sink {sink}"
+            + (f" --chunk {chunk}" if chunk > 1 else ""))
 
 
 def find(model, window: int, sink: int, *, chunk: int = 1, root: Path | None = None) -> Path | None:
@@ -413,6 +426,8 @@ def attach(engine, forwards: CompiledForwards | None, key: str | None = None) ->
     """Run ``engine``'s steady-state forwards through ``forwards`` (None: eager again); ``key``: the
     engine's package key if already computed."""
     if forwards is not None:
+        if engine.compiled_error is not None:
+            raise AotError(f"this engine dropped its compiled forwards ({engine.compiled_error}); a new one can take them")
         have = (engine.cfg.window, engine.cfg.sink, engine.cfg.chunk)
         if have != (forwards.window, forwards.sink, forwards.chunk):
             raise AotError(f"compiled package '{forwards.path}' is for window {forwards.window} + sink {forwards.sink}, "

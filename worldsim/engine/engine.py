@@ -76,6 +76,12 @@ class EngineConfig:
         return levels + [0.0]
 
 
+def cache_scratch_frames(chunk: int, sink: int, window: int) -> int:
+    """Frames of room after the cache's sink and window slots: a fused step's two chunks, or a prefill
+    piece (compiled graphs are specialised to the buffer size this gives: ``worldsim.engine.aot``)."""
+    return max(2 * chunk, sink + window)
+
+
 class Engine:
     def __init__(self, model, cfg: EngineConfig, device=None, dtype=torch.float32):
         cfg.validate()
@@ -94,6 +100,7 @@ class Engine:
         self.last_step_ms = 0.0
         # Compiled steady-state forwards (worldsim.engine.aot.attach): used where they apply, else eager.
         self.compiled = None
+        self.compiled_error: str | None = None  # why they were dropped (a graph raised): not attached again
 
     # -- session control ---------------------------------------------------------------------
     def reset(self, batch_size: int = 1, seed: int | None = None) -> None:
@@ -103,7 +110,7 @@ class Engine:
             self.cache = KVCache(
                 layers=mc.cache_layers, batch=batch_size, kv_heads=mc.kv_heads, head_dim=mc.head_dim,
                 tokens_per_frame=mc.tokens_per_frame, sink=self.cfg.sink, window=self.cfg.window,
-                scratch_frames=max(2 * self.cfg.chunk, self.cfg.sink + self.cfg.window),
+                scratch_frames=cache_scratch_frames(self.cfg.chunk, self.cfg.sink, self.cfg.window),
                 rope=self.model.rope, device=self.device, dtype=self.dtype)
         else:
             self.cache.reset()
@@ -123,9 +130,9 @@ class Engine:
                 return aot(self, x, sigma, actions, pos, anchor, drop_first)
             except Exception as e:  # an accelerator must not take play down: eager from here on
                 # (the graph writes only this call's scratch slots, which the eager forward rewrites)
-                self.compiled = None
-                warnings.warn(f"compiled forward failed ({type(e).__name__}: {str(e)[:200]}); "
-                              f"the engine runs eagerly from here on", RuntimeWarning, stacklevel=2)
+                self.compiled, self.compiled_error = None, f"{type(e).__name__}: {str(e)[:200]}"
+                warnings.warn(f"compiled forward failed ({self.compiled_error}); the engine runs eagerly from here on",
+                              RuntimeWarning, stacklevel=2)
         with autocast(self.device, self.dtype):
             return self.model_fn(x, sigma, actions, frame_pos=pos, chunk=self.cfg.chunk, cache=self.cache,
                                  anchor=anchor, drop_first=drop_first).float()

@@ -134,15 +134,16 @@ def parse_settings(args, base) -> list[tuple[str, object]]:
 
 def attach_compiled(engine, ckpt) -> None:
     """The compiled forwards of this model and cache layout (``worldsim compile``), or a one-line error."""
+    from worldsim.device import dtype_name
     from worldsim.engine import aot
 
     c = engine.cfg
-    path = aot.find(engine.model, c.window, c.sink, chunk=c.chunk)
-    if path is None:
+    forwards = aot.load_built(engine.model, c.window, c.sink, chunk=c.chunk)
+    if forwards is None:
+        build = aot.build_command(ckpt, dtype_name(engine.model.patch_embed.weight.dtype), c.window, c.sink, c.chunk)
         raise WorldsimError(f"--compiled: no compiled forwards for {ckpt} (window {c.window} + sink {c.sink}, chunk "
-                            f"{c.chunk}) under {aot.cache_root()}; run 'worldsim compile --checkpoint {ckpt} --window "
-                            f"{c.window} --sink {c.sink} --chunk {c.chunk}' first")
-    aot.attach(engine, aot.CompiledForwards.load(path))
+                            f"{c.chunk}) under {aot.cache_root()}; run '{build}' first")
+    aot.attach(engine, forwards)
 
 
 def load_for_eval(path: Path, device, dtype, overrides):

@@ -146,8 +146,6 @@ def rotate(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
     fuses into one loop (``worldsim.engine.aot``); the same numbers to fp32 rounding.
     """
     if not rot.is_complex():
-        x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
-        c, s = rot.unbind(-1)
-        return torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), -1).flatten(-2)
+        return apply_rope(x.float(), *rot.unbind(-1))  # (L, 1, D/2) cos and sin broadcast over heads
     z = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
     return torch.view_as_real(z * rot).flatten(-2)

@@ -171,9 +171,10 @@ class ModelBackend:
         if st.build is None and aot.build_running(st.key):  # another worker's build (a restarted worker's predecessor)
             st.state = "building"
             return
-        if st.build is None and aot.compiler_missing():
+        missing = aot.compiler_missing() if st.build is None else None
+        if missing:
             st.state = "unavailable"
-            _warn(f"compiled forwards: {aot.compiler_missing()}")
+            _warn(f"compiled forwards: {missing}")
             return
         if st.build is None:
             st.build = aot.build_in_background(self.source["checkpoint"], self.source.get("dtype", "auto"), window, sink,
@@ -244,8 +245,8 @@ class ModelBackend:
 
     def step(self, action: int) -> tuple[np.ndarray, dict]:
         self._poll_compiled()
-        if self._aot.forwards is not None and self.engine.compiled is None:
-            self._attach(self.engine)
+        if self.engine.compiled is None and self.engine.compiled_error is None and self._aot.forwards is not None:
+            self._attach(self.engine)  # loaded mid-session (an engine that dropped them does not take them back)
         C = self.cfg.chunk
         x = self.engine.step(torch.full((1, C), int(action), dtype=torch.long))  # (1, C, 3, H, W)
         for f in x[0]:

@@ -32,20 +32,15 @@ def check(backend, forwards, chunks: int = 24, timed: int = 60) -> dict:
     apart slowly as rounding differs), and ms a frame of each."""
     import torch
 
-    from worldsim.engine import Engine
     from worldsim.engine.aot import attach
-    from worldsim.runtime.backend import frames_from_uint8
 
     engines = []
     for compiled in (False, True):
-        eng = Engine(backend.model, backend.cfg, device="cpu", dtype=backend.dtype)
-        eng.reset(1, seed=0)
-        ctx = backend.context
-        prev = torch.tensor([[backend.no_action, *ctx.actions[:-1].tolist()]], dtype=torch.long)
-        eng.prefill(frames_from_uint8(ctx.frames)[None], prev)
+        b = backend.fresh()
+        b.reset(0)  # as play starts: the checkpoint's context prefilled, linears packed
         if compiled:
-            attach(eng, forwards)
-        engines.append(eng)
+            attach(b.engine, forwards)
+        engines.append(b.engine)
     diffs, means = [], []
     with torch.no_grad():
         for t in range(chunks):

@@ -101,7 +101,7 @@ def _serve(conn, backend, threads: int, cores: set[int] | None = None) -> None:
         _pin_threads(cores)
     torch.set_num_threads(threads)
     prepare = getattr(backend, "prepare", None)
-    if prepare is not None:  # e.g. load the compiled forwards: seconds, inside the start's timeout, not the stall clock
+    if prepare is not None:  # e.g. find and load the compiled forwards: before 'ready', outside the stall clock
         try:
             prepare()
         except Exception as e:  # an accelerator only: the backend generates without it
