@@ -214,6 +214,17 @@ def test_two_anchor_frames_stack_newest_first():
     assert pairs(chunk_anchor(clean[:, :1], 1, 2)) == [(1, 0)]  # only one frame so far: zeros for the other
 
 
+def assert_same_rollout(a, b):
+    """Two models give the same 6 frames through the cached engine from the same context and noise."""
+    outs = []
+    for m in (a, b):
+        eng = Engine(m, EngineConfig(steps=2, window=4, sink=1))
+        eng.reset(2, seed=5)
+        eng.prefill(frames(2, 3))
+        outs.append(torch.cat([eng.step(i % 5) for i in range(6)], 1))
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+
+
 def test_added_anchor_frames_start_as_the_same_model():
     """expand_anchor_history: a one-anchor student's weights in a two-anchor model compute the same
     frames (the new frame's weights start at zero); a wrong anchor width is refused by name."""
@@ -222,18 +233,28 @@ def test_added_anchor_frames_start_as_the_same_model():
     one = tiny_model(anchor="input")
     two = WorldDiT(dataclasses.replace(one.cfg, anchor_history=2)).eval()
     two.load_state_dict(expand_anchor_history(one.state_dict(), two.cfg, 1))
-    outs = []
-    for m in (one, two):
-        eng = Engine(m, EngineConfig(steps=2, window=4, sink=1))
-        eng.reset(2, seed=5)
-        eng.prefill(frames(2, 3))
-        outs.append(torch.cat([eng.step(i % 5) for i in range(6)], 1))
-    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+    assert_same_rollout(one, two)
     with pytest.raises(ValueError, match="anchor_history=2"):
         two(frames(1, 2), torch.rand(1, 2), torch.zeros(1, 2, dtype=torch.long), anchor=frames(1, 2))
     from worldsim.errors import ConfigError
     with pytest.raises(ConfigError, match="anchor_history"):
         ModelConfig(anchor=True, anchor_mode="residual", anchor_history=2).validate()
+
+
+def test_added_blocks_start_as_the_same_model():
+    """expand_depth: a 2-block student's weights in a 4-block model (blocks 3 and 4 appended, gates
+    at zero) compute the same frames through the cached engine; a shrink or a wrong source is refused."""
+    from worldsim.model.dit import expand_depth
+
+    two = tiny_model(anchor="input", temporal_every=2)  # depth 2, nonzero gates and outputs everywhere
+    four = WorldDiT(dataclasses.replace(two.cfg, depth=4)).eval()
+    four.load_state_dict(expand_depth(two.state_dict(), four.state_dict(), four.cfg, 2))
+    assert four.cfg.cache_layers == 2 and two.cfg.cache_layers == 1
+    assert_same_rollout(two, four)
+    with pytest.raises(ValueError, match="2-block"):
+        expand_depth(four.state_dict(), four.state_dict(), four.cfg, 2)
+    with pytest.raises(ValueError, match="depth=2 < 4"):
+        expand_depth(four.state_dict(), two.state_dict(), two.cfg, 4)
 
 
 def test_fresh_anchored_model_starts_at_copy_last():

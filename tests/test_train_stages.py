@@ -307,7 +307,22 @@ def test_stage1_continues_a_student_with_a_second_anchor_frame(tmp_path):
     assert older.abs().max() > 0 and torch.isfinite(w).all()
     back = stage1_cfg(tmp_path / "c", steps=1)
     back.model, back.init.student = model, str(out)
-    with pytest.raises(WorldsimError, match="anchor_history may grow"):
+    with pytest.raises(WorldsimError, match="anchor_history and depth may grow"):
+        TeacherForcingTrainer(back, data=clips(), heldout=clips()).fit()
+
+
+def test_stage1_continues_a_student_grown_deeper(tmp_path):
+    """model.depth may grow on init.student: the added blocks start as the identity (zero gates) and
+    train; the old blocks keep their weights' places; it may not shrink."""
+    model, first, out = continue_student(tmp_path, 5, dict(depth=2, temporal_every=2), depth=4)
+    meta = read_meta(out)
+    assert meta["init"]["depth"] == [2, 4] and meta["model_config"]["depth"] == 4
+    state = load_checkpoint(out, "model.")[0]
+    gates = state["ada.1.bias"].float().view(4 * 6 + 2, -1)[[6 * 2 + 2, 6 * 2 + 5, 6 * 3 + 2, 6 * 3 + 5]]
+    assert gates.abs().max() > 0 and all(torch.isfinite(v.float()).all() for v in state.values())
+    back = stage1_cfg(tmp_path / "c", steps=1)
+    back.model, back.init.student = model, str(out)
+    with pytest.raises(WorldsimError, match="depth may grow"):
         TeacherForcingTrainer(back, data=clips(), heldout=clips()).fit()
 
 

@@ -194,6 +194,30 @@ def expand_anchor_history(state: dict, cfg: "ModelConfig", old_history: int) -> 
     return {**state, "anchor_embed.weight": new.view(w.shape[0], -1)}
 
 
+def expand_depth(state: dict, fresh: dict, cfg: "ModelConfig", old_depth: int) -> dict:
+    """A state dict of a ``old_depth``-block student, made loadable into one of ``cfg.depth`` blocks:
+    the added blocks go after the old ones, with their own weights from ``fresh`` (a new model's
+    ``state_dict()``) but their adaLN gates at zero, so each starts as the identity and the deeper
+    model computes exactly what the shallower one did (a net-growth start: it keeps what was learned
+    and trains the new capacity from there). The old blocks keep their places, so with
+    ``temporal_every`` the same blocks attend across frames as before."""
+    if cfg.depth < old_depth or any(f"blocks.{i}.mlp.0.weight" not in state for i in range(old_depth)) \
+            or f"blocks.{old_depth}.mlp.0.weight" in state:
+        raise ValueError(f"the state dict is not a {old_depth}-block model, or model.depth={cfg.depth} < {old_depth}")
+    out = {k: v for k, v in state.items() if not k.startswith("ada.1.")}
+    for i in range(old_depth, cfg.depth):
+        out.update({k: v for k, v in fresh.items() if k.startswith(f"blocks.{i}.")})
+    d = cfg.dim
+    for name in ("weight", "bias"):
+        old = state[f"ada.1.{name}"].view(6 * old_depth + 2, d, -1)
+        added = torch.zeros(6 * (cfg.depth - old_depth), d, old.shape[2], dtype=old.dtype)
+        if name == "bias":  # shift 0, multiplier 1, gate 0 for attention and MLP (the init's identity)
+            added.view(-1, 6, d)[:, [1, 4]] = 1.0
+        new = torch.cat([old[:6 * old_depth], added, old[6 * old_depth:]])  # the output layer's 2 terms last
+        out[f"ada.1.{name}"] = new.view(-1, *state[f"ada.1.{name}"].shape[1:])
+    return out
+
+
 def param_slots(*modules: nn.Module) -> list[tuple[nn.Module, str]]:
     """(module, name) of every parameter under ``modules``: read through these, a parameter replaced by
     assignment is seen as well as one changed in place, at a fraction of ``parameters()``'s cost."""

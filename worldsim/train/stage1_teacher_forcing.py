@@ -31,7 +31,7 @@ from worldsim.engine import EngineConfig
 from worldsim.errors import ConfigError
 from worldsim.engine.schedule import add_noise, shift_sigma, student_sigmas
 from worldsim.model import ModelConfig, WorldDiT
-from worldsim.model.dit import ACTION_INIT_STD, anchor_frames, expand_anchor_history, teacher_forcing_frame_mask
+from worldsim.model.dit import ACTION_INIT_STD, anchor_frames, expand_anchor_history, expand_depth, teacher_forcing_frame_mask
 from worldsim.train.data import DataConfig
 from worldsim.train.stage0_teacher import drop_actions
 from worldsim.train.trainer import (OptimConfig, RunConfig, Trainer, bell_weight, check_same_game, load_stage_output,
@@ -192,19 +192,22 @@ class TeacherForcingTrainer(Trainer):
             check_same_game(meta, self.data, cfg.init.student, "stage 1")
             # temporal_every may change: the weights are the same shapes, only which blocks attend
             # across frames differs (fewer temporal blocks: a cheaper student fine-tuned from this one);
-            # so may anchor_history grow: the added anchor frames' weights start at zero (same function)
-            if dataclasses.replace(prev.cfg, temporal_every=cfg.model.temporal_every,
-                                   anchor_history=cfg.model.anchor_history) != cfg.model or \
-                    cfg.model.anchor_history < prev.cfg.anchor_history:
+            # so may anchor_history grow: the added anchor frames' weights start at zero (same function);
+            # so may depth: blocks added after the old ones start as the identity (zero gates)
+            grown = ("temporal_every", "anchor_history", "depth")
+            if dataclasses.replace(prev.cfg, **{k: getattr(cfg.model, k) for k in grown}) != cfg.model or \
+                    cfg.model.anchor_history < prev.cfg.anchor_history or cfg.model.depth < prev.cfg.depth:
                 raise ConfigError(f"stage 1: init.student '{cfg.init.student}' has another model config than "
                                   f"model.* ({prev.cfg} vs {cfg.model}); set model.* to match it (only "
-                                  "temporal_every may differ, and anchor_history may grow)")
+                                  "temporal_every may differ, and anchor_history and depth may grow)")
             state = prev.state_dict()
             if prev.cfg.anchor_history != cfg.model.anchor_history:
                 state = expand_anchor_history(state, cfg.model, prev.cfg.anchor_history)
+            if prev.cfg.depth != cfg.model.depth:
+                state = expand_depth(state, student.state_dict(), cfg.model, prev.cfg.depth)
             student.load_state_dict(state)
             self.init_info = {"from": "stage1", "student": meta["_path"], "student_hash": meta["_hash"]}
-            for key in ("temporal_every", "anchor_history"):
+            for key in grown:
                 if getattr(prev.cfg, key) != getattr(cfg.model, key):
                     self.init_info[key] = [getattr(prev.cfg, key), getattr(cfg.model, key)]
             if cfg.init.redraw_actions:
