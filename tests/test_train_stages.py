@@ -403,3 +403,39 @@ def test_stage1_motion_weight_weights_the_pixels_that_moved(tmp_path):
     bad.motion_weight = -1.0
     with pytest.raises(WorldsimError, match="motion_weight"):
         TeacherForcingTrainer(bad, data=clips(), heldout=clips()).fit()
+
+
+def test_average_students_writes_the_mean_and_names_its_sources(tmp_path, capsys):
+    """scripts/average_students.py: the mean of two stage-1 legs from one parent, loadable as a stage-1
+    student, naming both sources; other model configs, one input, or the output among the inputs: one line."""
+    import importlib.util
+
+    from worldsim.checkpoint import load_checkpoint
+    from worldsim.train.average import average_students
+
+    model, first, a = continue_student(tmp_path / "1", 2, {})
+    cfg = stage1_cfg(tmp_path / "2", steps=3)
+    cfg.model, cfg.init.student, cfg.run.seed = model, str(first), 7
+    b = TeacherForcingTrainer(cfg, data=clips(), heldout=clips()).fit()
+    spec = importlib.util.spec_from_file_location("average_students", "scripts/average_students.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "soup.safetensors"
+    assert mod.main([str(a), str(b), "--out", str(out)]) == 0
+    ta, tb, to = (load_checkpoint(p)[0] for p in (a, b, out))
+    k = "model.blocks.0.mlp.0.weight"
+    assert not torch.equal(ta[k], tb[k])
+    torch.testing.assert_close(to[k].float(), (ta[k].float() + tb[k].float()) / 2, atol=1e-2, rtol=1e-2)
+    meta = read_meta(out)
+    assert meta["init"]["from"] == "average" and meta["init"]["students"] == [str(a), str(b)]
+    assert meta["role"] == read_meta(a)["role"] and meta["stage"] == read_meta(a)["stage"]
+    cont = stage1_cfg(tmp_path / "3", steps=1)  # it continues like any stage-1 student
+    cont.model, cont.init.student = model, str(out)
+    assert TeacherForcingTrainer(cont, data=clips(), heldout=clips()).fit().is_file()
+    other = continue_student(tmp_path / "4", 1, dict(depth=1))[2]
+    with pytest.raises(WorldsimError, match="another model_config"):
+        average_students([a, other], tmp_path / "x.safetensors")
+    assert mod.main([str(a), "--out", str(tmp_path / "y.safetensors")]) == 2
+    assert "two or more" in capsys.readouterr().err
+    assert mod.main([str(a), str(b), "--out", str(a)]) == 2
+    assert "is one of the inputs" in capsys.readouterr().err
