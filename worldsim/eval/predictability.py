@@ -158,9 +158,10 @@ def open_loop_errors(tracks: Sequence[Track], predict, history: int, num_actions
 
 def emulator_tracks(env_id: str, seeds: Sequence[int], steps: int, repeat_prob: float, resolution: int,
                     sprite: SpriteSpec, other: SpriteSpec) -> tuple[list[tuple[Track, np.ndarray]], int]:
-    """(episodes, the game's action count). Episodes of sticky-random play in the real emulator (deterministic, ``repeat_action_probability``
-    0, as the collections), one per seed, at most ``steps`` long: each the player's and the opponent's
-    track at ``resolution`` (the metric's sprites) and the RAM before every action, (T, 128) uint8."""
+    """(episodes, the game's action count). Sticky-random play in the real emulator (deterministic,
+    ``repeat_action_probability`` 0, as the collections), one episode per seed, at most ``steps`` long:
+    each the player's and the opponent's track at ``resolution`` (the metric's sprites) and the RAM
+    before every action, (T, 128) uint8."""
     from worldsim.data.dataset import resize_frames
     from worldsim.envs.atari import AtariEnv
     from worldsim.envs.base import EnvConfig

@@ -32,8 +32,10 @@ def average_students(paths: Sequence[str | Path], out: str | Path) -> Path:
         raise CheckpointError(f"--out '{out}' is one of the inputs; write the average to a new path")
     first, meta = load_checkpoint(paths[0])
     total = {k: v.float().clone() for k, v in first.items()}
+    metas = [meta]
     for p in paths[1:]:
         tensors, m = load_checkpoint(p)
+        metas.append(m)
         for key in SAME:
             if m.get(key) != meta.get(key):
                 raise CheckpointError(f"'{p}' has another {key} than '{paths[0]}' ({m.get(key)!r} vs {meta.get(key)!r}); "
@@ -47,6 +49,6 @@ def average_students(paths: Sequence[str | Path], out: str | Path) -> Path:
     new["init"] = {"from": "average", "students": [str(p) for p in paths],
                    "student_hashes": [file_hash(p) for p in paths], "first_init": meta.get("init")}
     if "cost" in meta:  # the CPU that went into the average: every source's
-        costs = [meta["cost"]] + [load_checkpoint(p)[1].get("cost", {}) for p in paths[1:]]
+        costs = [m.get("cost", {}) for m in metas]
         new["cost"] = {k: type(v)(sum(type(v)(c.get(k, 0)) for c in costs)) for k, v in meta["cost"].items()}
     return save_checkpoint(out, avg, new)
