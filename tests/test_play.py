@@ -42,13 +42,15 @@ def ckpt(tmp_path_factory):
 
 def test_play_headless_json_record_and_replay(ckpt, tmp_path, capsys):
     out, rec = tmp_path / "play.json", tmp_path / "rec"
-    # The default worker: the model in a child process (a second or two to start, then ~3 s of play).
-    rc = play_main(["--headless", "--checkpoint", ckpt, "--max-seconds", "5", "--json", str(out),
+    # The default worker: the model in a child process. --max-seconds counts from the start, and the
+    # child's start (torch import, model load) took all of 5 s in a CI run on a slow moment of a 2-core VM
+    # (0 frames): 12 s leaves room for it and still plays for seconds.
+    rc = play_main(["--headless", "--checkpoint", ckpt, "--max-seconds", "12", "--json", str(out),
                     "--record", str(rec), "--steps", "1", "fps=30"])
     assert rc == 0
     s = strict_json(out)
-    # How many frames fit in 5 s depends on the machine's load (the child's start alone can take most
-    # of it on a busy 2-core box): check that play happened and the cap held, not a speed.
+    # How many frames fit depends on the machine's load: check that play happened and the cap held,
+    # not a speed.
     assert s["settings"]["steps"] == 1 and s["frames"] >= 1
     assert 0 < s["fps"] < 33  # the fps=30 override caps generation
     for k in ("p50", "p95", "p99", "max"):
