@@ -31,7 +31,7 @@ def main(argv=None) -> int:
 
 def budget(argv) -> int:
     from worldsim.errors import WorldsimError
-    from worldsim.eval.error_budget import REGIONS, error_budget, sample_spread
+    from worldsim.eval.error_budget import REGIONS, error_budget, error_by_separation, sample_spread
     from worldsim.eval.rollout import load_eval_episodes
     from worldsim.eval.sprites import NoSpriteSpec, opponent_spec, sprite_spec
 
@@ -74,6 +74,8 @@ def budget(argv) -> int:
                                     f"--episodes --split --starts --spacing even, another --seed)")
             pairs.append((z["frames"], np.load(other)["frames"], ep.frames[s:s + args.horizon]))
     out = error_budget(rollouts, player, opponent, args.horizon, args.grow)
+    if opponent is not None:
+        out["separation"] = error_by_separation(rollouts, player, opponent, args.horizon)
     if pairs:
         specs = {"player": player} | ({"opponent": opponent} if opponent is not None else {})
         out["spread"] = sample_spread(pairs, specs, args.horizon)
@@ -87,6 +89,13 @@ def budget(argv) -> int:
                                                       f"(area {100 * s['area'][r]:.1f}%)" for r in REGIONS))
     for name, v in out["oracle_psnr_mse"].items():
         print(f"  model with {name:24s} {v:.2f} dB (+{v - copy:.2f} over copy-last)")
+    if "separation" in out:
+        print(f"  the player at h{args.horizon} by how close the boxers come (centroids, px):")
+        fmt2 = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+        for b in out["separation"]["bins"]:
+            lo, hi = b["min_separation_px"]
+            print(f"    {lo:4.0f}-{hi:<4.0f} {b['rollouts']:4d} rollouts: model {fmt2(b['model_px'])} px, "
+                  f"copy-last {fmt2(b['copy_last_px'])}")
     if pairs:
         sp, hs = out["spread"], sorted({0, args.horizon // 2 - 1, args.horizon - 1})
         fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731

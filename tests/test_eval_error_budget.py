@@ -85,3 +85,25 @@ def test_sample_spread_tells_bias_from_uncertainty():
     # their average is a blur nearer the truth in squared error than either sample
     assert spread["psnr_mse_average_of_two"] > spread["psnr_mse_sample"]
     assert biased["psnr_mse_average_of_two"] == pytest.approx(biased["psnr_mse_sample"])
+
+
+def test_separation_bins_split_touching_from_apart_boxers():
+    from worldsim.eval.error_budget import error_by_separation
+
+    H = 2
+    # apart: the opponent 30 px away; the model draws the player 2 px off, copy-last 4 px
+    last = frame((20, 10), (20, 40))
+    real = np.stack([frame((20, 12), (20, 40)), frame((20, 14), (20, 40))])
+    pred = np.stack([frame((20, 12), (20, 40)), frame((20, 12), (20, 40))])
+    # touching: the opponent comes within 6 px at horizon 1; the model 3 px off, copy-last 1 px
+    last2 = frame((30, 20), (30, 30))
+    real2 = np.stack([frame((30, 20), (30, 26)), frame((30, 21), (30, 30))])
+    pred2 = np.stack([frame((30, 20), (30, 30)), frame((30, 24), (30, 30))])
+    out = error_by_separation([(pred, real, last), (pred2, real2, last2)], BOXING, BOXING_OPPONENT, horizon=H)
+    near, mid, far = out["bins"]
+    assert out["rollouts"] == 2 and mid["rollouts"] == 0 and mid["model_px"] is None
+    assert near["rollouts"] == 1 and near["min_separation_px"] == [0.0, 10.0]
+    assert near["model_px"] == pytest.approx(3.0) and near["copy_last_px"] == pytest.approx(1.0)
+    assert far["model_px"] == pytest.approx(2.0) and far["copy_last_px"] == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="--horizon 3"):
+        error_by_separation([(pred, real, last)], BOXING, BOXING_OPPONENT, horizon=3)
