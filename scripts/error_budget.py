@@ -90,16 +90,15 @@ def budget(argv) -> int:
                                                       f"(area {100 * s['area'][r]:.1f}%)" for r in REGIONS))
     for name, v in out["oracle_psnr_mse"].items():
         print(f"  model with {name:24s} {v:.2f} dB (+{v - copy:.2f} over copy-last)")
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     if "separation" in out:
         print(f"  the player at h{args.horizon} by how close the boxers come (centroids, px):")
-        fmt2 = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
         for b in out["separation"]["bins"]:
             lo, hi = b["min_separation_px"]
-            print(f"    {lo:4.0f}-{hi:<4.0f} {b['rollouts']:4d} rollouts: model {fmt2(b['model_px'])} px, "
-                  f"copy-last {fmt2(b['copy_last_px'])}")
+            print(f"    {lo:4.0f}-{hi:<4.0f} {b['rollouts']:4d} rollouts: model {fmt(b['model_px'])} px, "
+                  f"copy-last {fmt(b['copy_last_px'])}")
     if pairs:
         sp, hs = out["spread"], sorted({0, args.horizon // 2 - 1, args.horizon - 1})
-        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
         print(f"  two samples ({sp['rollouts']} pairs), at h" + "/".join(str(h + 1) for h in hs) + ": frame MSE "
               "between them " + "/".join(f"{1e3 * sp['mse_between_samples'][h]:.1f}" for h in hs) + " against "
               "each one's to the real frame " + "/".join(f"{1e3 * sp['mse_to_real'][h]:.1f}" for h in hs) + " (x1e-3)")
