@@ -3,7 +3,7 @@
 Boundary: glue between presented frames and ``EpisodeWriter``; the writer owns the file format and
 its crash safety (a killed player loses at most the last second).
 
-Alignment (shared/DESIGN.md): ``frames[t]`` was shown, ``actions[t]`` was chosen after it and
+Alignment (as in ``docs/episode-format.md``): ``frames[t]`` was shown, ``actions[t]`` was chosen after it and
 produced ``frames[t+1]``. The player only learns ``actions[t]`` when the next frame arrives (the
 chunk carries the action that produced it), so each frame waits one step before it is appended.
 Every context (start, reset, restart, a real game's new episode) opens a new episode whose first

@@ -3,7 +3,7 @@ model's resolution, from many episodes, out of core.
 
 Boundary: episodes on disk -> uint8 tensors. No normalisation to [-1, 1], no noise, no model.
 
-Alignment (shared/DESIGN.md): in a clip, ``frames[t]`` is what was shown at step ``start + t`` and
+Alignment (as in ``docs/episode-format.md``): in a clip, ``frames[t]`` is what was shown at step ``start + t`` and
 ``actions[t]`` is the action chosen after seeing it, which produced ``frames[t + 1]``. The model
 wants the action that PRODUCED each frame, so its input is ``[NULL, a_0, ..., a_{L-2}]``
 (``to_model_actions``), NULL being index ``num_actions``. ``actions[L-1]`` is unused by a model

@@ -3,7 +3,7 @@
 Boundary: bytes on disk <-> ``Episode`` arrays. No resizing (``worldsim.data.dataset`` does that), no
 games (``worldsim.envs``), no torch.
 
-Step alignment (shared/DESIGN.md): ``frames[t]`` is what was shown at step t; ``actions[t]`` is the
+Step alignment: ``frames[t]`` is what was shown at step t; ``actions[t]`` is the
 action chosen after seeing ``frames[t]``; it produced ``frames[t+1]``. Alongside, per step:
 
 - ``rewards[t]``: what the game paid for ``actions[t]`` (on the way to ``frames[t+1]``), 0 where unknown;
@@ -673,7 +673,7 @@ def _npz_str(z, key: str, p: Path) -> Any:
         v = z[key]
     except KeyError:
         raise DataError(f"'{p}' lacks '{key}'; a plain episode needs frames, actions, env_id, "
-                        f"action_meanings (see DESIGN.md)") from None
+                        f"action_meanings (see docs/episode-format.md)") from None
     except ValueError as e:  # object arrays need pickle, which we refuse
         raise DataError(f"'{p}': '{key}' cannot be read without pickle ({e}); save strings as np.str_ "
                         f"arrays") from None

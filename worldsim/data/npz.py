@@ -1,4 +1,4 @@
-"""The plain ``.npz`` episode form of shared/DESIGN.md: export any episode to it, import it back.
+"""The plain ``.npz`` episode form (``docs/episode-format.md``): export any episode to it, import it back.
 
 Keys: ``frames`` uint8 (T, H, W, 3), ``actions`` int64 (T,), ``env_id`` (str), ``action_meanings``
 (str array); and, when the source has them, ``rewards``, ``terminated``, ``timestamps_ns``,

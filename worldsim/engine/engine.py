@@ -11,9 +11,10 @@ together under the block-causal mask, so a chunk costs ``steps`` forwards instea
 ``steps + 1``; the clean frames' outputs are not wanted, so the model's last block skips them
 (``drop_first``). The outputs are the same as the unfused order (the tests check it).
 
-Step alignment (shared/DESIGN.md): ``step(a)`` takes the action chosen after seeing the latest
-frame and returns the frame(s) it produces. ``prefill(frames, prev_actions)`` takes context frames
-with the action that produced each (``no_action`` for an episode's first frame).
+Step alignment: ``frames[t]`` is shown, ``actions[t]`` is chosen after seeing it and produces
+``frames[t+1]``. So ``step(a)`` takes the action chosen after seeing the latest frame and returns the
+frame(s) it produces; ``prefill(frames, prev_actions)`` takes context frames with the action that
+produced each (``no_action`` for an episode's first frame).
 
 Compiled forwards (``worldsim.engine.aot``): on the CPU, once the cache is full, the two forwards of a
 frame-wise step can run as ahead-of-time compiled graphs (``engine.compiled``); the eager forward

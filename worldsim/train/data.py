@@ -8,7 +8,7 @@ the trainer checkpoints: each step draws the GLOBAL batch's indices and a rank k
 so 2 ranks x B/2 see exactly the clips 1 rank x B sees, and a resumed run draws the same clips as an
 uninterrupted one.
 
-Alignment (shared/DESIGN.md): a clip's ``actions[t]`` was chosen after ``frames[t]``; the model wants
+Alignment (as in ``docs/episode-format.md``): a clip's ``actions[t]`` was chosen after ``frames[t]``; the model wants
 the action that PRODUCED each frame, ``[NULL, a_0, ..., a_{L-2}]`` (``to_model_actions``).
 """
 
