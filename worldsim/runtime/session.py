@@ -100,6 +100,8 @@ class Session:
         self.slot = slot or ActionSlot()
         self.fault_hook: Callable[[int], None] | None = None
         self.on_output: Callable[[], None] | None = None  # called (worker thread) after each publish
+        # The stall watchdog's clock (ns): how long one generation has run. Tests inject a manual one.
+        self.clock: Callable[[], int] = time.perf_counter_ns
         self._cv = threading.Condition()
         self._queue: collections.deque[Chunk] = collections.deque()
         self._epoch = 0  # worker generation: a restarted worker gets a new one
@@ -231,7 +233,7 @@ class Session:
             t, fault, epoch = self._thread, self._fault, self._epoch
             busy = self._busy_since
             stopping = self._stopping
-        now = time.perf_counter_ns()
+        now = self.clock()
         if stopping:
             return Health("stopped")
         if fault is not None and fault[0] == epoch:
@@ -262,17 +264,17 @@ class Session:
             self.on_output()
         return True
 
-    def _busy(self, epoch: int, t_ns: int | None) -> None:
-        """Mark the start (or end, None) of a generation; an abandoned worker touches nothing."""
+    def _busy(self, epoch: int, busy: bool) -> None:
+        """Mark the start (True) or end (False) of a generation; an abandoned worker touches nothing."""
         with self._cv:
             if epoch == self._epoch:
-                self._busy_since = t_ns
+                self._busy_since = self.clock() if busy else None
 
     def _open_context(self, epoch: int, backend, seed: int, context_id: int) -> None:
         t0 = time.perf_counter_ns()
-        self._busy(epoch, t0)
+        self._busy(epoch, True)
         frames, actions = backend.reset(seed)
-        self._busy(epoch, None)
+        self._busy(epoch, False)
         if epoch != self._epoch:
             return
         self.slot.clear_stamps()
@@ -302,9 +304,9 @@ class Session:
                     requests, self._requests = self._requests, {}
                     context_id = self._context_id
                 if "configure" in requests:
-                    self._busy(epoch, time.perf_counter_ns())
+                    self._busy(epoch, True)
                     backend.configure(**requests["configure"])
-                    self._busy(epoch, None)
+                    self._busy(epoch, False)
                     if epoch == self._epoch:
                         self._settings = dict(backend.settings)
                 if "reset" in requests:
@@ -323,12 +325,12 @@ class Session:
                         continue  # woken early: go round (requests, stop) and wait the rest
                 action, stamps = self.slot.take()
                 t0 = time.perf_counter_ns()
-                self._busy(epoch, t0)
+                self._busy(epoch, True)
                 if self.fault_hook is not None:
                     self.fault_hook(self.steps)
                 frames, info = backend.step(action)
                 t1 = time.perf_counter_ns()
-                self._busy(epoch, None)
+                self._busy(epoch, False)
                 if epoch != self._epoch:
                     return  # abandoned while it ran: its frames belong to nobody
                 settings = dict(backend.settings)
@@ -353,4 +355,4 @@ class Session:
                     self._fault = (epoch, f"{type(e).__name__}: {e}", traceback.format_exc())
                 self._cv.notify_all()
         finally:
-            self._busy(epoch, None)
+            self._busy(epoch, False)
