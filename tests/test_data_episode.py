@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from worldsim.data.episode import (FRAMES, META, STEPS, EpisodeWriter, episode_length, list_episodes,
-                                   read_episode, read_meta, repair_episode)
+                                   read_episode, read_meta)
+from worldsim.data.repair import repair_episode
 from worldsim.data.npz import export_npz, import_npz
 from worldsim.errors import DataError
 
@@ -186,8 +187,8 @@ def test_torn_tail_detected_reported_and_repaired(tmp_path):
     assert any("half-written chunk" in pr for pr in e.problems)
     with pytest.raises(DataError, match="half-written"):
         read_episode(p, strict=True)
-    kept, dropped = repair_episode(p)
-    assert kept == 24 and dropped > 0
+    rep = repair_episode(p)
+    assert rep.kept == {str(p): 24} and rep.cut_bytes > 0 and (rep.aside / "steps.bin.from-0").exists() is False
     e = read_episode(p)
     assert e.complete and len(e) == 24 and e.meta["repaired"]["problems"]
     assert all(np.array_equal(e.frames[t], pattern(t)) for t in range(24))

@@ -119,9 +119,12 @@ def test_repair_cli_then_validate(tmp_path, capsys):
     p = episode(tmp_path / "ds" / "ep")
     (p / STEPS).write_bytes((p / STEPS).read_bytes()[:-7])
     assert worldsim(["data", "validate", str(tmp_path / "ds")]) == 1
-    assert worldsim(["data", "repair", str(tmp_path / "ds")]) == 0
-    assert "kept 0 steps" in capsys.readouterr().out  # the only chunk was torn: nothing survives
-    assert validate(tmp_path / "ds") == [f"'{p}': episode has no steps; fix: delete it"]
+    before = {f.name: f.read_bytes() for f in p.iterdir()}
+    capsys.readouterr()
+    assert worldsim(["data", "repair", str(tmp_path / "ds")]) == 1  # the only chunk was torn: nothing intact
+    out = capsys.readouterr().out
+    assert "refused" in out and "delete the episode" in out
+    assert {f.name: f.read_bytes() for f in p.iterdir()} == before  # refused: left as it was
 
 
 def test_info_and_json(tmp_path, capsys):

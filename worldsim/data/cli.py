@@ -5,7 +5,7 @@
     worldsim data export PATH OUT.npz|OUT.mp4      one episode (or every episode of a dataset into a dir)
     worldsim data preview PATH OUT.mp4             the same as export to mp4
     worldsim data import NPZ... --out DIR          plain .npz episodes -> episode directories
-    worldsim data repair PATH                      cut torn tails off, mark episodes closed
+    worldsim data repair PATH                      keep every intact step, set damaged bytes aside
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from worldsim.data.episode import list_episodes, read_episode, repair_episode, write_json_atomic
+from worldsim.data.episode import list_episodes, read_episode, write_json_atomic
 from worldsim.errors import DataError
 
 
@@ -170,14 +170,33 @@ def cmd_import(args) -> int:
 
 
 def cmd_repair(args) -> int:
+    """Repair what validate reports about each episode's files; print what was done and what is left."""
+    from worldsim.data.repair import repair_episode
+    from worldsim.data.validate import validate_episode
+
+    left = 0
     for ep in list_episodes(args.path):
         if ep.suffix == ".npz":
+            for pr in validate_episode(ep):
+                print(f"not repaired (a .npz is written whole; export it again from its source): {pr}")
+                left += 1
             continue
-        e = read_episode(ep, load_frames=False, warn=False)
-        if e.complete:
+        try:
+            rep = repair_episode(ep)
+        except DataError as e:
+            print(f"refused: {e}")
+            left += 1
             continue
-        kept, dropped = repair_episode(ep)
-        print(f"{ep}: kept {kept} steps, dropped {dropped} bytes of torn tail")
+        for line in rep.done:
+            print(line)
+        for kept in rep.kept:
+            for pr in validate_episode(Path(kept)):
+                print(f"not repaired (fix by hand): {pr}")
+                left += 1
+    if left:
+        print(f"{left} problem(s) left")
+        return 1
+    print(f"ok: {args.path}")
     return 0
 
 
@@ -208,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("import", help="plain .npz episodes -> episode directories")
     m.add_argument("paths", nargs="+")
     m.add_argument("--out", required=True)
-    r = sub.add_parser("repair", help="cut torn tails off unclosed episodes and mark them closed")
+    r = sub.add_parser("repair", help="mend what validate reports: keep every intact step, set the "
+                                      "damaged bytes aside beside the episode (<name>.cut/)")
     r.add_argument("path")
     return ap
 

@@ -116,6 +116,14 @@ class Episode:
         return str(self.meta.get("split", "train"))
 
     @property
+    def frame_period(self):
+        """One step of game time (``worldsim.gametime.FramePeriod``): recorded, else from ``frameskip``,
+        else the ALE v5 default (frameskip 4 at 60 Hz) for an old episode that records neither."""
+        from worldsim.gametime import period_or_default
+
+        return period_or_default(self.meta)
+
+    @property
     def frame_shape(self) -> tuple[int, int, int] | None:
         if self.frames is not None and self.frames.ndim == 4 and len(self.frames):
             return tuple(self.frames.shape[1:])
@@ -137,8 +145,13 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    try:  # make the rename itself durable (power loss); harmless where directories cannot be opened
-        fd = os.open(path.parent, os.O_RDONLY)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(d: Path) -> None:
+    """Make renames in ``d`` durable (power loss); harmless where directories cannot be opened."""
+    try:
+        fd = os.open(d, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
@@ -444,17 +457,6 @@ class EpisodeWriter:
 # reader
 
 
-@dataclass
-class _Chunk:
-    n: int
-    start: int
-    codec: int
-    offset: int
-    length: int
-    crc: int
-    steps: bytes
-
-
 def read_meta(path: str | Path) -> dict[str, Any]:
     """The metadata of an episode directory or ``.npz`` without reading its frames."""
     p = _existing(path)
@@ -465,7 +467,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise DataError(f"'{p}' has no {META}: not an episode directory (or its creation was cut short); "
                         f"delete it or pass an episode directory or .npz")
     try:
-        meta = json.loads(mp.read_text())
+        meta = json.loads(read_bytes(mp, "episode metadata"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"'{mp}' is not valid JSON ({e}); restore it from a backup or delete the episode") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -475,6 +477,12 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     for key in ("env_id", "action_meanings"):
         if key not in meta:
             raise DataError(f"'{mp}' lacks '{key}'; add it by hand (the game id / its action names)")
+    am = meta["action_meanings"]
+    if not isinstance(am, list) or not am or not all(isinstance(m, str) for m in am):
+        raise DataError(f"'{mp}': action_meanings must be a non-empty list of action names, got {am!r:.60}; "
+                        f"restore it (e.g. from the game: worldsim.envs.make_env(env_id).action_meanings)")
+    if not isinstance(meta["env_id"], str):
+        raise DataError(f"'{mp}': env_id must be a game id string, got {meta['env_id']!r:.60}; restore it")
     return meta
 
 
@@ -485,42 +493,216 @@ def _existing(path: str | Path) -> Path:
     return p
 
 
-def _scan_index(p: Path, meta: dict) -> tuple[list[_Chunk], list[str]]:
-    """Committed chunks of ``steps.bin`` in order, and problems with its tail (one line each)."""
+@dataclass
+class _Chunk:
+    n: int
+    start: int
+    codec: int
+    offset: int
+    length: int
+    crc: int
+    steps: bytes
+    pos: int = 0  # where its index record starts in steps.bin
+    size: int = 0  # the index record's length in bytes
+
+
+@dataclass
+class _Bad:
+    """A byte range of ``steps.bin`` or ``frames.bin`` that fails its checks."""
+
+    file: str  # STEPS or FRAMES
+    start: int
+    end: int
+    why: str
+    steps: str = ""  # the steps it held, where the index still says so ("steps 8..15")
+
+
+@dataclass
+class Scan:
+    """What an episode directory's two files hold: the chunks that pass every check, grouped in
+    runs of consecutive steps, and the byte ranges that do not. The readable episode is the run that
+    starts at step 0 (``prefix``); a run after a damaged chunk is intact too and only needs
+    ``worldsim data repair`` to become an episode of its own."""
+
+    runs: list[list[_Chunk]]
+    bad: list[_Bad]
+    steps_size: int
+    frames_size: int
+    frames_checked: bool
+
+    @property
+    def prefix(self) -> list[_Chunk]:
+        r = self.runs[0] if self.runs else []
+        return r if r and r[0].pos == 0 and r[0].start == 0 and r[0].offset == 0 else []
+
+    @property
+    def intact_steps(self) -> int:
+        return sum(c.n for r in self.runs for c in r)
+
+    def frames_tail(self) -> int:
+        """Bytes of frames.bin past the last chunk the index knows (a crash between the two writes)."""
+        ends = [c.offset + c.length for r in self.runs for c in r]
+        ends += [b.end for b in self.bad if b.file == FRAMES]
+        return max(0, self.frames_size - max(ends, default=0))
+
+
+def read_bytes(path: Path, what: str = "file") -> bytes:
+    """A file's bytes, or a DataError that says why it cannot be read (permission, I/O)."""
+    try:
+        return Path(path).read_bytes()
+    except PermissionError:
+        raise DataError(f"cannot read {what} '{path}': permission denied; make it readable (chmod a+r) or run as "
+                        f"its owner") from None
+    except IsADirectoryError:
+        raise DataError(f"{what} '{path}' is a directory; pass the file") from None
+    except OSError as e:
+        raise DataError(f"cannot read {what} '{path}' ({e.strerror or e}); check the disk and the path") from None
+
+
+def _record_at(data: bytes, pos: int, rec_size: int | None) -> tuple[_Chunk | None, str]:
+    """The index record at ``pos`` if it is whole and its checksum matches, else (None, why not)."""
+    if len(data) - pos < _HEADER.size:
+        return None, f"half-written chunk header ({len(data) - pos} bytes)"
+    magic, n, start, codec, off, length, crc, slen = _HEADER.unpack_from(data, pos)
+    if magic != _MAGIC:
+        return None, f"bad chunk marker {magic!r}"
+    end = pos + _HEADER.size + slen + _CRC.size
+    if end > len(data):
+        return None, f"half-written chunk ({len(data) - pos} of {end - pos} bytes)"
+    (rec_crc,) = _CRC.unpack_from(data, end - _CRC.size)
+    if zlib.crc32(data[pos:end - _CRC.size]) != rec_crc:
+        return None, "chunk checksum mismatch (corrupt)"
+    if rec_size is None or n < 1 or slen != n * rec_size or codec not in CODECS.values():
+        return None, f"chunk header inconsistent with {META}"
+    body = pos + _HEADER.size
+    return _Chunk(n, start, codec, off, length, crc, data[body:body + slen], pos, end - pos), ""
+
+
+def _next_record(data: bytes, pos: int, rec_size: int | None) -> int | None:
+    """The first position at or after ``pos`` where a whole, checksummed index record starts."""
+    while True:
+        pos = data.find(_MAGIC, pos)
+        if pos < 0:
+            return None
+        if _record_at(data, pos, rec_size)[0] is not None:
+            return pos
+        pos += 1
+
+
+def _frames_problem(fh, c: _Chunk, shape: tuple[int, ...]) -> str:
+    """'' if the chunk's frame payload passes its checksum and decodes to its frames, else why not."""
+    fh.seek(c.offset)
+    blob = fh.read(c.length)
+    if len(blob) != c.length or zlib.crc32(blob) != c.crc:
+        return "corrupt (checksum mismatch)"
+    try:
+        raw_len = len(zlib.decompress(blob)) if c.codec == CODECS["zlib"] else len(blob)
+    except zlib.error:
+        return "corrupt (does not decompress)"
+    if raw_len != c.n * int(np.prod(shape)):
+        return f"of the wrong size ({raw_len} bytes for {c.n} frames of {tuple(shape)})"
+    return ""
+
+
+def scan_episode(p: Path, meta: dict, check_frames: bool = False) -> Scan:
+    """Every chunk of the episode directory ``p``: which pass their checks, which do not.
+
+    A damaged index record does not hide the records after it: the scan resynchronises on the next
+    record whose marker and checksum are whole. ``check_frames`` also reads every frame payload and
+    checks its checksum and size (what ``validate`` and ``repair`` do; a plain read checks them when
+    it decodes them)."""
     sp, fp = p / STEPS, p / FRAMES
-    data = sp.read_bytes() if sp.exists() else b""
+    data = read_bytes(sp, "episode index") if sp.exists() else b""
     frames_size = fp.stat().st_size if fp.exists() else 0
-    rec_size = step_dtype(meta["step_fields"]).itemsize if "step_fields" in meta else None
-    chunks: list[_Chunk] = []
-    problems: list[str] = []
-    pos, step, offset = 0, 0, 0
+    try:
+        rec_size = step_dtype(meta["step_fields"]).itemsize if "step_fields" in meta else None
+    except (TypeError, ValueError) as e:
+        raise DataError(f"'{p / META}': step_fields {meta.get('step_fields')!r} is not a list of [name, dtype] "
+                        f"pairs ({e}); restore meta.json from a backup or re-record the episode") from None
+    good: list[_Chunk] = []
+    bad: list[_Bad] = []
+    pos = 0
     while pos < len(data):
-        where = f"'{sp}' at byte {pos} (after step {step})"
-        if len(data) - pos < _HEADER.size:
-            problems.append(f"{where}: half-written chunk header ({len(data) - pos} bytes) dropped")
-            break
-        magic, n, start, codec, off, length, crc, slen = _HEADER.unpack_from(data, pos)
-        end = pos + _HEADER.size + slen + _CRC.size
-        if magic != _MAGIC:
-            problems.append(f"{where}: bad chunk marker {magic!r}; the rest of the file is unreadable")
-            break
-        if end > len(data):
-            problems.append(f"{where}: half-written chunk ({len(data) - pos} of {end - pos} bytes) dropped")
-            break
-        (rec_crc,) = _CRC.unpack_from(data, end - _CRC.size)
-        if zlib.crc32(data[pos:end - _CRC.size]) != rec_crc:
-            problems.append(f"{where}: chunk checksum mismatch (corrupt); it and the rest are dropped")
-            break
-        if rec_size is None or slen != n * rec_size or start != step or off != offset or codec not in CODECS.values():
-            problems.append(f"{where}: chunk header inconsistent with {META}; it and the rest are dropped")
-            break
-        if off + length > frames_size:
-            problems.append(f"'{fp}': frames of steps {step}..{step + n - 1} missing (file is {frames_size} bytes, "
-                            f"needs {off + length}); they are dropped")
-            break
-        chunks.append(_Chunk(n, start, codec, off, length, crc, data[pos + _HEADER.size:pos + _HEADER.size + slen]))
-        pos, step, offset = end, step + n, offset + length
-    return chunks, problems
+        c, why = _record_at(data, pos, rec_size)
+        if c is not None:
+            good.append(c)
+            pos += c.size
+            continue
+        nxt = _next_record(data, pos + 1, rec_size)
+        end = len(data) if nxt is None else nxt
+        bad.append(_Bad(STEPS, pos, end, why))
+        pos = end
+    shape = tuple(meta.get("frame_shape") or ())
+    if good and len(shape) != 3:
+        raise DataError(f"'{p / META}' lacks a valid frame_shape (got {meta.get('frame_shape')!r}); restore "
+                        f"meta.json from a backup or re-record the episode")
+    fh = open(fp, "rb") if check_frames and good and fp.exists() else None
+    kept: list[_Chunk] = []
+    step_end = off_end = 0
+    try:
+        for c in good:
+            held = f"steps {c.start}..{c.start + c.n - 1}"
+            if c.start < step_end or c.offset < off_end:  # overlaps an earlier chunk: a stray record
+                bad.append(_Bad(STEPS, c.pos, c.pos + c.size, "chunk out of order (overlaps an earlier one)", held))
+                continue
+            if c.offset + c.length > frames_size:
+                bad.append(_Bad(FRAMES, c.offset, min(c.offset + c.length, frames_size),
+                                f"frames missing (file is {frames_size} bytes, needs {c.offset + c.length})", held))
+                bad.append(_Bad(STEPS, c.pos, c.pos + c.size, "its frames are missing", held))
+                continue
+            why = _frames_problem(fh, c, shape) if fh is not None else ""
+            if why:
+                bad.append(_Bad(FRAMES, c.offset, c.offset + c.length, f"frames {why}", held))
+                bad.append(_Bad(STEPS, c.pos, c.pos + c.size, "its frames are corrupt", held))
+                continue
+            kept.append(c)
+            step_end, off_end = c.start + c.n, c.offset + c.length
+    finally:
+        if fh is not None:
+            fh.close()
+    runs: list[list[_Chunk]] = []
+    for c in kept:
+        last = runs[-1][-1] if runs else None
+        if last is not None and (c.start, c.offset, c.pos) == (last.start + last.n, last.offset + last.length,
+                                                              last.pos + last.size):
+            runs[-1].append(c)
+        else:
+            runs.append([c])
+    bad.sort(key=lambda b: (b.file != STEPS, b.start))
+    return Scan(runs, bad, len(data), frames_size, check_frames)
+
+
+def scan_problems(p: Path, meta: dict, scan: Scan) -> list[str]:
+    """One line per problem of a scanned episode directory: what is damaged, and what is still intact."""
+    sp, fp = p / STEPS, p / FRAMES
+    prefix = scan.prefix
+    n = sum(c.n for c in prefix)
+    later = scan.intact_steps - n
+    problems: list[str] = []
+    if not meta.get("complete"):
+        why = f"aborted by {meta['aborted']}" if meta.get("aborted") else "its recorder stopped before close()"
+        problems.append(f"'{p}': episode not closed ({why}); {n} steps readable")
+    elif n != meta.get("num_steps"):
+        problems.append(f"'{p}': {META} says {meta.get('num_steps')} steps but only {n} are readable")
+    steps_bad = [b for b in scan.bad if b.file == STEPS and not b.steps]
+    for b in steps_bad:
+        if b.end == scan.steps_size and b.why.startswith("half-written") and not later:
+            problems.append(f"'{sp}' at byte {b.start} (after step {n}): {b.why}, a torn tail; it is dropped")
+        else:
+            problems.append(f"'{sp}' bytes {b.start}..{b.end}: {b.why}; the steps it indexed are lost")
+    for b in scan.bad:
+        if b.file == FRAMES:
+            problems.append(f"'{fp}': {b.steps}: {b.why}")
+        elif b.steps and "frames" not in b.why:
+            problems.append(f"'{sp}' bytes {b.start}..{b.end} ({b.steps}): {b.why}")
+    if later:
+        problems.append(f"'{p}': {later} intact steps lie after the damage and are not read; 'worldsim data repair' "
+                        f"keeps them as an episode of their own")
+    tail = scan.frames_tail()
+    if tail:
+        problems.append(f"'{fp}': {tail} bytes after the last indexed chunk (frames whose index record was never "
+                        f"written)")
+    return problems
 
 
 def _decode_chunk(fp_handle, c: _Chunk, shape: tuple[int, int, int], fp: Path) -> np.ndarray:
@@ -528,24 +710,27 @@ def _decode_chunk(fp_handle, c: _Chunk, shape: tuple[int, int, int], fp: Path) -
     blob = fp_handle.read(c.length)
     if len(blob) != c.length or zlib.crc32(blob) != c.crc:
         raise DataError(f"'{fp}': frames of steps {c.start}..{c.start + c.n - 1} are corrupt (checksum mismatch); "
-                        f"re-collect the episode or cut it with 'worldsim data repair'")
-    raw = zlib.decompress(blob) if c.codec == CODECS["zlib"] else blob
+                        f"'worldsim data repair {fp.parent}' sets them aside and keeps the rest")
+    try:
+        raw = zlib.decompress(blob) if c.codec == CODECS["zlib"] else blob
+    except zlib.error:
+        raw = b""
     if len(raw) != c.n * int(np.prod(shape)):
         raise DataError(f"'{fp}': chunk at step {c.start} decodes to {len(raw)} bytes, expected "
-                        f"{c.n} frames of {shape}; re-collect the episode")
+                        f"{c.n} frames of {shape}; 'worldsim data repair {fp.parent}' sets it aside")
     return np.frombuffer(raw, np.uint8).reshape(c.n, *shape)  # (n, H, W, 3)
 
 
 def iter_frame_chunks(path: str | Path) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(first_step, frames (n, H, W, 3) uint8)`` chunk by chunk: stream an episode without
-    holding it all in memory. Only committed steps are yielded."""
+    holding it all in memory. Only the readable steps are yielded."""
     p = _existing(path)
     if p.suffix == ".npz" and p.is_file():
         ep = read_episode(p)
         yield 0, ep.frames
         return
     meta = read_meta(p)
-    chunks, _ = _scan_index(p, meta)
+    chunks = scan_episode(p, meta).prefix
     if not chunks:
         return
     shape = tuple(meta["frame_shape"])
@@ -560,9 +745,9 @@ def read_episode(path: str | Path, mmap: bool = True, load_frames: bool = True, 
 
     ``mmap``: frames stored raw are memory-mapped instead of read (zlib chunks are always decoded).
     ``load_frames=False`` reads only actions, rewards, timestamps and meta (``frames`` is None).
-    An episode whose writer never closed it, or whose tail is torn, comes back with ``complete=False``
-    and the reasons in ``problems`` (also logged unless ``warn=False``); ``strict=True`` raises
-    DataError instead.
+    An episode whose writer never closed it, or whose index is damaged, comes back with its readable
+    steps (those before the first damage), ``complete=False`` and the reasons in ``problems`` (also
+    logged unless ``warn=False``); ``strict=True`` raises DataError instead.
     """
     p = _existing(path)
     if p.suffix == ".npz" and p.is_file():
@@ -570,13 +755,10 @@ def read_episode(path: str | Path, mmap: bool = True, load_frames: bool = True, 
     if not p.is_dir():
         raise DataError(f"'{p}' is neither an episode directory nor a .npz episode")
     meta = read_meta(p)
-    chunks, problems = _scan_index(p, meta)
+    scan = scan_episode(p, meta)
+    chunks = scan.prefix
+    problems = scan_problems(p, meta, scan)
     n = sum(c.n for c in chunks)
-    if not meta.get("complete"):
-        why = f"aborted by {meta['aborted']}" if meta.get("aborted") else "its recorder stopped before close()"
-        problems.insert(0, f"'{p}': episode not closed ({why}); {n} steps readable")
-    elif n != meta.get("num_steps"):
-        problems.insert(0, f"'{p}': {META} says {meta.get('num_steps')} steps but only {n} are readable")
     complete = not problems
     if problems:
         msg = "; ".join(problems)
@@ -589,6 +771,10 @@ def read_episode(path: str | Path, mmap: bool = True, load_frames: bool = True, 
         steps = np.frombuffer(b"".join(c.steps for c in chunks), step_dtype(meta["step_fields"]))
     else:  # nothing was ever flushed
         steps = np.zeros(0, step_dtype(CORE_FIELDS))
+    missing = [f for f in CORE_NAMES if f not in (steps.dtype.names or ())]
+    if missing:
+        raise DataError(f"'{p / META}': step_fields lacks {missing}; restore meta.json from a backup or re-record "
+                        f"the episode")
     frames = None
     if load_frames:
         shape = tuple(meta.get("frame_shape") or (0, 0, 3))
@@ -623,38 +809,11 @@ def episode_length(path: str | Path) -> tuple[int, bool]:
         z = _open_npz(p)
         try:
             return int(z["actions"].shape[0]), True
-        except (KeyError, ValueError, zipfile.BadZipFile, OSError) as e:
+        except (KeyError, ValueError, zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
             raise DataError(f"'{p}': cannot read 'actions' ({e}); re-export the .npz") from None
     meta = read_meta(p)
-    chunks, problems = _scan_index(p, meta)
-    n = sum(c.n for c in chunks)
-    return n, bool(meta.get("complete")) and not problems and n == meta.get("num_steps")
-
-
-def repair_episode(path: str | Path) -> tuple[int, int]:
-    """Cut a torn tail off and mark the episode closed: returns (steps kept, bytes dropped).
-
-    The readable prefix is kept as a complete but shorter episode; meta records ``repaired``.
-    """
-    p = _existing(path)
-    if not p.is_dir():
-        raise DataError(f"'{p}' is not an episode directory; only directories can be repaired")
-    meta = read_meta(p)
-    chunks, problems = _scan_index(p, meta)
-    n = sum(c.n for c in chunks)
-    steps_len = sum(_HEADER.size + len(c.steps) + _CRC.size for c in chunks)
-    frames_len = chunks[-1].offset + chunks[-1].length if chunks else 0
-    dropped = 0
-    for name, keep in ((STEPS, steps_len), (FRAMES, frames_len)):
-        f = p / name
-        if f.exists() and f.stat().st_size > keep:
-            dropped += f.stat().st_size - keep
-            os.truncate(f, keep)
-    meta.update(complete=True, num_steps=n, repaired={"unix": time.time(), "problems": problems,
-                                                       "was_complete": bool(meta.get("complete"))})
-    meta.pop("aborted", None)
-    write_json_atomic(p / META, meta)
-    return n, dropped
+    scan = scan_episode(p, meta)
+    return sum(c.n for c in scan.prefix), not scan_problems(p, meta, scan)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from worldsim.data.episode import SPLITS, iter_frame_chunks, list_episodes, read_episode
+from worldsim.data.episode import SPLITS, list_episodes, read_episode, scan_episode, scan_problems
 from worldsim.errors import DataError, WorldsimError
 
 
@@ -43,18 +43,17 @@ def validate_episode(path: Path, game_actions: _GameActions | None = None) -> li
     game_actions = game_actions or _GameActions()
     try:
         ep = read_episode(path, load_frames=path.suffix == ".npz", warn=False)
+        problems, intact = [], None
+        if path.is_dir():  # every chunk, frame payloads included: what 'worldsim data repair' acts on
+            scan = scan_episode(path, ep.meta, check_frames=True)
+            fix = (f"'worldsim data repair {path}' keeps every intact step and sets the damaged bytes aside"
+                   if scan.runs else "nothing in it is intact: delete the episode or re-record it")
+            problems = [f"{pr}; fix: {fix}" for pr in scan_problems(path, ep.meta, scan)]
+            intact = scan.intact_steps
     except DataError as e:
         return [f"{e}"]
-    problems = [f"{pr}; fix: delete the episode, re-record it, or keep its readable prefix with "
-                f"'worldsim data repair {path}'" for pr in ep.problems]
-    if path.is_dir():  # decode every chunk: catches corrupt frame payloads the index cannot see
-        try:
-            for _ in iter_frame_chunks(path):
-                pass
-        except DataError as e:
-            problems.append(str(e))
     meta, T = ep.meta, len(ep)
-    if T == 0:
+    if T == 0 and not intact:
         problems.append(f"'{path}': episode has no steps; fix: delete it")
     from worldsim.envs import check_env_id
 
