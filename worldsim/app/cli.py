@@ -179,10 +179,11 @@ def run(args) -> int:
         return 0
 
     from worldsim.app.keymap import Keymap
-    from worldsim.app.latency import format_summary, json_safe
+    from worldsim.app.latency import format_summary
     from worldsim.app.recorder import Recorder
     from worldsim.runtime import ProcessBackend, Session, SessionConfig
     from worldsim.runtime.loading import set_generation_threads
+    from worldsim.stats import json_safe
 
     play, kcfg = load_configs(args)
     if play.worker not in ("process", "thread"):

@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from worldsim.bench.stats import percentiles
+from worldsim.stats import percentiles
 
 
 class LatencyMeter:
@@ -120,14 +120,3 @@ def format_summary(s: dict) -> str:
             f"p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms  (median wait {b['wait']['p50']:.1f} + generation "
             f"{b['generation']['p50']:.1f} + presentation {b['presentation']['p50']:.1f} ms)\n" + frames)
 
-
-def json_safe(obj):
-    """``obj`` with every NaN/inf float replaced by None: a run with no inputs has no percentiles, and
-    strict JSON readers (jq, browsers) reject the bare ``NaN`` that ``json.dumps`` would write."""
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from worldsim.bench.stats import percentiles
 from worldsim.engine import Engine, EngineConfig
 from worldsim.engine.cpu_pack import is_packed, pack_linears, packing_available, unpack_linears
+from worldsim.stats import percentiles
 
 SETTINGS = [(1, 1), (1, 2), (1, 4), (3, 4)]  # (chunk, steps)
 

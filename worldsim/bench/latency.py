@@ -78,8 +78,9 @@ def main(argv=None) -> int:
 
     import torch
 
-    from worldsim.app.latency import format_summary, json_safe
+    from worldsim.app.latency import format_summary
     from worldsim.app.synthetic import run_headless
+    from worldsim.stats import json_safe
 
     from worldsim.runtime.loading import set_generation_threads
     from worldsim.runtime.process_backend import split_cores
