@@ -231,7 +231,8 @@ def test_unique_names_tell_same_named_episodes_apart():
 
 
 class OracleEngine:
-    """Returns the real next frames, after checking it was given the DESIGN-aligned actions."""
+    """Returns the real next frames, after checking it was given actions aligned as the
+    episode format has them (``actions[t]`` chosen after ``frames[t]``)."""
 
     def __init__(self, episodes, chunk, no_action, horizon=10**9):
         self.episodes, self.cfg, self.no_action, self.horizon = episodes, SimpleNamespace(chunk=chunk), no_action, horizon
