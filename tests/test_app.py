@@ -101,7 +101,7 @@ def test_keymap_from_action_meanings():
 
 # -- actions reach the engine ---------------------------------------------------------------------
 def test_key_events_reach_engine_including_sub_frame_tap(spy):
-    p = build_player(spy, PlayConfig(start_screen=False, fps=60))
+    p = build_player(spy, PlayConfig(start_screen=False, speed=4))
     mark = {"i": 0}
 
     def since():
@@ -172,7 +172,7 @@ def test_latency_meter_chunk_breakdown():
 
 
 def test_play_keys(spy, tmp_path):
-    p = build_player(spy, PlayConfig(start_screen=True, fps=60, screenshot_dir=str(tmp_path / "shots")))
+    p = build_player(spy, PlayConfig(start_screen=True, speed=4, screenshot_dir=str(tmp_path / "shots")))
     K = pygame
     state = {}
 
@@ -210,7 +210,7 @@ def test_play_keys(spy, tmp_path):
 
 
 def test_model_slower_than_display_is_said(spy):
-    p = build_player(spy, PlayConfig(start_screen=False, fps=5000))
+    p = build_player(spy, PlayConfig(start_screen=False, speed=400))
     script = Script([(lambda p: p.session.steps > 15, lambda p: None)])
     run(p, script)
     msg = p.model_slow()
@@ -241,7 +241,7 @@ class Faulty:
 def test_worker_fault_is_replaced_while_loop_keeps_presenting(spy, kind, state):
     # 1 s, not less: the fresh worker's context prefill counts as busy too, and a CI run on a slow VM
     # saw it pass 0.4 s and get declared stalled a second time.
-    p = build_player(spy, PlayConfig(start_screen=False, fps=60, stall_timeout_s=1.0, refresh_hz=30))
+    p = build_player(spy, PlayConfig(start_screen=False, speed=4, stall_timeout_s=1.0, refresh_hz=30))
     faulty = Faulty(kind)
     p.session.fault_hook = faulty
     logs = []
@@ -269,7 +269,7 @@ def test_worker_fault_is_replaced_while_loop_keeps_presenting(spy, kind, state):
 
 
 def test_repeated_faults_back_off_and_show_restarting(spy):
-    p = build_player(spy, PlayConfig(start_screen=False, fps=60, backoff_initial_s=0.2, backoff_max_s=0.4))
+    p = build_player(spy, PlayConfig(start_screen=False, speed=4, backoff_initial_s=0.2, backoff_max_s=0.4))
     p.session.fault_hook = Faulty("raise", at=0, times=10**9)  # never recovers
     logs, panels = [], []
     p.log = logs.append
@@ -316,7 +316,7 @@ def test_chunk_schedule_never_falls_more_than_an_interval_behind(spy):
     from worldsim.app.player import NS
     from worldsim.runtime.session import Chunk
 
-    player = build_player(spy, PlayConfig(start_screen=False, fps=60))
+    player = build_player(spy, PlayConfig(start_screen=False, speed=4))
     feed = ChunkFeed()
     player.session = feed
     frames = np.zeros((3, 16, 16, 3), np.uint8)
@@ -360,7 +360,7 @@ def test_hud_figures_refresh_a_few_times_a_second(spy):
     """The HUD's FPS/latency line is recomputed at most HUD_STATS_HZ times a second, the action line live."""
     from worldsim.app.player import HUD_STATS_HZ, NS
 
-    p = build_player(spy, PlayConfig(start_screen=False, fps=60))
+    p = build_player(spy, PlayConfig(start_screen=False, speed=4))
     calls = []
     real = p.meter.recent_percentiles
     p.meter.recent_percentiles = lambda: (calls.append(1), real())[1]

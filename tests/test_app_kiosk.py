@@ -47,7 +47,7 @@ def spy(ckpt):
 
 
 def kiosk(spy, recorder=None, **kw):
-    play = PlayConfig(fullscreen=True, hud=False, start_screen=False, fps=60, max_seconds=20,
+    play = PlayConfig(fullscreen=True, hud=False, start_screen=False, speed=4, max_seconds=20,
                       stall_timeout_s=kw.pop("stall_timeout_s", 2.0))
     cfg = KioskConfig(play=play, **{"attract_policy": "scripted", **kw})
     log = io.StringIO()

@@ -54,7 +54,7 @@ def test_record_validate_align_and_replay(ckpt, tmp_path):
     meta = {"env_id": playable.env_id, "action_meanings": playable.action_meanings, "source": "play",
             "policy": "human", "checkpoint": playable.path, "checkpoint_hash": playable.file_hash}
     recorder = Recorder(rec_dir, meta, flush_every_s=0.2)
-    p = build_player(spy, PlayConfig(start_screen=False, fps=60), recorder=recorder)
+    p = build_player(spy, PlayConfig(start_screen=False, speed=4), recorder=recorder)
     K = pygame
     t = {"n": 0}
 
@@ -106,6 +106,6 @@ def test_record_validate_align_and_replay(ckpt, tmp_path):
 
     screen_player = build_player(spy, PlayConfig(start_screen=False))  # only for its headless screen
     shown = []
-    out = replay(rec_dir, screen_player.screen, fps=2000, on_frame=lambda t, ep: shown.append(t))
+    out = replay(rec_dir, screen_player.screen, speed=0, on_frame=lambda t, ep: shown.append(t))
     assert out["episodes"] == 2 and out["frames"] == total
     assert out["actions"] == [int(a) for pth in paths for a in read_episode(pth).actions]

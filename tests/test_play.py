@@ -46,13 +46,14 @@ def test_play_headless_json_record_and_replay(ckpt, tmp_path, capsys):
     # child's start (torch import, model load) took all of 5 s in a CI run on a slow moment of a 2-core VM
     # (0 frames): 12 s leaves room for it and still plays for seconds.
     rc = play_main(["--headless", "--checkpoint", ckpt, "--max-seconds", "12", "--json", str(out),
-                    "--record", str(rec), "--steps", "1", "fps=30"])
+                    "--record", str(rec), "--steps", "1", "speed=2"])
     assert rc == 0
     s = strict_json(out)
     # How many frames fit depends on the machine's load: check that play happened and the cap held,
     # not a speed.
     assert s["settings"]["steps"] == 1 and s["frames"] >= 1
-    assert 0 < s["fps"] < 33  # the fps=30 override caps generation
+    # A random checkpoint records no frame period: the default, 15 steps/s, at speed 2 caps generation at 30/s.
+    assert 0 < s["fps"] < 33 and s["pace"]["speed"] == 2 and abs(s["tick_ms"] - 1000 / 30) < 0.01
     for k in ("p50", "p95", "p99", "max"):
         assert k in s["latency_ms"]
     assert "jitter_ms" in s and "frame_time_ms" in s
@@ -60,7 +61,9 @@ def test_play_headless_json_record_and_replay(ckpt, tmp_path, capsys):
     (ep,) = list_episodes(rec)
     assert len(read_episode(ep)) >= 2  # the context frame(s) it started from, then what was played
     capsys.readouterr()
-    assert play_main(["--headless", "--replay", str(rec), "--fps", "1000"]) == 0
+    meta = read_episode(ep).meta
+    assert meta["speed"] == 2 and meta["sampling"]["speed"] == 2 and meta["frame_period"]["frameskip"] == 4
+    assert play_main(["--headless", "--replay", str(rec), "--speed", "0"]) == 0
     assert f"replayed {len(read_episode(ep))} frames" in capsys.readouterr().out
 
 
@@ -90,8 +93,12 @@ def test_play_errors_are_one_line_exit_2(tmp_path, capsys):
     assert play_main(["--headless", "--checkpoint", str(tmp_path / "missing.safetensors")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("play.py: error:") and "not found" in err and "\n" not in err
-    assert play_main(["--headless", "--checkpoint", "x.safetensors", "fsp=30"]) == 2
-    assert "did you mean 'fps'" in capsys.readouterr().err
+    assert play_main(["--headless", "--checkpoint", "x.safetensors", "sped=2"]) == 2
+    assert "did you mean 'speed'" in capsys.readouterr().err
+    for argv in (["fps=30"], ["--fps", "30"], ["--kiosk", "play.fps=30"], ["--headless", "speed=-1"]):
+        assert play_main(["--headless", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "speed" in err, err
     assert play_main(["--headless", "--kiosk", "idle_timeout=3"]) == 2
     assert "idle_timeout_s" in capsys.readouterr().err
     assert play_main(["--headless", "worker=fork"]) == 2

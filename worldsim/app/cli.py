@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="play.py", description="Play a worldsim world model in real time.",
                                  epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("overrides", nargs="*", metavar="key=value",
-                    help="config overrides, e.g. fps=30 hud=false (kiosk: idle_timeout_s=30 play.fps=30)")
+                    help="config overrides, e.g. speed=0.5 hud=false (kiosk: idle_timeout_s=30 play.speed=1)")
     ap.add_argument("--checkpoint", help="model file (default: assets/default.safetensors)")
     ap.add_argument("--config", help="YAML config (default: configs/play.yaml, or configs/kiosk.yaml with --kiosk)")
     ap.add_argument("--headless", action="store_true", help="no window (SDL dummy video driver): tests, benchmarks")
@@ -43,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--play-real", metavar="ENV_ID", help="play the real game (e.g. ALE/Boxing-v5) through the same loop")
     ap.add_argument("--steps", type=int, choices=[1, 2, 4], help="sampling steps per chunk (default: the checkpoint's)")
     ap.add_argument("--chunk", type=int, help="frames per chunk, 1 = frame-wise (default: the checkpoint's)")
-    ap.add_argument("--fps", type=float, help="generation rate cap, 0 = as fast as the model runs (default 60)")
+    ap.add_argument("--speed", type=float,
+                    help="pace relative to the game's own speed (the model's frame period): 1 (default), 0.5 slow "
+                         "motion, 2 fast-forward, 0 = as fast as the model runs; with --replay, of the recorded pace")
+    ap.add_argument("--fps", type=float, help=argparse.SUPPRESS)  # removed: one line naming --speed
     ap.add_argument("--seed", type=int, help="noise seed of the first context")
     ap.add_argument("--context", metavar="NPZ", help="start from the last frames of this plain .npz episode")
     ap.add_argument("--device", help="auto | cpu | cuda")
@@ -58,20 +61,44 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+FPS_REMOVED = ("was removed: play runs at the game's own speed, the model's frame period (worldsim.gametime); "
+               "set speed= instead (1 = the game's own speed, 0.5 slow motion, 2 fast-forward, 0 = as fast as "
+               "the model runs)")
+
+
+def check_removed_keys(path, overrides, kiosk: bool) -> None:
+    """One line for the generation cap ``fps`` that ``speed`` replaced (YAML, key=value or --fps)."""
+    key = "play.fps" if kiosk else "fps"
+    for o in overrides:
+        if o.split("=")[0] in ("fps", "play.fps"):
+            raise WorldsimError(f"config key '{o.split('=')[0]}' {FPS_REMOVED}")
+    if path is not None and Path(path).is_file():
+        from worldsim.config import load_yaml
+
+        node = load_yaml(path)
+        node = node.get("play") if kiosk else node
+        if node is not None and hasattr(node, "keys") and "fps" in node.keys():
+            raise WorldsimError(f"config key '{key}' in {path} {FPS_REMOVED}")
+
+
 def load_configs(args):
     """(PlayConfig, KioskConfig or None) from YAML + overrides + flags."""
     from worldsim.app.kiosk import KioskConfig
     from worldsim.app.player import PlayConfig
     from worldsim.config import load_config
 
+    if getattr(args, "fps", None) is not None:
+        raise WorldsimError(f"--fps {FPS_REMOVED.replace('set speed=', 'pass --speed')}")
     if args.kiosk:
         path = args.config or ("configs/kiosk.yaml" if Path("configs/kiosk.yaml").is_file() else None)
+        check_removed_keys(path, args.overrides, kiosk=True)
         kcfg = load_config(KioskConfig, path, args.overrides)
         play = kcfg.play
     else:
         path = args.config or ("configs/play.yaml" if Path("configs/play.yaml").is_file() else None)
+        check_removed_keys(path, args.overrides, kiosk=False)
         kcfg, play = None, load_config(PlayConfig, path, args.overrides)
-    flags = {"checkpoint": args.checkpoint, "steps": args.steps, "chunk": args.chunk, "fps": args.fps,
+    flags = {"checkpoint": args.checkpoint, "steps": args.steps, "chunk": args.chunk, "speed": args.speed,
              "seed": args.seed, "context": args.context, "device": args.device, "dtype": args.dtype,
              "threads": args.threads, "record": args.record, "max_seconds": args.max_seconds}
     play = dataclasses.replace(play, **{k: v for k, v in flags.items() if v is not None})
@@ -79,6 +106,9 @@ def load_configs(args):
         play = dataclasses.replace(play, fullscreen=True)
     if args.headless:
         play = dataclasses.replace(play, start_screen=False)
+    from worldsim.gametime import check_speed
+
+    check_speed(play.speed)
     # WORLDSIM_COMPILE sets the default of compile= (a key=value override still wins): the test suite
     # sets it to 'off' so that no play it runs starts a background build. YAML reads a bare off/on as a
     # boolean, which the str field keeps as 'False'/'True'.
@@ -99,7 +129,7 @@ def compile_mode(value) -> str:
 
 
 def build_model_session(play):
-    """(backend, keymap source, model label, recording meta, fps) for the world model."""
+    """(backend, model label, recording meta, pace) for the world model."""
     from worldsim.runtime import load_playable
 
     overrides = {k: v for k, v in (("steps", play.steps), ("chunk", play.chunk)) if v}
@@ -116,6 +146,12 @@ def build_model_session(play):
                       context_path=play.context or None)
     if p.note:
         print(f"play.py: note: {p.note}", file=sys.stderr)
+    from worldsim.gametime import Pace, checkpoint_period, game_name
+
+    period = checkpoint_period(p.meta, Path(p.path).name)
+    if period.note:
+        print(f"play.py: note: {period.note}", file=sys.stderr)
+    pace = Pace(period.period, play.speed, game_name(p.env_id))
     # compiled forwards on the CPU (worldsim.engine.aot); a background build loads the same file and dtype
     from worldsim.device import dtype_name
 
@@ -124,8 +160,9 @@ def build_model_session(play):
     label = f"{Path(p.path).name} ({p.env_id})"
     meta = {"env_id": p.env_id, "action_meanings": p.action_meanings, "source": "play", "policy": "human",
             "checkpoint": p.path, "checkpoint_hash": p.file_hash, "engine": dataclasses.asdict(p.backend.cfg),
-            "resolution": p.backend.model.cfg.resolution, "fps_cap": play.fps, "device": str(p.device)}
-    return p.backend, label, meta, play.fps
+            "resolution": p.backend.model.cfg.resolution, "device": str(p.device),
+            "frame_period_source": period.source, **pace.to_meta()}
+    return p.backend, label, meta, pace
 
 
 def in_worker_process(backend, play):
@@ -142,7 +179,7 @@ def in_worker_process(backend, play):
     import torch
 
     torch.set_num_threads(1)
-    return ProcessBackend(backend, threads=play.threads)
+    return ProcessBackend(backend, threads=play.threads, start_timeout_s=play.start_timeout_s)
 
 
 def torch_device_type(backend) -> str:
@@ -151,17 +188,18 @@ def torch_device_type(backend) -> str:
     return torch.device(getattr(backend, "device", "cpu") or "cpu").type
 
 
-def build_real_session(env_id: str, play, *, fps_given: bool):
+def build_real_session(env_id: str, play):
+    """(backend, label, recording meta, pace) for the real game: one step spans ``frameskip`` emulator
+    frames, so the game's own speed is its ``frame_period`` (60/frameskip steps/s on Atari)."""
     from worldsim.envs import make_env
+    from worldsim.gametime import Pace, game_name
     from worldsim.runtime import EnvBackend
 
     backend = EnvBackend(lambda: make_env(env_id))
     env = backend.env
-    frameskip = max(1, int(getattr(env.config, "frameskip", 4)))
-    # The emulator runs at 60 Hz; one step spans `frameskip` of its frames, so real time is 60/frameskip.
-    fps = play.fps if fps_given else 60.0 / frameskip
-    meta = {**env.describe(), "source": "play-real", "policy": "human", "fps_cap": fps}
-    return backend, env_id, meta, fps
+    pace = Pace(env.frame_period, play.speed, game_name(env_id))
+    meta = {**env.describe(), "source": "play-real", "policy": "human", **pace.to_meta()}
+    return backend, env_id, meta, pace
 
 
 def run(args) -> int:
@@ -173,8 +211,14 @@ def run(args) -> int:
     if args.replay:
         from worldsim.app.replay import replay
 
+        if args.fps is not None:
+            raise WorldsimError(f"--fps {FPS_REMOVED.replace('set speed=', 'pass --speed')}")
+        from worldsim.gametime import check_speed
+
+        speed = check_speed(1.0 if args.speed is None else args.speed, "--speed")
         screen = Screen((64, 64), scale=10, title="worldsim replay")
-        out = replay(args.replay, screen, fps=args.fps or 0.0, max_seconds=args.max_seconds or 0.0)
+        out = replay(args.replay, screen, speed=speed, max_seconds=args.max_seconds or 0.0,
+                     announce=lambda line: print(f"play.py: {line}", file=sys.stderr))
         print(f"replayed {out['frames']} frames from {out['episodes']} episode(s)")
         return 0
 
@@ -190,14 +234,15 @@ def run(args) -> int:
         raise WorldsimError(f"worker must be 'process' or 'thread' (got {play.worker!r})")
     set_generation_threads(play.threads)
     if args.play_real:
-        fps_given = args.fps is not None or any(o.split("=")[0] in ("fps", "play.fps") for o in args.overrides)
-        backend, label, meta, fps = build_real_session(args.play_real, play, fps_given=fps_given)
+        backend, label, meta, pace = build_real_session(args.play_real, play)
     else:
-        backend, label, meta, fps = build_model_session(play)
+        backend, label, meta, pace = build_model_session(play)
         backend = in_worker_process(backend, play)
         meta["worker"] = "process" if isinstance(backend, ProcessBackend) else "thread"
-    play = dataclasses.replace(play, fps=fps)
-    session = Session(backend, SessionConfig(seed=play.seed, fps=fps, stall_timeout_s=play.stall_timeout_s))
+    print(f"play.py: {pace.announce()}", file=sys.stderr)
+    # The session starts one generation per tick of game time (0: uncapped): frames per second = rate.
+    session = Session(backend, SessionConfig(seed=play.seed, fps=pace.rate, stall_timeout_s=play.stall_timeout_s,
+                                             start_timeout_s=play.start_timeout_s))
     keymap = Keymap(backend.action_meanings)
     recorder = Recorder(play.record, meta) if play.record else None
     frame_hw = _frame_hw(backend)
@@ -210,7 +255,7 @@ def run(args) -> int:
         stream = open(kcfg.log, "a") if kcfg.log else None
         try:
             player = Kiosk(session, keymap, screen, kcfg, env_id=meta["env_id"], model_label=label,
-                           recorder=recorder, log_stream=stream)
+                           recorder=recorder, log_stream=stream, pace=pace)
             summary = player.run()
         finally:
             if stream is not None:
@@ -218,7 +263,7 @@ def run(args) -> int:
     else:
         from worldsim.app.player import Player
 
-        player = Player(session, keymap, screen, play, recorder=recorder, model_label=label)
+        player = Player(session, keymap, screen, play, recorder=recorder, model_label=label, pace=pace)
         injector = _start_injector(args.synthetic_input, args.seed or 0)
         try:
             summary = player.run()

@@ -11,9 +11,11 @@ logic. States:
 
 Esc, window close (Alt+F4) and the usual quit keys do nothing; the operator leaves with the key
 chord in ``configs/kiosk.yaml`` or SIGTERM/SIGINT, cleanly (open recording closed, log line written).
-The player's watchdog restarts a worker that raised, died or stalled, showing a calm
-"restarting" screen while it backs off. One JSON line per visitor session and per fault goes to
-the log (``log: ''`` = stdout). State is bounded (deques, counters), so memory stays flat.
+The player's watchdog restarts a worker that raised, died, stalled or did not start within
+``play.start_timeout_s``, showing a calm "restarting" screen while it backs off. One JSON line per
+visitor session, per fault and per recovery (the first frame after a fault, with the time the screen
+went without one) goes to the log (``log: ''`` = stdout); the last line says how long the longest gap
+between frames was. State is bounded (deques, counters), so memory stays flat.
 """
 
 from __future__ import annotations
@@ -81,10 +83,10 @@ class Kiosk(Player):
     mode = "kiosk"
 
     def __init__(self, session, keymap, screen, kcfg: KioskConfig, *, env_id: str = "", model_label: str = "",
-                 recorder=None, bindings=None, log_stream=None):
+                 recorder=None, bindings=None, log_stream=None, pace=None):
         self.kcfg = kcfg
         super().__init__(session, keymap, screen, kcfg.play, recorder=recorder, model_label=model_label,
-                         bindings=bindings, log=self._log_json)
+                         bindings=bindings, log=self._log_json, pace=pace)
         self.log_stream = log_stream
         self.env_id = env_id
         self.chord = chord_keys(kcfg.operator_chord)
@@ -94,6 +96,9 @@ class Kiosk(Player):
         self.attract_since_ns = 0
         self.visitor: dict | None = None
         self.visitors = 0
+        self.last_frame_ns = 0  # when the last generated frame was presented (0: none yet)
+        self.longest_gap_s = 0.0  # the longest time between two presented frames
+        self.faults_recovered = 0  # faults followed by a frame on screen (logged as 'recovered')
 
     def _make_policy(self, name: str):
         from worldsim.envs.policies import make_policy
@@ -128,7 +133,8 @@ class Kiosk(Player):
             self.end_visitor("shutdown", time.perf_counter_ns())
         self.log({"event": "kiosk_stop", "reason": self.quit_reason, "uptime_s":
                   round((time.perf_counter_ns() - self.started_ns) / NS, 1), "visitors": self.visitors,
-                  "faults": self.faults, "restarts": self.session.restarts, "exit_code": self.exit_code})
+                  "faults": self.faults, "restarts": self.session.restarts,
+                  "longest_gap_s": round(self.longest_gap_s, 2), "exit_code": self.exit_code})
 
     # -- input -----------------------------------------------------------------------------------
     def on_event(self, ev, now: int) -> None:
@@ -200,11 +206,23 @@ class Kiosk(Player):
             self.attract_since_ns = now
 
     def on_presented(self, frame, chunk, index: int, t: int) -> None:
+        if chunk.kind == "gen":
+            self.frame_presented(t)
         if self.state != "attract":
             return
         if chunk.kind == "context":
             self.policy.reset()
         self.session.slot.set(self.policy(frame))  # no stamp: nobody pressed anything
+
+    def frame_presented(self, t: int) -> None:
+        """Keep the longest gap between frames; the first frame after faults logs 'recovered'."""
+        gap_s = (t - self.last_frame_ns) / NS if self.last_frame_ns else 0.0
+        self.longest_gap_s = max(self.longest_gap_s, gap_s)
+        self.last_frame_ns = t
+        if self.faults > self.faults_recovered:
+            self.log({"event": "recovered", "faults": self.faults - self.faults_recovered, "gap_s": round(gap_s, 2),
+                      "restarts": self.session.restarts})
+            self.faults_recovered = self.faults
 
     def overlay(self, now: int) -> dict:
         out = super().overlay(now)

@@ -13,6 +13,11 @@ One loop on the main thread, never waiting on the model:
     otherwise redraw at ``refresh_hz`` (HUD, banners, the restarting screen) so the window stays alive
     wait for the next chunk for at most ``poll_ms`` (the input poll period)
 
+Pacing is game time: the session starts one generation per tick, the model's frame period divided
+by ``speed`` (``worldsim.gametime.Pace``, which the builder gives both the session and the player),
+so Boxing trained at frameskip 4 plays at its own 15 steps/s; the HUD says so ("Boxing, 15 steps/s,
+speed 1.00x").
+
 Keys while playing: arrows/WASD + space play; R reset to a fresh context; P pause; 1/2/4 sampling
 steps; C frame-wise <-> chunk-wise; H HUD; F12 (or F2) screenshot; Esc/Q quit. The kiosk
 (``worldsim.app.kiosk``) subclasses this loop and changes what keys may do.
@@ -34,6 +39,7 @@ import numpy as np
 from worldsim.app.display import Screen
 from worldsim.app.keymap import HeldKeys, Keymap, default_bindings
 from worldsim.app.latency import LatencyMeter
+from worldsim.gametime import Pace
 
 NS = 1_000_000_000
 HUD_STATS_HZ = 4.0  # the FPS/latency line of the HUD is recomputed this often (Player.hud_stats_line)
@@ -59,7 +65,10 @@ class PlayConfig:
     window: int = 0  # KV cache window in frames (0: the checkpoint's); smaller is faster, see assets/README.md
     sink: int = -1  # sink frames kept at the start of the cache (-1: the checkpoint's)
     chunk_size: int = 3  # frames per chunk when C switches to chunk-wise during play
-    fps: float = 60.0  # generation rate cap (0: as fast as the model runs)
+    # Pace of play relative to the game's own speed: the model's frame period (the game time one frame
+    # spans, worldsim.gametime) / speed is the tick between generation starts. 1 = the game's own speed
+    # (Boxing at frameskip 4: 15 steps/s), 0.5 slow motion, 2 fast-forward, 0 = as fast as the model runs.
+    speed: float = 1.0
     seed: int = 0  # noise seed of the first context (each reset takes the next)
     scale: int = 10  # window = frame size x scale (clamped to the screen), resizable
     fullscreen: bool = False
@@ -68,6 +77,7 @@ class PlayConfig:
     screenshot_dir: str = "screenshots"
     record: str = ""  # directory to record episodes into ('' = off)
     stall_timeout_s: float = 2.0  # a generation longer than this is a hung worker
+    start_timeout_s: float = 60.0  # a worker not started by then (a slow torch import fits) is a hung one too
     backoff_initial_s: float = 1.0  # wait before the 2nd restart in a row; doubles each time
     backoff_max_s: float = 30.0
     healthy_after_s: float = 30.0  # a worker up this long resets the back-off
@@ -90,12 +100,16 @@ class Player:
 
     def __init__(self, session, keymap: Keymap, screen: Screen, cfg: PlayConfig | None = None, *,
                  meter: LatencyMeter | None = None, recorder=None, model_label: str = "",
-                 bindings: dict[int, str] | None = None, log: Callable[[dict], None] | None = None):
+                 bindings: dict[int, str] | None = None, log: Callable[[dict], None] | None = None,
+                 pace: Pace | None = None):
         import pygame
 
         self.pg = pygame
         self.session, self.keymap, self.screen = session, keymap, screen
         self.cfg = cfg or PlayConfig()
+        # The game time of a frame and the speed: the session's generation tick (built from the same
+        # Pace), the HUD's pace line, the spread of a chunk's frames.
+        self.pace = pace or Pace(speed=self.cfg.speed)
         self.meter = meter or LatencyMeter()
         self.recorder = recorder
         self.model_label = model_label
@@ -166,7 +180,8 @@ class Player:
 
     def summary(self) -> dict:
         s = self.meter.summary()
-        s.update(settings=self.session.settings, model=self.model_label, faults=self.faults,
+        s.update(settings=self.session.settings, model=self.model_label, faults=self.faults, pace=self.pace.to_meta(),
+                 tick_ms=self.pace.tick_ms,
                  restarts=self.session.restarts, presented=self.frames_presented, flips=self.screen.flips)
         return s
 
@@ -304,7 +319,7 @@ class Player:
         self.schedule.clear()
         self.meter.gap()
         self.log({"event": "fault", "kind": h.state, "error": h.error, "mode": self.state,
-                  "consecutive": n, "backoff_s": backoff, "restarts": self.session.restarts,
+                  "phase": h.phase, "consecutive": n, "backoff_s": backoff, "restarts": self.session.restarts,
                   "abandoned_workers": self.session.abandoned + (h.state == "stalled"
                                                                  and not self.session.kills_hung_workers),
                   **({"traceback": h.detail} if h.detail and self.mode == "play" else {})})
@@ -340,8 +355,8 @@ class Player:
             self.last_arrival_ns = now
             if C == 1:
                 interval = 0
-            else:  # spread the chunk over its period: the cap, or how fast chunks really come
-                interval = max(NS / self.cfg.fps if self.cfg.fps > 0 else 0, self.arrival_ema_ns)
+            else:  # spread the chunk over its period: the tick, or how fast chunks really come
+                interval = max(self.pace.tick_ns, self.arrival_ema_ns)
             base = now if not self.schedule else max(now, self.schedule[-1][0] + int(interval))
             # Never more than one interval behind: with jittery arrivals the spread would otherwise pile
             # up into a growing backlog of frames already made (seen: 164 ms of presentation delay).
@@ -394,7 +409,7 @@ class Player:
             return out
         warn = []
         if self.hud_on:
-            out["hud"] = [self.hud_stats_line(now),
+            out["hud"] = [self.hud_stats_line(now), self.pace.label(),
                           f"{settings_label(self.session.settings)}   {self.model_label}",
                           f"action {self.keymap.name(self.session.slot.peek())}"]
             slow = self.model_slow()
@@ -419,13 +434,14 @@ class Player:
         return self._hud_stats[1]
 
     def model_slow(self) -> str | None:
-        """A line saying so when the model cannot keep up with the display rate."""
-        if self.cfg.fps <= 0 or self.session.steps < 10 or not self.session.gen_ms_ema:
+        """A line saying so when the model cannot keep up with the game's pace (its tick)."""
+        rate = self.pace.rate
+        if rate <= 0 or self.session.steps < 10 or not self.session.gen_ms_ema:
             return None
         per_frame_ms = self.session.gen_ms_ema / max(1, self.session.settings.get("chunk", 1))
-        model_fps = 1000.0 / per_frame_ms
-        if model_fps < 0.9 * self.cfg.fps:
-            return f"model slower than display: {model_fps:.0f} FPS < {self.cfg.fps:.0f}"
+        model_rate = 1000.0 / per_frame_ms
+        if model_rate < 0.9 * rate:
+            return f"model slower than the game: {model_rate:.0f} steps/s < {rate:g}"
         return None
 
     def draw(self, frame) -> int:

@@ -10,6 +10,10 @@ Every context (start, reset, restart, a real game's new episode) opens a new epi
 ``context_frames`` steps are the frames the model was seeded with (meta says how many), so a
 recording is a complete trajectory that training and ``worldsim eval`` can use as is.
 
+Game time: the meta carries the model's (or the real game's) ``frame_period``, the ``speed`` played at
+(also in ``sampling``) and ``steps_per_s``, the pace generation was held to; the timestamps are
+when each frame was shown, which is what replay paces by.
+
 Per step: ``latency_ms`` is the input-to-pixel latency of the oldest input first shown in that
 frame (NaN where none), and the extras ``action_to_pixel_ms`` (action taken -> frame flipped),
 ``gen_ms``, ``steps`` and ``chunk`` (the sampling settings, which can change live).
@@ -50,7 +54,10 @@ class Recorder:
 
         self.close()
         path = next_episode_path(self.out_dir)
-        meta = {**self.meta, "sampling": dict(settings), "context_frames": int(context_frames)}
+        sampling = dict(settings)
+        if "speed" in self.meta:  # the pace played at is a setting of the recording too
+            sampling["speed"] = self.meta["speed"]
+        meta = {**self.meta, "sampling": sampling, "context_frames": int(context_frames)}
         self.writer = EpisodeWriter(path, meta, flush_every_s=self.flush_every_s)
         self.episodes.append(path)
 

@@ -62,38 +62,46 @@ class InputInjector(threading.Thread):
 
 
 def build_player(backend, cfg=None, *, kiosk=None, recorder=None, log_stream=None, model_label: str = "test",
-                 env_id: str = ""):
-    """A headless Player (or Kiosk, given a KioskConfig) over ``backend``, ready to ``run()``."""
+                 env_id: str = "", pace=None):
+    """A headless Player (or Kiosk, given a KioskConfig) over ``backend``, ready to ``run()``. ``pace``
+    (``worldsim.gametime.Pace``; default: the default frame period at ``cfg.speed``) sets the session's
+    generation tick and the player's HUD alike."""
     from worldsim.app.display import Screen, init_pygame
     from worldsim.app.keymap import Keymap
     from worldsim.app.player import PlayConfig, Player
+    from worldsim.gametime import Pace
     from worldsim.runtime import Session, SessionConfig
 
     init_pygame(headless=True)
     cfg = kiosk.play if kiosk is not None else (cfg or PlayConfig(start_screen=False))
-    session = Session(backend, SessionConfig(seed=cfg.seed, fps=cfg.fps, stall_timeout_s=cfg.stall_timeout_s))
+    pace = pace or Pace(speed=cfg.speed)
+    session = Session(backend, SessionConfig(seed=cfg.seed, fps=pace.rate, stall_timeout_s=cfg.stall_timeout_s,
+                                             start_timeout_s=cfg.start_timeout_s))
     hw = (backend.model.cfg.resolution,) * 2 if getattr(backend, "kind", "") == "model" else (210, 160)
     screen = Screen(hw, scale=cfg.scale, fullscreen=cfg.fullscreen, title="worldsim headless")
     if kiosk is not None:
         from worldsim.app.kiosk import Kiosk
 
         return Kiosk(session, Keymap(backend.action_meanings), screen, kiosk, env_id=env_id, model_label=model_label,
-                     recorder=recorder, log_stream=log_stream)
-    return Player(session, Keymap(backend.action_meanings), screen, cfg, recorder=recorder, model_label=model_label)
+                     recorder=recorder, log_stream=log_stream, pace=pace)
+    return Player(session, Keymap(backend.action_meanings), screen, cfg, recorder=recorder, model_label=model_label,
+                  pace=pace)
 
 
-def run_headless(backend, *, seconds: float, warmup_s: float = 1.0, fps: float = 60.0, rate: float = 6.0,
+def run_headless(backend, *, seconds: float, warmup_s: float = 1.0, pace=None, rate: float = 6.0,
                  seed: int = 0, model_label: str = "", hud: bool = True, scale: int = 10) -> dict:
-    """Play ``backend`` headless for ``warmup_s + seconds`` with synthetic input; the summary covers ``seconds``."""
+    """Play ``backend`` headless for ``warmup_s + seconds`` with synthetic input at ``pace``
+    (``worldsim.gametime.Pace``; default: the game's own speed at the default frame period); the
+    summary covers ``seconds``."""
     from worldsim.app.display import init_pygame
     from worldsim.app.keymap import default_bindings
     from worldsim.app.player import NS, PlayConfig
 
     pg = init_pygame(headless=True)
     # The clock starts at the first frame (a process worker takes seconds to start); a hard cap stays.
-    cfg = PlayConfig(fps=fps, hud=hud, start_screen=False, max_seconds=warmup_s + seconds + 120.0, scale=scale,
-                     seed=seed)
-    player = build_player(backend, cfg, model_label=model_label)
+    cfg = PlayConfig(speed=pace.speed if pace is not None else 1.0, hud=hud, start_screen=False,
+                     max_seconds=warmup_s + seconds + 120.0, scale=scale, seed=seed)
+    player = build_player(backend, cfg, model_label=model_label, pace=pace)
     bindings = default_bindings()
     injector = InputInjector([k for k in bindings if k not in (pg.K_RETURN, pg.K_w, pg.K_a, pg.K_s, pg.K_d)],
                              rate=rate, seed=seed)

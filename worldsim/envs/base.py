@@ -45,6 +45,16 @@ class GameEnv:
     env_id: str
     action_meanings: list[str]
     config: EnvConfig
+    # Frames per second of the game's own clock; one step spans ``frameskip`` of them (its frame period,
+    # ``worldsim.gametime``). The Atari 2600 runs at 60 Hz.
+    emulator_hz: float = 60.0
+
+    @property
+    def frame_period(self):
+        """One step of game time (``worldsim.gametime.FramePeriod``): what a model trained on this env's frames plays at."""
+        from worldsim.gametime import FramePeriod
+
+        return FramePeriod.from_meta(self.describe()["frame_period"], self.env_id)
 
     @property
     def num_actions(self) -> int:
@@ -76,8 +86,12 @@ class GameEnv:
 
     def describe(self) -> dict[str, Any]:
         """Metadata recorded with every episode of this env."""
+        from worldsim.gametime import FramePeriod
+
         c = self.config
         return {"env_id": self.env_id, "action_meanings": list(self.action_meanings), "frameskip": c.frameskip,
+                "emulator_hz": float(self.emulator_hz),
+                "frame_period": FramePeriod(int(c.frameskip), float(self.emulator_hz)).to_meta(),
                 "repeat_action_probability": c.repeat_action_probability,
                 "max_episode_steps": c.max_episode_steps, "full_action_space": c.full_action_space}
 

@@ -44,6 +44,8 @@ class TinyConfig:
 class TinyGame(GameEnv):
     """The sprite game. ``reset(seed)`` draws the start position (on the lattice) and colour."""
 
+    emulator_hz = 15.0  # one move per step at 15 steps/s: the pace of an ALE game at its default frameskip 4
+
     def __init__(self, tiny: TinyConfig | None = None, cfg: EnvConfig | None = None):
         self.tiny = tiny or TinyConfig()
         self.config = cfg or EnvConfig(env_id=TINY_ENV_ID)
@@ -72,8 +74,11 @@ class TinyGame(GameEnv):
     def describe(self) -> dict:
         from dataclasses import asdict
 
+        from worldsim.gametime import FramePeriod
+
         # One step is one move: there are no emulator frames to skip, whatever EnvConfig says.
-        return {**super().describe(), "frameskip": 1, "max_episode_steps": self.max_steps, "tiny": asdict(self.tiny)}
+        return {**super().describe(), "frameskip": 1, "frame_period": FramePeriod(1, self.emulator_hz).to_meta(),
+                "max_episode_steps": self.max_steps, "tiny": asdict(self.tiny)}
 
     def _draw_floor(self) -> np.ndarray:
         t = self.tiny

@@ -45,8 +45,29 @@ def open_clips(cfg: DataConfig, split: Optional[str], clip_len: Optional[int] = 
 
     if not cfg.paths:
         raise ConfigError("data.paths is empty; pass data.paths=[DIR] (e.g. a 'worldsim collect' output)")
-    return ClipDataset([str(p) for p in cfg.paths], clip_len or cfg.clip_len, cfg.resolution, split=split,
-                       cache_dir=cfg.cache_dir, preload=cfg.preload)
+    ds = ClipDataset([str(p) for p in cfg.paths], clip_len or cfg.clip_len, cfg.resolution, split=split,
+                     cache_dir=cfg.cache_dir, preload=cfg.preload)
+    data_frame_period(ds)  # one frame period per training run: refuse a mix before any step is taken
+    return ds
+
+
+def data_frame_period(ds):
+    """The one frame period (``worldsim.gametime.FramePeriod``) of a clip source's episodes; a mix of
+    periods is refused with one line naming an episode of each (a model learns one step of game time).
+    Old episodes that record no period count as the ALE v5 default; a source without episode metadata
+    (``InMemoryClips``) gives its ``frame_period`` attribute (None: unknown)."""
+    from worldsim.gametime import period_or_default
+
+    metas = getattr(ds, "metas", None)
+    if metas is None:
+        return getattr(ds, "frame_period", None)
+    first = period_or_default(metas[0])
+    for ep, meta in zip(ds.episodes, metas):
+        period = period_or_default(meta)
+        if period != first:
+            raise DataError(f"the training data mixes frame periods: '{ds.episodes[0]}' is {first.describe()} but "
+                            f"'{ep}' is {period.describe()}; train on episodes collected at one env.frameskip")
+    return first
 
 
 def open_heldout(cfg: DataConfig, clip_len: int, fallback=None):
@@ -99,8 +120,9 @@ class InMemoryClips:
     """
 
     def __init__(self, episodes: Sequence[tuple[np.ndarray, np.ndarray]], clip_len: int,
-                 action_meanings: Sequence[str], env_id: str = "synthetic"):
+                 action_meanings: Sequence[str], env_id: str = "synthetic", frame_period=None):
         self.clip_len = int(clip_len)
+        self.frame_period = frame_period  # worldsim.gametime.FramePeriod of the episodes, or None (unknown)
         self.episodes = [(np.asarray(f, np.uint8), np.asarray(a, np.int64)) for f, a in episodes]
         self.env_id = env_id
         self.action_meanings = list(action_meanings)
@@ -126,7 +148,7 @@ class InMemoryClips:
         return self[int(torch.randint(len(self), (1,), generator=generator))]
 
     def with_clip_len(self, clip_len: int) -> "InMemoryClips":
-        return InMemoryClips(self.episodes, clip_len, self.action_meanings, self.env_id)
+        return InMemoryClips(self.episodes, clip_len, self.action_meanings, self.env_id, self.frame_period)
 
 
 def synthetic_episodes(n: int = 4, T: int = 48, resolution: int = 16, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
