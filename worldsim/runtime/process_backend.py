@@ -26,17 +26,34 @@ ms against 53-87, frame-time jitter 1.8-2.2 ms against 2.5-4.1. A given ``thread
 The child starts in the Session's worker thread (``start_worker``, never on the display's thread, and
 outside the stall clock): a spawned interpreter imports torch, about 1-3 s on the target, shown as the
 start or restarting screen.
+
+Nothing here can block on a dead or stopped child. The start data (the backend: weights, context,
+settings; ~4 MB for the default model) goes through a private temporary file whose path the child
+gets, not through the pipe: multiprocessing writes a spawned child's arguments into a pipe whose read
+end the parent itself holds open until the write is done, so 4 MB into a child that died while
+importing torch blocked the parent for good. What still goes through that pipe is ~1 KB, less than a
+pipe holds. The wait for 'ready' watches the pipe and the child's sentinel with a deadline
+(``start_timeout_s``): a child that dies says so at once, one that hangs or is stopped fails the start
+when the deadline passes. Requests are a few bytes; a reply that never comes (a stopped child) is the
+Session's stall watchdog's to end, with ``abort()``, which never waits on the pipe.
 """
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import os
+import pickle
+import sys
+import tempfile
 import threading
 import traceback
+from multiprocessing.connection import wait as wait_ready
 from typing import Any
 
-START_TIMEOUT_S = 120.0  # a cold start imports torch; a loaded machine can take long
+# How long a child may take to report ready: a cold start imports torch (1-3 s on the 2-core target;
+# a loaded machine or a cold disk can take several times that). play.start_timeout_s sets it.
+DEFAULT_START_TIMEOUT_S = 60.0
 
 
 # The parent's cores before any child pinned it, and how many live children hold it pinned: backends
@@ -93,10 +110,56 @@ def _unpin_parent() -> None:
             _parent_pin["mask"] = None
 
 
-def _serve(conn, backend, threads: int, cores: set[int] | None = None) -> None:
-    """Child process main: answer (op, args) requests until 'close' or the parent goes away."""
+def check_start_timeout(start_timeout_s: float) -> float:
+    """``start_timeout_s`` as a float, or a ConfigError naming the key and the fix."""
+    from worldsim.errors import ConfigError
+
+    try:
+        value = float(start_timeout_s)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"start_timeout_s must be a number of seconds > 0 (got {start_timeout_s!r}): how long a "
+                          f"generation worker may take to start; {DEFAULT_START_TIMEOUT_S:g} fits a slow torch import")
+    return value
+
+
+def _write_start_data(backend) -> str:
+    """The backend pickled into a private temporary file (mode 0600); its path goes to the child."""
+    fd, path = tempfile.mkstemp(prefix="worldsim-worker-", suffix=".pkl")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(backend, f, protocol=pickle.HIGHEST_PROTOCOL)
+    except BaseException:
+        _remove(path)
+        raise
+    return path
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:  # already removed by the other side
+        pass
+
+
+def _leave() -> None:
+    """End the child at once: an interpreter that imported torch took 1.7-2.5 s to shut down on the
+    loaded 2-core target (past ``close()``'s wait, so it was killed), and the child holds nothing
+    that needs a shutdown."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _serve(conn, start_path: str, threads: int, cores: set[int] | None = None) -> None:
+    """Child process main: load the backend the parent wrote to ``start_path``, then answer (op, args)
+    requests until 'close' or the parent goes away."""
     import torch
 
+    with open(start_path, "rb") as f:  # the parent's own file, written for this child a moment ago
+        backend = pickle.load(f)
+    _remove(start_path)
     if cores:
         _pin_threads(cores)
     torch.set_num_threads(threads)
@@ -111,9 +174,9 @@ def _serve(conn, backend, threads: int, cores: set[int] | None = None) -> None:
         try:
             op, args = conn.recv()
         except (EOFError, OSError):  # the parent closed its end or died: nothing left to serve
-            return
+            _leave()
         if op == "close":
-            return
+            _leave()
         try:
             if op == "reset":
                 out = backend.reset(*args)
@@ -131,14 +194,16 @@ def _serve(conn, backend, threads: int, cores: set[int] | None = None) -> None:
 class ProcessBackend:
     """Wraps a picklable backend (``ModelBackend``) so that it runs in a child process."""
 
-    def __init__(self, inner, threads: int = 0):
+    def __init__(self, inner, threads: int = 0, start_timeout_s: float = DEFAULT_START_TIMEOUT_S):
         self.inner = inner  # the parent's copy: static attributes (model, action meanings, ...) read from it
         self.kind = inner.kind
         self.threads = threads
+        self.start_timeout_s = check_start_timeout(start_timeout_s)  # a child not ready by then: start failed
         self._settings = dict(inner.settings)
         self._proc = None
         self._conn = None
         self._lock = threading.Lock()  # one request at a time; abort() never takes it
+        self._proc_lock = threading.Lock()  # the child's handle and _closed, between a start and abort()
         self._closed = False
         self.pid: int | None = None
         self.child_threads: int | None = None
@@ -160,10 +225,10 @@ class ProcessBackend:
                 "pinned": sorted(self.child_cores) if self.child_cores else None}
 
     def fresh(self) -> "ProcessBackend":
-        return ProcessBackend(self.inner.fresh(), self.threads)
+        return ProcessBackend(self.inner.fresh(), self.threads, self.start_timeout_s)
 
     def with_settings(self, steps: int | None = None, chunk: int | None = None) -> "ProcessBackend":
-        return ProcessBackend(self.inner.with_settings(steps, chunk), self.threads)
+        return ProcessBackend(self.inner.with_settings(steps, chunk), self.threads, self.start_timeout_s)
 
     def reset(self, seed: int | None = None):
         return self._call("reset", seed)
@@ -177,36 +242,58 @@ class ProcessBackend:
     # -- the child -----------------------------------------------------------------------------
     def start_worker(self) -> None:
         """Start the child now (the Session calls this before the first reset, outside the stall clock:
-        a start takes seconds; a start that fails or hangs raises within ``START_TIMEOUT_S``)."""
+        a start takes seconds; one that fails raises at once, one that hangs within ``start_timeout_s``)."""
         with self._lock:
             if self._proc is None and not self._closed:
                 self._start_locked()
 
     def _start_locked(self) -> None:
         ctx = mp.get_context("spawn")  # never fork: the parent's OpenMP and SDL state must not be copied
-        parent, child = ctx.Pipe()
         threads, child_cores, parent_cores = split_cores(self.threads)
-        proc = ctx.Process(target=_serve, args=(child, self.inner, threads, child_cores), name="worldsim-generator",
-                           daemon=True)
-        proc.start()
-        child.close()
-        self._proc, self._conn = proc, parent
-        if not parent.poll(START_TIMEOUT_S):
-            self.abort()
-            raise RuntimeError(f"the generation process did not start within {START_TIMEOUT_S:g} s")
         try:
-            _, self.pid, self.child_threads = parent.recv()
-        except (EOFError, OSError):
-            raise RuntimeError(self._died_message()) from None
+            path = _write_start_data(self.inner)
+        except OSError as e:
+            raise RuntimeError(f"could not write the generation process's start data to {tempfile.gettempdir()} "
+                               f"({e.strerror or e}); free space there or set TMPDIR") from None
+        parent, child = ctx.Pipe()
+        try:
+            proc = ctx.Process(target=_serve, args=(child, path, threads, child_cores), name="worldsim-generator",
+                               daemon=True)
+            proc.start()  # writes ~1 KB into the new interpreter's pipe: never more than the pipe holds
+            child.close()
+            with self._proc_lock:
+                self._proc, self._conn = proc, parent
+                closed = self._closed
+            if closed:  # abort() came while the child was being spawned: it must not outlive us
+                self.abort()
+                raise RuntimeError("the generation process was closed while it started")
+            self._wait_ready(proc, parent)
+        finally:
+            _remove(path)
         if parent_cores and _pin_parent(parent_cores):
             self._pinned_parent, self.child_cores = True, child_cores
 
-    def _died_message(self) -> str:
+    def _wait_ready(self, proc, conn) -> None:
+        """Block until the child says 'ready', it dies, or ``start_timeout_s`` passes; the last two raise."""
+        ready = wait_ready([conn, proc.sentinel], timeout=self.start_timeout_s)
+        if conn in ready:  # the message, or the end of the pipe of a child that died
+            try:
+                _, self.pid, self.child_threads = conn.recv()
+                return
+            except (EOFError, OSError):
+                pass
+        if ready:
+            raise RuntimeError(self._died_message(" while it started"))
+        self.abort()
+        raise RuntimeError(f"the generation process did not start within {self.start_timeout_s:g} s "
+                           f"(start_timeout_s); it was killed")
+
+    def _died_message(self, when: str = "") -> str:
         proc = self._proc
         if proc is not None:
             proc.join(1.0)
         code = None if proc is None else proc.exitcode
-        return f"the generation process died (exit code {code})"
+        return f"the generation process died{when} (exit code {code})"
 
     def _call(self, op: str, *args):
         with self._lock:
@@ -227,9 +314,10 @@ class ProcessBackend:
     def abort(self) -> None:
         """Kill the child now (a hung or abandoned generation); a request in flight raises in its thread.
         The parent's threads get back the cores they had before, once no live child holds them pinned."""
-        self._closed = True
-        proc = self._proc
-        if proc is not None and proc.is_alive():
+        with self._proc_lock:
+            self._closed = True
+            proc = self._proc
+        if proc is not None and proc.is_alive():  # SIGKILL also ends a stopped (SIGSTOP) child
             proc.kill()
             proc.join(2.0)
         if self._pinned_parent:

@@ -18,7 +18,9 @@ and anything still in flight from the old context is dropped.
 
 Faults: the worker records an exception it raised; ``health()`` reports ``raised``, ``died``
 (thread gone without one) or ``stalled`` (one generation running longer than
-``stall_timeout_s``); ``restart()`` abandons the old worker (a Python thread cannot be killed: a
+``stall_timeout_s``, or a worker not started within ``start_timeout_s``: a child process that hangs
+or is stopped while it imports torch is a fault like any other), each with the ``phase`` the worker
+was in (start, reset, step, configure); ``restart()`` abandons the old worker (a Python thread cannot be killed: a
 hung one is left to finish on its own, its output ignored; a backend with ``abort()``, which runs
 in a child process, is killed) and starts a new one on a fresh copy of the backend. The app's
 supervisor decides when to call it. ``fault_hook(step)`` runs inside the generation, for tests
@@ -58,6 +60,9 @@ class SessionConfig:
     # one chunk ahead, so the action it takes is never older than one frame period.
     max_ahead: int = 1
     stall_timeout_s: float = 2.0  # one generation longer than this counts as a hung worker
+    # A worker not started by then (a child process imports torch: 1-3 s on the target, a loaded
+    # machine several times that) counts as a hung worker too.
+    start_timeout_s: float = 60.0
 
 
 @dataclass
@@ -87,6 +92,7 @@ class Health:
     error: str | None = None
     detail: str | None = None  # traceback for 'raised'
     busy_s: float = 0.0  # how long the current generation has run
+    phase: str = ""  # what the worker was doing: 'start', 'reset', 'step' or 'configure'
 
     @property
     def faulted(self) -> bool:
@@ -97,6 +103,9 @@ class Session:
     def __init__(self, backend, cfg: SessionConfig | None = None, slot: ActionSlot | None = None):
         self.backend = backend
         self.cfg = cfg or SessionConfig()
+        from worldsim.runtime.process_backend import check_start_timeout
+
+        check_start_timeout(self.cfg.start_timeout_s)
         self.slot = slot or ActionSlot()
         self.fault_hook: Callable[[int], None] | None = None
         self.on_output: Callable[[], None] | None = None  # called (worker thread) after each publish
@@ -113,6 +122,8 @@ class Session:
         self._stopping = False
         self._fault: tuple[int, str, str] | None = None  # (epoch, message, traceback)
         self._busy_since: int | None = None
+        self._starting_since: int | None = None  # the worker is starting (clock ns), else None
+        self._phase = ""  # the worker's current or last request: start, reset, step, configure
         self._started_ns = 0
         self.restarts = 0
         self.abandoned = 0  # hung workers left behind by restart()
@@ -133,6 +144,7 @@ class Session:
         self._queue.clear()
         self._fault = None
         self._busy_since = None
+        self._starting_since, self._phase = self.clock(), "start"
         self._requests.pop("reset", None)
         self._started_ns = time.perf_counter_ns()
         seed = self._draw_seed()
@@ -231,23 +243,30 @@ class Session:
     def health(self) -> Health:
         with self._cv:
             t, fault, epoch = self._thread, self._fault, self._epoch
-            busy = self._busy_since
+            busy, starting, phase = self._busy_since, self._starting_since, self._phase
             stopping = self._stopping
         now = self.clock()
         if stopping:
             return Health("stopped")
         if fault is not None and fault[0] == epoch:
-            return Health("raised", fault[1], fault[2])
+            return Health("raised", fault[1], fault[2], phase=phase)
         if t is None:
             return Health("stopped")
         if not t.is_alive():
-            return Health("died", "the generation worker exited without an error")
+            return Health("died", "the generation worker exited without an error", phase=phase)
+        if starting is not None:
+            start_s = (now - starting) / 1e9
+            if start_s > self.cfg.start_timeout_s:
+                return Health("stalled", f"the generation worker has not started in {start_s:.1f} s "
+                                         f"(start_timeout_s {self.cfg.start_timeout_s:g} s)", busy_s=start_s,
+                              phase="start")
+            return Health("starting", busy_s=start_s, phase="start")
         if busy is not None:
             busy_s = (now - busy) / 1e9
             if busy_s > self.cfg.stall_timeout_s:
                 return Health("stalled", f"one generation has run for {busy_s:.1f} s "
-                                         f"(limit {self.cfg.stall_timeout_s:g} s)", busy_s=busy_s)
-            return Health("ok", busy_s=busy_s)
+                                         f"(limit {self.cfg.stall_timeout_s:g} s)", busy_s=busy_s, phase=phase)
+            return Health("ok", busy_s=busy_s, phase=phase)
         return Health("ok" if self.steps or self._queue else "starting")
 
     # -- the worker ----------------------------------------------------------------------------
@@ -264,15 +283,23 @@ class Session:
             self.on_output()
         return True
 
-    def _busy(self, epoch: int, busy: bool) -> None:
-        """Mark the start (True) or end (False) of a generation; an abandoned worker touches nothing."""
+    def _busy(self, epoch: int, busy: bool, phase: str = "step") -> None:
+        """Mark the start (True) or end (False) of a generation (``phase``: reset, step, configure); an
+        abandoned worker touches nothing."""
         with self._cv:
             if epoch == self._epoch:
                 self._busy_since = self.clock() if busy else None
+                if busy:
+                    self._phase = phase
+
+    def _started(self, epoch: int) -> None:
+        with self._cv:
+            if epoch == self._epoch:
+                self._starting_since = None
 
     def _open_context(self, epoch: int, backend, seed: int, context_id: int) -> None:
         t0 = time.perf_counter_ns()
-        self._busy(epoch, True)
+        self._busy(epoch, True, "reset")
         frames, actions = backend.reset(seed)
         self._busy(epoch, False)
         if epoch != self._epoch:
@@ -289,6 +316,7 @@ class Session:
             start = getattr(backend, "start_worker", None) or getattr(backend, "prepare", None)
             if start is not None:
                 start()
+            self._started(epoch)
             with self._cv:
                 context_id = self._context_id
             self._open_context(epoch, backend, seed, context_id)
@@ -304,7 +332,7 @@ class Session:
                     requests, self._requests = self._requests, {}
                     context_id = self._context_id
                 if "configure" in requests:
-                    self._busy(epoch, True)
+                    self._busy(epoch, True, "configure")
                     backend.configure(**requests["configure"])
                     self._busy(epoch, False)
                     if epoch == self._epoch:
