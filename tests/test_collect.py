@@ -40,6 +40,7 @@ def test_round_trip_collect_read_export_import(tmp_path):
     assert e.meta["policy"] == "sticky" and e.meta["seed"] == episode_seeds(3, "train", 0)[0]
     assert e.meta["env_id"] == TINY and e.meta["action_meanings"][0] == "NOOP" and e.meta["frameskip"] == 1
     assert e.meta["tiny"]["sprite"] == 12 and e.meta["max_episode_steps"] == 40
+    assert e.meta["frame_period"] == {"frameskip": 1, "emulator_hz": 15.0, "period_ms": 66.667}  # game time of a step
     for k in ("software_version", "policy_seed", "collection_seed", "episode_index", "repeat_prob"):
         assert k in e.meta, k
     from worldsim.envs import make_env

@@ -268,6 +268,7 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
     # Fail on a bad game, policy or option here, before any process starts or directory is touched.
     probe = make_env(cfg.env)
     make_policy(cfg.policy, probe, seed=0, **cfg.policy_kwargs)
+    period = probe.frame_period  # every episode records it (env.describe()): the game time of one step
     probe.close()
     out = Path(cfg.out)
     with _locked(out):
@@ -313,6 +314,7 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
             "heldout_episodes": len(done["heldout"]), "steps_this_run": steps_now,
             "episodes_this_run": new_eps["train"] + new_eps["heldout"], "seconds": round(seconds, 3),
             "steps_per_s": round(steps_now / seconds, 1) if seconds > 0 else None,
+            "frame_period": period.to_meta(),
         }
         _record_run(out, {k: summary[k] for k in ("steps_requested", "steps_this_run", "workers", "seconds")}
                     | {"finished_unix": time.time()})
@@ -437,7 +439,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(CollectConfig, args.config, overrides + list(args.overrides))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     summary = collect(cfg, progress=not args.no_progress)
-    print(f"{summary['train_steps']} train steps in {summary['train_episodes']} episodes, "
+    fp = summary["frame_period"]
+    print(f"{summary['train_steps']} train steps ({fp['period_ms']:.1f} ms of game time each: frameskip "
+          f"{fp['frameskip']} at {fp['emulator_hz']:g} Hz) in {summary['train_episodes']} episodes, "
           f"{summary['heldout_episodes']} held-out episodes ({summary['heldout_steps']} steps) in {cfg.out}; "
           f"this run: {summary['steps_this_run']} steps in {summary['seconds']:.1f}s "
           f"({summary['steps_per_s'] or 0:.0f} steps/s, {cfg.workers} workers)")
