@@ -196,6 +196,7 @@ def built(tmp_path_factory):
             os.environ["WORLDSIM_CACHE_DIR"] = old
 
 
+@pytest.mark.slow
 def test_package_matches_eager_engine(built):
     from worldsim.runtime.compile_cli import check
 
@@ -208,6 +209,7 @@ def test_package_matches_eager_engine(built):
     assert c["max_abs_diff"] < 1e-3, c
 
 
+@pytest.mark.slow
 def test_package_refuses_a_damaged_graph(built, tmp_path):
     _, _, path = built
     bad = tmp_path / "bad"
@@ -218,6 +220,7 @@ def test_package_refuses_a_damaged_graph(built, tmp_path):
         aot.CompiledForwards.load(bad)
 
 
+@pytest.mark.slow
 def test_backend_uses_a_built_package_and_off_does_not(built):
     from worldsim.runtime import load_playable
 
@@ -233,6 +236,7 @@ def test_backend_uses_a_built_package_and_off_does_not(built):
         assert b.describe()["compiled"]["state"] == ("ready" if want else "idle")
 
 
+@pytest.mark.slow
 def test_compile_cli_finds_the_package_and_checks_it(built, tmp_path, capsys):
     from worldsim.runtime.compile_cli import main
 
@@ -260,6 +264,7 @@ class FakeBuild:
         return None  # still running
 
 
+@pytest.mark.slow
 def test_auto_mode_builds_in_the_background_and_switches_mid_session(built, tmp_path, monkeypatch):
     import time
 
@@ -293,6 +298,7 @@ def test_auto_mode_builds_in_the_background_and_switches_mid_session(built, tmp_
     assert b.settings["compiled"] is True
 
 
+@pytest.mark.slow
 def test_auto_mode_without_a_compiler_plays_eagerly_and_says_why(built, tmp_path, monkeypatch, capsys):
     from worldsim.runtime import load_playable
 
@@ -340,6 +346,7 @@ def test_a_failing_graph_falls_back_to_eager_for_good():
         torch.testing.assert_close(graph.step(2), eager.step(2), atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_auto_mode_sets_a_damaged_package_aside_and_builds_it_again(built, tmp_path, monkeypatch, capsys):
     from worldsim.runtime import load_playable
 
@@ -361,6 +368,7 @@ def test_auto_mode_sets_a_damaged_package_aside_and_builds_it_again(built, tmp_p
     assert fake.calls == [(str(ckpt), "fp32", WINDOW, SINK, 1)] and b.settings["compiled"] is False
 
 
+@pytest.mark.slow
 def test_play_in_a_process_worker_runs_the_built_package(built, tmp_path):
     """play.py end to end: the generating child process finds the package (prepare, before 'ready')."""
     from worldsim.app.cli import main as play_main
@@ -376,6 +384,7 @@ def test_play_in_a_process_worker_runs_the_built_package(built, tmp_path):
     assert s["frames"] >= 1 and s["settings"]["compiled"] is True
 
 
+@pytest.mark.slow
 def test_backend_does_not_take_back_forwards_its_engine_dropped(built):
     from worldsim.runtime import load_playable
 

@@ -15,6 +15,8 @@ import sys
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # two full Triton compiles of every shipped kernel configuration
+
 ARCHS = (90, 80)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,8 @@ from worldsim.app.cli import main as play_main  # noqa: E402
 from worldsim.bench.latency import main as bench_main  # noqa: E402
 from worldsim.data.episode import list_episodes, read_episode  # noqa: E402
 from worldsim.data.validate import validate  # noqa: E402
-from worldsim.runtime.testing import write_random_checkpoint  # noqa: E402
+from worldsim.errors import WorldsimError  # noqa: E402
+from worldsim.runtime.testing import wait_for, write_random_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,6 +40,7 @@ def ckpt(tmp_path_factory):
     return str(write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"))
 
 
+@pytest.mark.slow
 def test_play_headless_json_record_and_replay(ckpt, tmp_path, capsys):
     out, rec = tmp_path / "play.json", tmp_path / "rec"
     # The default worker: the model in a child process. --max-seconds counts from the start, and the
@@ -114,9 +115,11 @@ def test_play_real_game_records_the_same_way(tmp_path):
     (ep,) = list_episodes(rec)
     e = read_episode(ep)
     assert e.env_id == "worldsim/Tiny-v0" and e.meta["source"] == "play-real"
-    assert e.frames.shape[1:] == (64, 64, 3) and len(e) >= 10  # native resolution, ~15 steps/s
+    assert e.frames.shape[1:] == (64, 64, 3)  # native resolution
+    assert len(e) >= 2  # the game was played and recorded (how far in 1 s depends on the machine's load)
 
 
+@pytest.mark.slow
 def test_bench_latency_json(ckpt, tmp_path):
     out = tmp_path / "lat.json"
     assert bench_main(["--checkpoint", ckpt, "--duration", "1", "--warmup", "0.3", "--settings", "1:2,3:4",
@@ -129,21 +132,23 @@ def test_bench_latency_json(ckpt, tmp_path):
         assert x["inputs"] > 0 and x["latency_ms"]["p50"] > 0
 
 
+@pytest.mark.slow
 def test_recording_survives_sigkill(ckpt, tmp_path):
     rec = tmp_path / "rec"
     env = {**os.environ, "SDL_VIDEODRIVER": "dummy", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, str(ROOT / "play.py"), "--headless", "--checkpoint", ckpt,
-                             "--record", str(rec), "--max-seconds", "60"], cwd=tmp_path, env=env,
+                             "--record", str(rec), "--max-seconds", "300"], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def committed():  # frames a reader finds now, while play.py still writes (0 before the episode exists)
+        assert proc.poll() is None, proc.stderr.read().decode()
+        try:
+            return len(read_episode(list_episodes(rec)[0], warn=False))
+        except (IndexError, WorldsimError):
+            return 0
+
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # wait until at least one chunk is committed
-            steps = list(rec.glob("ep_*/steps.bin"))
-            if steps and steps[0].stat().st_size > 0:
-                break
-            assert proc.poll() is None, proc.stderr.read().decode()
-            time.sleep(0.2)
-        time.sleep(1.2)
+        assert wait_for(lambda: committed() > 10, 120, poll=0.1), "no 10 frames committed in 120 s"
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:

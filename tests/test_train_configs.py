@@ -29,6 +29,7 @@ def train(stage: str, config: str, out: Path, data: Path, *extra: str) -> Path:
     return out / "final.safetensors"
 
 
+@pytest.mark.slow
 def test_stage_configs_chain_through_the_cli(tiny, tmp_path):
     t = train("stage0", "stage0_teacher", tmp_path / "teacher", tiny, *MODEL)
     s1 = train("stage1", "stage1_teacher_forcing", tmp_path / "tf", tiny, *MODEL, f"init.teacher={t}")

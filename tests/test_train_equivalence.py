@@ -78,6 +78,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
             dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
     single = TeacherForcingTrainer(stage1_cfg(tmp_path / "one", "", steps=4), data=clips(), heldout=clips()).fit()
     mp.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path / "two")), nprocs=2, join=True,
@@ -94,6 +95,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
     assert any(not torch.allclose(c[k], a[k], atol=1e-5) for k in a)
 
 
+@pytest.mark.slow
 def test_pipeline_runs_a_subset_then_skips_finished_stages(tmp_path, capsys):
     from worldsim.config import load_config
     from worldsim.errors import ConfigError
