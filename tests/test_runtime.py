@@ -47,6 +47,30 @@ def drain(session, kind=None, timeout=3.0, until=None):
     return out
 
 
+def poll_all(session):
+    """Every chunk waiting now (the display's poll, which never blocks)."""
+    out = []
+    while (c := session.poll()) is not None:
+        out.append(c)
+    return out
+
+
+def take_until(session, until, what, timeout=30.0):
+    """Chunks handed out up to and including the first ``until(chunk)``; fails naming ``what`` if none
+    comes within ``timeout`` (a deadline for a stuck worker, not a speed: a loaded machine only waits longer)."""
+    out = drain(session, timeout=timeout, until=until)
+    assert out and until(out[-1]), f"no {what} within {timeout:g} s ({len(out)} other chunks)"
+    return out
+
+
+def gen_chunks(session, n, timeout=30.0, where=lambda c: True):
+    """The next ``n`` generated chunks that satisfy ``where`` (the display keeps polling meanwhile)."""
+    got = []
+    take_until(session, lambda c: c.kind == "gen" and where(c) and got.append(c) is None and len(got) >= n,
+               f"{n} generated chunks", timeout)
+    return got
+
+
 # -- the slot -------------------------------------------------------------------------------------
 def test_slot_tap_shorter_than_a_frame_is_not_lost():
     slot = ActionSlot(default=0)
@@ -149,14 +173,14 @@ def test_session_actions_reach_engine_in_order(backend):
     spy = SpyBackend(backend)
     s = Session(spy, SessionConfig(fps=0)).start()
     try:
-        ctx = drain(s, "context")[-1]
-        assert ctx.kind == "context" and ctx.frames.shape[0] == 4
+        ctx = take_until(s, lambda c: c.kind == "context", "context")[-1]
+        assert ctx.frames.shape[0] == 4
         got = []
         for a in (1, 2, 3, 4, 5, 0):
             s.slot.press(a, time.perf_counter_ns())
             # wait for the chunk generated under this press: it carries the stamp
-            c = drain(s, timeout=3.0, until=lambda c: c.kind == "gen" and c.stamps)[-1]
-            assert c.stamps and c.t_take_ns <= c.t_done_ns
+            c = take_until(s, lambda c: c.kind == "gen" and c.stamps, f"chunk for action {a}")[-1]
+            assert c.t_take_ns <= c.t_done_ns
             got.append(c.action)
         assert got == [1, 2, 3, 4, 5, 0]
         # the engine saw them in the same order (between them: repeats of the held action)
@@ -166,84 +190,133 @@ def test_session_actions_reach_engine_in_order(backend):
         s.stop()
 
 
-def test_session_back_pressure_and_pause(backend):
+# A worker that must NOT do something (run ahead, generate while paused) is given GRACE seconds in
+# which a faulty one would generate dozens of chunks (a tiny model at fps=0 steps in ~1 ms); a loaded
+# machine can only hide a fault this way, never fail a correct worker.
+GRACE = 0.3
+
+
+def test_session_back_pressure(backend):
     spy = SpyBackend(backend)
     s = Session(spy, SessionConfig(fps=0, max_ahead=1)).start()
     try:
-        assert wait_for(lambda: s.health().state != "starting" or len(spy.log["actions"]) > 0, 3)
-        time.sleep(0.2)  # nobody polls: the worker must not run ahead of the display
-        assert len(spy.log["actions"]) <= 1
+        assert wait_for(lambda: s.wait(0), 30)  # the context chunk waits for the display
+        assert not wait_for(lambda: len(spy.log["actions"]) > 0, GRACE)  # nobody polls: no running ahead
+        for i in range(1, 6):  # each chunk the display takes makes room for one more generation
+            take_until(s, lambda c: True, f"chunk {i}")
+            assert wait_for(lambda: len(spy.log["actions"]) >= i, 30)
+            assert not wait_for(lambda: len(spy.log["actions"]) > i, 0.05)
+    finally:
+        s.stop()
+
+
+def test_session_pause_stops_generation_until_resumed(backend):
+    spy = SpyBackend(backend)
+    s = Session(spy, SessionConfig(fps=0, max_ahead=1)).start()
+    try:
+        gen_chunks(s, 3)
         s.pause(True)
-        drain(s, timeout=0.2)
         n = len(spy.log["actions"])
-        time.sleep(0.2)
-        assert len(spy.log["actions"]) <= n + 1  # at most the step that was in flight
+        during = drain(s, timeout=GRACE)  # the display keeps polling: room is not what holds the worker
+        # at most the step in flight when the pause came (and the chunk already waiting)
+        assert len(spy.log["actions"]) <= n + 1 and len(during) <= 2
         s.pause(False)
-        assert len(drain(s, timeout=0.3)) > 3
+        gen_chunks(s, 4)  # and generation resumes
     finally:
         s.stop()
 
 
 def test_session_reset_drops_old_context_and_configure_applies(backend):
-    s = Session(SpyBackend(backend), SessionConfig(fps=0)).start()
+    spy = SpyBackend(backend)
+    s = Session(spy, SessionConfig(fps=0)).start()
     try:
-        drain(s, "context")
-        drain(s, timeout=0.1)
-        s.reset()
-        chunks = drain(s, "context")
-        assert chunks[-1].kind == "context"
-        first_ctx = chunks[-1].context_id
+        old = take_until(s, lambda c: c.kind == "context", "first context")[-1].context_id
+        gen_chunks(s, 3)
+        assert wait_for(lambda: s.wait(0), 30)  # a chunk of the old context waits for the display
+        s.reset(seed=11)
+        chunks = take_until(s, lambda c: c.kind == "context", "context after reset")
+        assert len(chunks) == 1  # nothing of the old context is handed out after the reset
+        new = chunks[0].context_id
+        assert new > old and ("reset", 11) in spy.log["events"]
         s.configure(chunk=3, steps=1)
-        assert wait_for(lambda: s.settings.get("chunk") == 3)
-        c = [c for c in drain(s, timeout=0.3) if c.kind == "gen"][-1]
-        assert c.frames.shape[0] == 3 and c.settings["steps"] == 1 and c.context_id == first_ctx
+        c = gen_chunks(s, 1, where=lambda c: c.frames.shape[0] == 3)[0]
+        assert c.settings["steps"] == 1 and c.settings["chunk"] == 3 and c.context_id == new
+        assert s.settings["chunk"] == 3
     finally:
         s.stop()
 
 
 class Faulty:
-    """fault_hook that misbehaves once at ``at`` steps: 'raise', 'die' (thread exits silently) or 'hang'."""
+    """fault_hook that misbehaves once at ``at`` steps: 'raise', 'die' (thread exits silently) or 'hang'
+    (until ``release``). ``fired`` is set once it has, from the worker thread it ran in (``thread``)."""
 
     def __init__(self, kind, at=3):
-        self.kind, self.at, self.fired = kind, at, False
-        self.release = threading.Event()
+        self.kind, self.at = kind, at
+        self.fired, self.release = threading.Event(), threading.Event()
+        self.thread = None
 
     def __call__(self, step):
-        if self.fired or step < self.at:
+        if self.fired.is_set() or step < self.at:
             return
-        self.fired = True
+        self.thread = threading.current_thread()
+        self.fired.set()
         if self.kind == "raise":
             raise RuntimeError("boom")
         if self.kind == "die":
             raise SystemExit  # ends the thread without an exception report
-        self.release.wait(10)
+        self.release.wait(30)
+
+
+class ThreadSpy(SpyBackend):
+    """A SpyBackend that also logs which worker thread generated each chunk of frames."""
+
+    def fresh(self):
+        return ThreadSpy(self.inner.fresh(), self.log)
+
+    def step(self, action):
+        frames, info = super().step(action)
+        self.log.setdefault("by_thread", []).append((threading.current_thread(), frames))
+        return frames, info
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the 'die' case
 @pytest.mark.parametrize("kind,state", [("raise", "raised"), ("die", "died"), ("hang", "stalled")])
-def test_session_fault_is_reported_and_restart_resumes(backend, kind, state):
-    spy = SpyBackend(backend)
-    s = Session(spy, SessionConfig(fps=0, stall_timeout_s=0.3))
+def test_session_fault_is_reported_and_restart_resumes(backend, manual_clock, kind, state):
+    spy = ThreadSpy(backend)
+    # The watchdog runs on a manual clock: a generation is stalled when the test says so, never because
+    # a loaded machine made the fresh worker's context prefill slow.
+    s = Session(spy, SessionConfig(fps=0, stall_timeout_s=2.0))
+    s.clock = manual_clock
     hook = Faulty(kind)
     s.fault_hook = hook
     s.start()
+    handed_out = []
     try:
-        assert wait_for(lambda: s.poll() is None and s.health().faulted, 5), s.health()  # the display polls
+        assert wait_for(lambda: handed_out.extend(poll_all(s)) or hook.fired.is_set(), 30)
+        if kind == "hang":
+            assert not s.health().faulted  # busy, but not yet for longer than the limit
+            manual_clock.advance(1.9)
+            assert s.health().state == "ok" and s.health().busy_s == pytest.approx(1.9)
+            manual_clock.advance(0.2)
+        assert wait_for(lambda: handed_out.extend(poll_all(s)) or s.health().faulted, 30), s.health()
         h = s.health()
         assert h.state == state and h.error
         if kind == "raise":
             assert "boom" in h.error and "RuntimeError" in h.detail
         s.restart()
         assert s.restarts == 1 and s.abandoned == (1 if kind == "hang" else 0)
-        chunks = drain(s, "context")
-        assert chunks[-1].kind == "context"  # a fresh context
-        assert len([c for c in drain(s, timeout=0.3) if c.kind == "gen"]) > 3
+        chunks = take_until(s, lambda c: c.kind == "context", "fresh context after the restart")
+        assert len(chunks) == 1  # nothing of the old worker comes first
+        handed_out += chunks + gen_chunks(s, 4)  # play resumed
         assert s.health().state == "ok"
-        if kind == "hang":  # the abandoned worker finishes; its frames are not handed out
-            n = len(spy.log["frames"])
+        if kind == "hang":  # the abandoned worker finishes its step; its frames are not handed out
             hook.release.set()
-            time.sleep(0.1)
-            assert len(spy.log["frames"]) >= n
+            hook.thread.join(30)
+            assert not hook.thread.is_alive()
+            abandoned = [f for t, f in spy.log["by_thread"] if t is hook.thread]
+            last = abandoned[-1]  # generated after the hang, by a worker that was replaced meanwhile
+            handed_out += gen_chunks(s, 2)
+            assert not any(c.frames is last for c in handed_out)
             assert s.health().state == "ok"
     finally:
         hook.release.set()
