@@ -295,7 +295,7 @@ def test_truncated_and_pickled_npz(tmp_path):
     pk = tmp_path / "pk.npz"
     np.savez(pk, frames=np.zeros((1, 8, 8, 3), np.uint8), actions=np.arange(1), env_id="x",
              action_meanings=np.array(["NOOP", 1], dtype=object))
-    with pytest.raises(DataError, match="without pickle"):
+    with pytest.raises(DataError, match="Python objects"):
         read_episode(pk)
 
 

@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from worldsim import __version__
-from worldsim.errors import CheckpointError
+from worldsim.errors import CheckpointError, check_readable
 
 FORMAT = "worldsim-ckpt-1"
 
@@ -63,9 +63,31 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         except (json.JSONDecodeError, TypeError):
             meta[k] = v
     return meta
+    _check_meta(path, meta)
+    if "model_config" in meta:  # in today's fields; a model of a removed form is refused
+        from worldsim.model.dit import upgrade_model_config
+
+        meta["model_config"] = upgrade_model_config(meta["model_config"], str(path))
 
 
 def load_checkpoint(path: str | Path, prefix: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+# metadata keys with a fixed JSON type: key -> (check, what it must be)
+_META_TYPES = {
+    "model_config": (lambda v: isinstance(v, dict), "a JSON mapping of model settings"),
+    "engine": (lambda v: v is None or isinstance(v, dict), "a JSON mapping of engine settings"),
+    "action_meanings": (lambda v: v is None or (isinstance(v, list) and bool(v) and all(isinstance(m, str) for m in v)),
+                        "a JSON list of action names"),
+    "env_id": (lambda v: v is None or isinstance(v, str), "a game id string"),
+}
+
+
+def _check_meta(path: Path, meta: dict[str, Any]) -> None:
+    for key, (ok, what) in _META_TYPES.items():
+        if key in meta and not ok(meta[key]):
+            raise CheckpointError(f"checkpoint '{path}': metadata '{key}' is not {what} (got {str(meta[key])[:60]!r}); "
+                                  f"the file is damaged or was edited by hand: re-export or retrain it")
+
+
     """(tensors, meta); with ``prefix`` only those tensors, prefix stripped."""
     meta = read_meta(path)
     try:
@@ -84,6 +106,7 @@ def _existing(path) -> Path:
     if not p.is_file():
         raise CheckpointError(f"checkpoint '{p}' not found; pass --checkpoint PATH to an existing .safetensors file")
     return p
+    check_readable(p, "checkpoint", CheckpointError)
 
 
 def file_hash(path: str | Path, n: int = 16) -> str:
@@ -94,14 +117,74 @@ def file_hash(path: str | Path, n: int = 16) -> str:
     return h.hexdigest()[:n]
 
 
-def build_model(meta: dict[str, Any]):
-    """Rebuild a WorldDiT from a checkpoint's ``model_config``."""
+MAX_TOKENS_PER_FRAME = 1 << 16  # 256x256 patches: far beyond any model this runtime plays or trains
+
+
+def model_config(meta: dict[str, Any], path: str | Path = "checkpoint"):
+    """The checkpoint's ``ModelConfig``, checked; CheckpointError naming the file otherwise."""
     from worldsim.config import from_dict
-    from worldsim.model import ModelConfig, WorldDiT
+    from worldsim.errors import ConfigError
+    from worldsim.model import ModelConfig
 
     if "model_config" not in meta:
-        raise CheckpointError("checkpoint metadata has no model_config; it was not written by worldsim")
-    return WorldDiT(from_dict(ModelConfig, meta["model_config"], "checkpoint model_config"))
+        raise CheckpointError(f"checkpoint '{path}' has no model_config metadata; it was not written by worldsim")
+    _check_meta(Path(str(path)), {"model_config": meta["model_config"]})
+    try:
+        cfg = from_dict(ModelConfig, meta["model_config"], f"checkpoint '{path}' model_config")
+        cfg.validate()
+    except ConfigError as e:
+        raise CheckpointError(f"{e}; the file is damaged or was edited by hand: re-export or retrain it") from None
+    return cfg
+
+
+def build_model(meta: dict[str, Any], path: str | Path = "checkpoint"):
+    """Rebuild a WorldDiT from a checkpoint's ``model_config`` (fresh weights)."""
+    from worldsim.model import WorldDiT
+
+    return WorldDiT(model_config(meta, path))
+
+
+def load_weights(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: str | Path = "checkpoint"):
+    """The model of ``meta['model_config']`` with ``tensors`` (prefix stripped) loaded: the one place
+    where a checkpoint's weights meet a model. Everything is checked before anything is allocated or
+    copied, each with one line naming the file, the tensor and the fix: a config too large for the
+    tensors in the file (a damaged size would otherwise reach the allocator), missing or unexpected
+    tensors, wrong shapes, integer weights, NaN or infinite values."""
+    from worldsim.model import WorldDiT
+
+    cfg = model_config(meta, path)
+    have = sum(t.numel() for t in tensors.values())
+    tokens = (cfg.resolution // cfg.patch) ** 2
+    # A lower bound on the model's parameters: the adaLN projection alone is (6 depth + 2) dim^2.
+    floor = (6 * cfg.depth + 2) * cfg.dim * cfg.dim + (cfg.num_actions + 1) * cfg.dim
+    if floor > have or tokens > MAX_TOKENS_PER_FRAME:
+        raise CheckpointError(f"checkpoint '{path}': model_config (dim {cfg.dim}, depth {cfg.depth}, resolution "
+                              f"{cfg.resolution}, patch {cfg.patch}) describes a model of at least {floor:,} parameters "
+                              f"and {tokens:,} tokens a frame, but the file holds {have:,} values; its model_config "
+                              f"is damaged: re-export or retrain it")
+    with torch.device("meta"):  # shapes and dtypes without allocating
+        want = WorldDiT(cfg).state_dict()
+    missing = [k for k in want if k not in tensors]
+    unexpected = [k for k in tensors if k not in want]
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint '{path}' does not fit its model_config: missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}; it was written by other code")
+    for k, w in want.items():
+        t = tensors[k]
+        if tuple(t.shape) != tuple(w.shape):
+            raise CheckpointError(f"checkpoint '{path}': tensor '{k}' has shape {tuple(t.shape)} but its model_config "
+                                  f"makes {tuple(w.shape)}; the file is damaged or was edited: re-export or retrain it")
+        if w.is_floating_point() and not t.is_floating_point():
+            raise CheckpointError(f"checkpoint '{path}': tensor '{k}' holds {str(t.dtype).replace('torch.', '')} "
+                                  f"values where weights are floating point (fp32, bf16 or fp16); re-export it "
+                                  f"without quantising")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise CheckpointError(f"checkpoint '{path}': tensor '{k}' holds {bad} NaN or infinite values (the model "
+                                  f"would draw blank frames); use an earlier checkpoint of the run or retrain")
+    model = WorldDiT(cfg)
+    model.load_state_dict(tensors, strict=True)
+    return model
 
 
 def load_model(path: str | Path, prefix: str = "model.", *, role: str | None = None, device="cpu",
@@ -115,12 +198,7 @@ def load_model(path: str | Path, prefix: str = "model.", *, role: str | None = N
     if role is not None and meta.get("role") != role:
         raise CheckpointError(f"checkpoint '{path}' has role '{meta.get('role')}' (stage {meta.get('stage')}), "
                               f"expected '{role}'; pass the {role} checkpoint")
-    model = build_model(meta)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"checkpoint '{path}' does not fit its model_config: missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]}; it was written by other code")
-    model = model.to(device)
+    model = load_weights(tensors, meta, path).to(device)
     if dtype is not None:
         model = model.to(dtype)
     return model.eval(), meta

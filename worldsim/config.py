@@ -67,16 +67,28 @@ def parse_overrides(overrides: Sequence[str]) -> DictConfig:
 
 
 def load_yaml(path: str | Path) -> DictConfig:
+    import yaml
+
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file '{p}' not found; pass a path such as configs/smoke.yaml")
     try:
-        cfg = OmegaConf.load(p)
+        text = p.read_text()
+    except PermissionError:
+        raise ConfigError(f"cannot read config file '{p}': permission denied; make it readable (chmod a+r)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file '{p}' ({e}); pass a YAML text file") from None
+    try:
+        top = yaml.safe_load(text)
     except Exception as e:  # yaml parse errors come in many classes
         raise ConfigError(f"config file '{p}' is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(cfg, DictConfig):
-        raise ConfigError(f"config file '{p}' must hold a mapping of keys, not a list")
-    return cfg
+    if not isinstance(top, (dict, type(None))):
+        raise ConfigError(f"config file '{p}' must hold a mapping of keys ('key: value' lines), not a "
+                          f"{type(top).__name__} ({str(top)[:40]!r})")
+    try:
+        return OmegaConf.create(top or {})
+    except Exception as e:
+        raise ConfigError(f"config file '{p}' is not a valid config: {str(e).splitlines()[0]}") from None
 
 
 def load_config(schema_cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = (),
@@ -90,11 +102,81 @@ def load_config(schema_cls: type[T], path: str | Path | None = None, overrides: 
         cfg = _merge(cfg, load_yaml(path), str(path))
     if overrides:
         cfg = _merge(cfg, parse_overrides(overrides), "command-line overrides")
-    return OmegaConf.to_object(cfg)
+    obj = OmegaConf.to_object(cfg)
+    check_values(obj, (f"{path} with the command-line overrides" if overrides else str(path)) if path is not None
+                 else "the command-line overrides" if overrides else "the defaults")
+    return obj
 
 
 def from_dict(schema_cls: type[T], data: dict, where: str = "dict") -> T:
-    return OmegaConf.to_object(_merge(OmegaConf.structured(schema_cls), data, where))
+    obj = OmegaConf.to_object(_merge(OmegaConf.structured(schema_cls), data, where))
+    check_values(obj, where)
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# typed checks of numeric values: one table for every config dataclass
+#
+# Every number must be finite and (unless listed under NEGATIVE_OK) not negative. A key listed under
+# POSITIVE must also be above 0 (a zero that means nothing: a batch of 0 clips, a 0 s stall limit);
+# FRACTION keys lie in [0, 1]. Keys are field names, or Class.field where a name means different
+# things in different classes (play's steps=0 means "the checkpoint's", training's cannot be 0).
+
+POSITIVE = {"lr", "batch_size", "OptimConfig.steps", "clip_len", "resolution", "patch", "channels", "dim", "depth",
+            "heads", "kv_heads", "num_actions", "mlp_ratio", "rope_theta_time", "rope_theta_space", "frameskip",
+            "stall_timeout_s", "start_timeout_s", "idle_timeout_s", "max_session_s", "refresh_hz",
+            "scale", "log_every", "ckpt_every", "num_levels", "temporal_every", "anchor_history",
+            "chunk_size", "EngineConfig.chunk", "EngineConfig.window", "ModelConfig.chunk", "RolloutConfig.frames"}
+FRACTION = {"p_uniform", "p_prefix", "action_dropout", "repeat_action_probability", "ema_decay", "target_decay",
+            "student_point_prob", "min_lr_ratio", "betas"}
+NEGATIVE_OK = {"seed": None, "PlayConfig.sink": -1, "RunConfig.sample_every": -1}  # key -> lowest value (None: any)
+
+
+def _rule_key(cls_name: str, name: str, table) -> str | None:
+    for k in (f"{cls_name}.{name}", name):
+        if k in table:
+            return k
+    return None
+
+
+def _check_number(v, where_key: str, cls_name: str, name: str, default) -> str:
+    """'' if ``v`` is allowed for the field, else what is wrong and what to pass."""
+    import math
+
+    hint = f" (default {default})" if default is not None and not isinstance(default, (list, dict)) else ""
+    if isinstance(v, float) and not math.isfinite(v):
+        return f"{v} is not a finite number; pass a number{hint}"
+    lo_key = _rule_key(cls_name, name, NEGATIVE_OK)
+    lo = NEGATIVE_OK[lo_key] if lo_key else 0
+    if lo is not None and v < lo:
+        return f"{v} is below {lo}; pass a value >= {lo}{hint}"
+    if _rule_key(cls_name, name, POSITIVE) and v <= 0:
+        return f"{v} means nothing here; pass a value > 0{hint}"
+    if _rule_key(cls_name, name, FRACTION) and not 0 <= v <= 1:
+        return f"{v} is outside [0, 1]; pass a fraction{hint}"
+    return ""
+
+
+def check_values(obj: Any, where: str = "config", prefix: str = "") -> None:
+    """Refuse numbers that mean nothing in a filled config dataclass (see the tables above), with the key,
+    the value, and what to pass instead. Nested dataclasses are checked with their dotted keys."""
+    if not dataclasses.is_dataclass(obj):
+        return
+    cls_name = type(obj).__name__
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(v):
+            check_values(v, where, key + ".")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        values = v if isinstance(v, (list, tuple)) else [v]
+        for x in values:
+            if isinstance(x, bool) or not isinstance(x, (int, float)):
+                continue
+            why = _check_number(x, key, cls_name, f.name, default)
+            if why:
+                raise ConfigError(f"bad value for config key '{key}' in {where}: {why}")
 
 
 def to_dict(cfg: Any) -> dict:

@@ -18,3 +18,15 @@ class CheckpointError(WorldsimError):
 
 class DataError(WorldsimError):
     pass
+
+
+def check_readable(path, what: str, error: type[WorldsimError] = WorldsimError) -> None:
+    """Raise ``error`` with one line when ``path`` cannot be opened for reading (permission, I/O), so
+    that a file the user may not read is never reported as a corrupt one."""
+    try:
+        open(path, "rb").close()
+    except PermissionError:
+        raise error(f"cannot read {what} '{path}': permission denied; make it readable (chmod a+r) or run as "
+                    f"its owner") from None
+    except OSError as e:
+        raise error(f"cannot read {what} '{path}' ({e.strerror or e}); check the disk and the path") from None

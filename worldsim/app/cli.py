@@ -106,8 +106,10 @@ def load_configs(args):
         play = dataclasses.replace(play, fullscreen=True)
     if args.headless:
         play = dataclasses.replace(play, start_screen=False)
+    from worldsim.config import check_values
     from worldsim.gametime import check_speed
 
+    check_values(play, "the flags and config of play.py")
     check_speed(play.speed)
     # WORLDSIM_COMPILE sets the default of compile= (a key=value override still wins): the test suite
     # sets it to 'off' so that no play it runs starts a background build. YAML reads a bare off/on as a
@@ -202,9 +204,21 @@ def build_real_session(env_id: str, play):
     return backend, env_id, meta, pace
 
 
+def check_flags(args) -> None:
+    """Flags outside the config: refused with one line when they mean nothing or would be ignored."""
+    if args.synthetic_input is not None and args.kiosk:
+        raise WorldsimError("--synthetic-input does not apply to --kiosk (a booth takes real keys; its attract loop "
+                            "plays itself); drop one of them")
+    if args.synthetic_input is not None and args.synthetic_input < 0:
+        raise WorldsimError(f"--synthetic-input must be a rate >= 0 in events per second (got {args.synthetic_input:g})")
+    if args.max_seconds is not None and not args.max_seconds >= 0:
+        raise WorldsimError(f"--max-seconds must be >= 0 (0: until quit), got {args.max_seconds:g}")
+
+
 def run(args) -> int:
     from worldsim.app.display import init_pygame
 
+    check_flags(args)
     init_pygame(headless=args.headless)
     from worldsim.app.display import Screen
 

@@ -71,6 +71,9 @@ def replay(path: str | Path, screen: Screen, *, speed: float = 1.0, max_seconds:
     said = None
     for ep_path in episodes:
         ep = read_episode(ep_path, warn=False)
+        if announce is not None and not ep.complete:
+            announce(f"note: {ep.problems[0]}; replaying its {len(ep)} readable steps ('worldsim data repair "
+                     f"{ep_path}' closes it)")
         if len(ep) == 0:
             continue
         offsets, how = episode_schedule(ep, speed)

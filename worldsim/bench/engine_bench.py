@@ -55,15 +55,14 @@ def matmul_peak_gflops(dtype=torch.bfloat16, n: int = 2048, reps: int = 10, devi
 def load_bench_model(checkpoint: str | None):
     """The shipped model if present (or ``checkpoint``), else a random student of the default size:
     speed does not depend on the weights."""
-    from worldsim.checkpoint import load_checkpoint, build_model
+    from worldsim.checkpoint import load_checkpoint, load_weights
     from worldsim.model import ModelConfig, WorldDiT
 
     path = checkpoint or ("assets/default.safetensors" if Path("assets/default.safetensors").is_file() else None)
     if path is None:
         return WorldDiT(ModelConfig()).eval(), "random default-size student", EngineConfig()
     tensors, meta = load_checkpoint(path, "model.")
-    model = build_model(meta)
-    model.load_state_dict(tensors)
+    model = load_weights(tensors, meta, path)
     from worldsim.config import from_dict
 
     eng = from_dict(EngineConfig, meta.get("engine", {}), f"{path} engine settings")

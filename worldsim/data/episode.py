@@ -52,7 +52,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from worldsim import __version__
-from worldsim.errors import DataError
+from worldsim.errors import DataError, check_readable
 
 log = logging.getLogger("worldsim.data")
 
@@ -820,10 +820,70 @@ def episode_length(path: str | Path) -> tuple[int, bool]:
 # plain .npz episodes
 
 
-def _open_npz(p: Path):
+_NPZ_READ_ERRORS = (ValueError, zipfile.BadZipFile, OSError, EOFError, zlib.error, struct.error)
+_DEFLATE_MAX_RATIO = 1100  # zlib cannot shrink data more than ~1032x: a larger claimed size is a damaged directory
+
+
+class _Npz:
+    """A ``.npz`` whose members' headers were checked against their sizes before anything is loaded;
+    every read error comes out as one DataError naming the file and the key."""
+
+    def __init__(self, p: Path, z, dtypes: dict[str, np.dtype]):
+        self.p, self._z, self.dtypes = p, z, dtypes
+        self.files = list(z.files)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.files
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self.files:
+            raise KeyError(key)
+        if self.dtypes.get(key) is not None and self.dtypes[key].hasobject:
+            raise DataError(f"'{self.p}': '{key}' holds Python objects (pickled data), which are never loaded; "
+                            f"save it as an array of numbers or np.str_ strings")
+        try:
+            return self._z[key]
+        except _NPZ_READ_ERRORS as e:
+            raise DataError(f"'{self.p}': '{key}' is truncated or corrupt ({e}); re-export the .npz") from None
+
+
+def _npz_headers(p: Path) -> dict[str, np.dtype]:
+    """Each member's dtype, after checking that the shape its header declares fits the bytes it holds
+    (a damaged header would otherwise have numpy allocate whatever it declares)."""
+    from numpy.lib import format as npf
+
+    dtypes: dict[str, np.dtype] = {}
+    with zipfile.ZipFile(p) as zf:
+        for info in zf.infolist():
+            name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            if info.compress_type == zipfile.ZIP_DEFLATED and \
+                    info.file_size > _DEFLATE_MAX_RATIO * info.compress_size + (1 << 20):
+                raise DataError(f"'{p}': '{name}' claims {info.file_size:,} bytes packed into {info.compress_size:,}, "
+                                f"more than compression can do; the file is damaged: re-export it")
+            with zf.open(info) as f:
+                version = npf.read_magic(f)
+                shape, _, dtype = (npf.read_array_header_1_0 if version == (1, 0) else npf.read_array_header_2_0)(f)
+                held = info.file_size - f.tell()
+            declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if not dtype.hasobject and declared > held:
+                raise DataError(f"'{p}': '{name}' declares a {dtype} array of shape {tuple(shape)} ({declared:,} bytes) "
+                                f"but holds {held:,} bytes; the file is damaged: re-export it")
+            dtypes[name] = dtype
+    return dtypes
+
+
+def _open_npz(p: Path) -> _Npz:
+    check_readable(p, "episode", DataError)
+    if not zipfile.is_zipfile(p):
+        with open(p, "rb") as f:
+            if f.read(4) == b"PK\x03\x04":  # a zip whose end (its directory) is missing
+                raise DataError(f"'{p}' is a truncated or corrupt .npz (its zip directory is missing); re-export it")
+        raise DataError(f"'{p}' is not a .npz (it is not a zip archive: other or damaged data); pass a file "
+                        f"written by numpy.savez or 'worldsim data export'")
     try:
-        return np.load(p, allow_pickle=False)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        dtypes = _npz_headers(p)
+        return _Npz(p, np.load(p, allow_pickle=False), dtypes)
+    except _NPZ_READ_ERRORS as e:
         raise DataError(f"'{p}' is not a readable .npz (truncated or corrupt: {e}); re-export it") from None
 
 
@@ -848,6 +908,8 @@ def _npz_meta(z, p: Path) -> dict[str, Any]:
             meta = json.loads(str(z["meta_json"]))
         except (json.JSONDecodeError, ValueError) as e:
             raise DataError(f"'{p}': 'meta_json' is not valid JSON ({e}); drop it or fix it") from None
+        if not isinstance(meta, dict):
+            raise DataError(f"'{p}': 'meta_json' is not a JSON mapping (got {type(meta).__name__}); drop it or fix it")
     meta["env_id"] = str(_npz_str(z, "env_id", p))
     meta["action_meanings"] = [str(m) for m in np.atleast_1d(_npz_str(z, "action_meanings", p))]
     meta.setdefault("split", "train")
@@ -855,7 +917,7 @@ def _npz_meta(z, p: Path) -> dict[str, Any]:
         if k not in meta and k not in _NPZ_ARRAYS and k != "meta_json":
             try:
                 v = z[k]
-            except ValueError:
+            except DataError:
                 continue
             if v.ndim == 0:
                 meta[k] = v.item()

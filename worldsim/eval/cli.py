@@ -149,17 +149,12 @@ def attach_compiled(engine, ckpt) -> None:
 def load_for_eval(path: Path, device, dtype, overrides):
     """(model, meta, base EngineConfig) from a checkpoint; bf16 means bf16 weights, as the bench and
     the player run them (CPU autocast re-casts every weight on every forward)."""
-    from worldsim.checkpoint import build_model, load_checkpoint
+    from worldsim.checkpoint import load_checkpoint, load_weights
     from worldsim.config import load_config
     from worldsim.engine import EngineConfig
 
     tensors, meta = load_checkpoint(path, "model.")
-    model = build_model(meta)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"checkpoint '{path}' does not fit its model_config: missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]}; it was written by other code")
-    model = model.to(device=device, dtype=dtype).eval()
+    model = load_weights(tensors, meta, path).to(device=device, dtype=dtype).eval()
     engine = meta.get("engine") or {}
     if not isinstance(engine, dict):
         raise CheckpointError(f"checkpoint '{path}' has engine settings that are not a mapping: {engine!r}")

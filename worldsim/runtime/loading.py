@@ -69,20 +69,32 @@ def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def load_context_npz(path: str | Path, resolution: int, k: int = 8) -> Context:
-    """The last ``k`` frames and actions of a plain ``.npz`` episode, resized to the model."""
+def load_context_npz(path: str | Path, resolution: int, k: int = 8, env_id: str | None = None,
+                     action_meanings: list[str] | None = None) -> Context:
+    """The last ``k`` frames and actions of a plain ``.npz`` episode, resized to the model as its training
+    frames were. Checked once, here: the file (``read_episode``: header
+    against file size, dtypes, lengths), the game (``env_id`` and ``action_meanings`` of the model, when
+    given) and every action, with the step named."""
+    from worldsim.data.episode import read_episode
+
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"context episode '{p}' not found; pass a plain .npz episode (frames, actions)")
-    try:
-        z = np.load(p, allow_pickle=False)
-        frames, actions = np.asarray(z["frames"]), np.asarray(z["actions"], dtype=np.int64)
-    except (KeyError, ValueError, OSError) as e:
-        raise DataError(f"context episode '{p}' is not a plain .npz episode with frames and actions ({e})") from None
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(actions) != len(frames):
-        raise DataError(f"context episode '{p}' has frames {frames.shape} {frames.dtype} and {len(actions)} actions; "
-                        f"expected uint8 [T,H,W,3] and T actions")
-    return Context(resize_frames(frames[-k:], resolution), actions[-k:].copy())
+    if not p.is_file() or p.suffix != ".npz":
+        raise DataError(f"context episode '{p}' not found or not a .npz; pass a plain .npz episode ('worldsim data "
+                        f"export EPISODE OUT.npz' makes one)")
+    ep = read_episode(p, mmap=False)
+    if len(ep) < 1:
+        raise DataError(f"context episode '{p}' has no frames; pass an episode with at least one frame")
+    if env_id is not None and action_meanings is not None and (
+            ep.env_id != env_id or list(ep.action_meanings) != list(action_meanings)):
+        raise DataError(f"context episode '{p}' is {ep.env_id} ({ep.num_actions} actions) but the model plays "
+                        f"{env_id} ({len(action_meanings)} actions); pass an episode of {env_id}")
+    n = len(action_meanings) if action_meanings is not None else ep.num_actions
+    bad = np.nonzero((ep.actions < 0) | (ep.actions >= n))[0]
+    if len(bad):
+        t = int(bad[0])
+        raise DataError(f"context episode '{p}': action {int(ep.actions[t])} at step {t} is outside the action set "
+                        f"0..{n - 1}; fix the episode's actions")
+    return Context(resize_frames(np.asarray(ep.frames[-k:]), resolution), ep.actions[-k:].copy())
 
 
 def _context_from(tensors: dict[str, torch.Tensor], model_cfg, meta) -> tuple[Context, str]:
@@ -91,7 +103,10 @@ def _context_from(tensors: dict[str, torch.Tensor], model_cfg, meta) -> tuple[Co
     if f is None or a is None:
         grey = np.full((1, R, R, 3), 127, np.uint8)
         return Context(grey, np.zeros((1,), np.int64)), "no context frames in the checkpoint: starting from grey"
-    frames = f.numpy().astype(np.uint8)
+    if f.dtype != torch.uint8 or a.is_floating_point() or a.is_complex():
+        raise CheckpointError(f"checkpoint context.frames / context.actions are {f.dtype} / {a.dtype}, not uint8 "
+                              f"frames and integer actions; re-export the model")
+    frames = f.numpy()
     actions = a.numpy().astype(np.int64)
     if frames.ndim != 4 or frames.shape[-1] != 3 or len(actions) != len(frames):
         raise CheckpointError(f"checkpoint context.frames {tuple(frames.shape)} / context.actions {tuple(actions.shape)} "
@@ -104,7 +119,7 @@ def _context_from(tensors: dict[str, torch.Tensor], model_cfg, meta) -> tuple[Co
 def load_playable(path: str | Path = DEFAULT_CHECKPOINT, *, device: str | None = None, dtype: str | None = None,
                   prefix: str = "model.", engine_overrides: dict[str, Any] | None = None,
                   context_path: str | Path | None = None, context_frames: int = 8) -> Playable:
-    from worldsim.checkpoint import build_model, file_hash, load_checkpoint
+    from worldsim.checkpoint import file_hash, load_checkpoint, load_weights
     from worldsim.config import from_dict
     from worldsim.device import pick_device, pick_dtype
 
@@ -117,11 +132,7 @@ def load_playable(path: str | Path = DEFAULT_CHECKPOINT, *, device: str | None =
     weights = {k[len(prefix):]: v for k, v in all_tensors.items() if k.startswith(prefix)}
     if not weights:
         raise CheckpointError(f"checkpoint '{path}' holds no '{prefix}*' tensors; pass a student or exported model")
-    model = build_model(meta)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"checkpoint '{path}' does not fit its model_config: missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]}; it was written by other code")
+    model = load_weights(weights, meta, path)
     dev = pick_device(device)
     want = pick_dtype(dev, dtype)
     model = model.to(dev).eval()
@@ -139,8 +150,15 @@ def load_playable(path: str | Path = DEFAULT_CHECKPOINT, *, device: str | None =
         if eng.window < eng.chunk:
             eng = dataclasses.replace(eng, window=eng.chunk)
     eng.validate()
+    if eng.sampler == "renoise" and not eng.timesteps and eng.steps not in (1, 2, 4):
+        who = (f"steps={eng.steps}" if engine_overrides and "steps" in engine_overrides
+               else f"checkpoint '{path}' recommends {eng.steps} sampling steps")
+        raise CheckpointError(f"{who}: a few-step student samples with 1, 2 or 4 steps; pass --steps 1, 2 or 4")
     if context_path is not None:
-        ctx, note = load_context_npz(context_path, model.cfg.resolution, context_frames), ""
+        meanings = meta.get("action_meanings")
+        ctx = load_context_npz(context_path, model.cfg.resolution, context_frames,
+                               env_id=meta.get("env_id") if meanings else None, action_meanings=meanings)
+        note = ""
     else:
         ctx, note = _context_from(all_tensors, model.cfg, meta)
     meanings = meta.get("action_meanings") or [str(i) for i in range(model.cfg.num_actions)]

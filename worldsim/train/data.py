@@ -127,6 +127,11 @@ class InMemoryClips:
         self.env_id = env_id
         self.action_meanings = list(action_meanings)
         self.num_actions = len(self.action_meanings)
+        for e, (_, a) in enumerate(self.episodes):
+            bad = np.nonzero((a < 0) | (a >= self.num_actions))[0]
+            if len(bad):
+                raise DataError(f"in-memory episode {e}: action {int(a[bad[0]])} at step {int(bad[0])} is outside the "
+                                f"action set 0..{self.num_actions - 1}; fix the actions")
         R = self.episodes[0][0].shape[-1]
         self.resolution = (R, R)
         starts = [max(len(a) - self.clip_len + 1, 0) for _, a in self.episodes]

@@ -248,11 +248,10 @@ def write_playable(cfg: PipelineConfig, student_final: Path, episodes, out_path:
 
 
 def load_model_weights(path: Path):
-    from worldsim.checkpoint import build_model
+    from worldsim.checkpoint import load_weights
 
     tensors, meta = load_checkpoint(path, "model.")
-    m = build_model(meta)
-    m.load_state_dict(tensors)
+    m = load_weights(tensors, meta, path)
     return m.eval(), meta
 
 

@@ -242,7 +242,7 @@ def describe_checkpoint(meta: dict) -> str:
 def load_stage_output(path: str | Path, *, role: str, stages: tuple[int, ...], what: str, needed_by: str,
                       hint: str = "", prefix: str = "model.", device="cpu") -> tuple[torch.nn.Module, dict]:
     """Load a previous stage's output, refusing a checkpoint of another role or stage with the fix."""
-    from worldsim.checkpoint import build_model
+    from worldsim.checkpoint import load_weights
 
     if not path:
         raise ConfigError(f"{needed_by} needs {what}: set its path (e.g. {hint or 'init.teacher=PATH'})")
@@ -255,11 +255,7 @@ def load_stage_output(path: str | Path, *, role: str, stages: tuple[int, ...], w
         raise CheckpointError(f"{needed_by} needs {what} (role '{role}', stage {want}) but '{path}' is a "
                               f"{describe_checkpoint(meta)} checkpoint; pass {hint or 'the right stage output'}")
     tensors, meta = load_checkpoint(path, prefix)
-    model = build_model(meta)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"'{path}' does not fit its model_config (missing {missing[:3]}, unexpected "
-                              f"{unexpected[:3]}); it was written by other code")
+    model = load_weights(tensors, meta, path)
     meta["_path"] = str(path)
     meta["_hash"] = file_hash(path)
     return model.to(device), meta
