@@ -193,6 +193,8 @@ def test_checkpoint_period_recorded_from_its_data_or_the_default(tmp_path):
     assert r.is_default and r.period == DEFAULT_PERIOD
     assert r.note == ("model old.safetensors records no frame period; playing at frameskip 4 (15 steps/s), "
                       "the ALE v5 default; set speed= to play it faster or slower")
+    tiny = checkpoint_period({"env_id": "worldsim/Tiny-v0"})  # the built-in game's id fixes its period
+    assert tiny.period == FramePeriod(1, 15.0) and not tiny.note
 
 
 def test_shipped_model_plays_at_15_steps_per_second():
@@ -211,9 +213,11 @@ def test_shipped_model_plays_at_15_steps_per_second():
 # -- play, recording, replay ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def old_ckpt(tmp_path_factory):
-    from worldsim.runtime.testing import write_random_checkpoint
+    """A micro Boxing-shaped model written without a frame period, as files before it were."""
+    from worldsim.runtime.testing import tiny_model_config, write_random_checkpoint
 
-    return str(write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "old.safetensors"))
+    return str(write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "old.safetensors",
+                                       model_config=tiny_model_config(18)))
 
 
 def test_play_says_the_default_once_and_records_period_and_speed(old_ckpt, tmp_path, capsys):
@@ -226,7 +230,7 @@ def test_play_says_the_default_once_and_records_period_and_speed(old_ckpt, tmp_p
     assert rc == 0
     err = capsys.readouterr().err
     assert err.count("records no frame period; playing at frameskip 4 (15 steps/s), the ALE v5 default") == 1
-    assert "pace: 7.5 steps/s" in err
+    assert "pace: Boxing at 0.5x its own speed, 7.5 steps/s" in err
     (ep,) = list_episodes(rec)
     meta = read_episode(ep).meta
     assert meta["speed"] == 0.5 and meta["sampling"]["speed"] == 0.5 and meta["steps_per_s"] == 7.5

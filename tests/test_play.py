@@ -53,7 +53,7 @@ def test_play_headless_json_record_and_replay(ckpt, tmp_path, capsys):
     # How many frames fit depends on the machine's load: check that play happened and the cap held,
     # not a speed.
     assert s["settings"]["steps"] == 1 and s["frames"] >= 1
-    # A random checkpoint records no frame period: the default, 15 steps/s, at speed 2 caps generation at 30/s.
+    # A random tiny-game checkpoint plays at that game's 15 steps/s: speed 2 caps generation at 30 a second.
     assert 0 < s["fps"] < 33 and s["pace"]["speed"] == 2 and abs(s["tick_ms"] - 1000 / 30) < 0.01
     for k in ("p50", "p95", "p99", "max"):
         assert k in s["latency_ms"]
@@ -63,7 +63,7 @@ def test_play_headless_json_record_and_replay(ckpt, tmp_path, capsys):
     assert len(read_episode(ep)) >= 2  # the context frame(s) it started from, then what was played
     capsys.readouterr()
     meta = read_episode(ep).meta
-    assert meta["speed"] == 2 and meta["sampling"]["speed"] == 2 and meta["frame_period"]["frameskip"] == 4
+    assert meta["speed"] == 2 and meta["sampling"]["speed"] == 2 and meta["frame_period"]["period_ms"] == 66.667
     assert play_main(["--headless", "--replay", str(rec), "--speed", "0"]) == 0
     assert f"replayed {len(read_episode(ep))} frames" in capsys.readouterr().out
 

@@ -12,7 +12,8 @@ fast-forward, 0 as fast as the model runs); the tick between generation starts i
 
 Where the period comes from: a checkpoint's ``frame_period`` (written by training, from its data);
 else the episodes it was trained on (its ``train_config.data.paths``, where they are on this
-machine); else ``DEFAULT_PERIOD``, with one printed line saying so. An episode's comes from its
+machine); else the game's, where its id fixes it (the built-in tiny game); else ``DEFAULT_PERIOD``,
+with one printed line saying so. An episode's comes from its
 ``frame_period``, else its ``frameskip`` (every collected episode records one), else the default.
 """
 
@@ -126,6 +127,10 @@ def checkpoint_period(meta: dict[str, Any], name: str = "model") -> ResolvedPeri
             continue
         if period is not None:
             return ResolvedPeriod(period, f"training data {p}")
+    if meta.get("env_id") == "worldsim/Tiny-v0":  # the built-in game has one period whatever frameskip says
+        from worldsim.envs.tiny import TinyGame
+
+        return ResolvedPeriod(FramePeriod(1, TinyGame.emulator_hz), "game worldsim/Tiny-v0")
     d = DEFAULT_PERIOD
     note = (f"model {name} records no frame period; playing at frameskip {d.frameskip} ({d.steps_per_s:g} steps/s), "
             f"the ALE v5 default; set speed= to play it faster or slower")
@@ -179,13 +184,16 @@ class Pace:
         return f"{head}{self.rate:g} steps/s, speed {self.speed:.2f}x"
 
     def announce(self) -> str:
-        """The line printed at the start of play (stderr)."""
+        """The line printed at the start of play (stderr): 'pace: Boxing at its own speed, 15 steps/s (...)'."""
+        game = self.game or "the game"
+        step = (f"a step is {self.period.frameskip} emulator frame{'s' if self.period.frameskip > 1 else ''} "
+                f"at {self.period.emulator_hz:g} Hz, {self.period.ms:.1f} ms")
         if self.speed == 0:
-            return (f"pace: as fast as the model runs (speed=0); the game's own speed is "
-                    f"{self.period.describe()}")
-        real = "the game's own speed" if self.speed == 1 else f"speed {self.speed:g}x of the game's own"
-        return (f"pace: {self.rate:g} steps/s, {real} ({self.period.describe()}); "
-                f"speed= changes it (0.5 slow motion, 2 fast-forward, 0 uncapped)")
+            return (f"pace: as fast as the model runs (speed=0); {game}'s own speed is "
+                    f"{self.period.steps_per_s:g} steps/s ({step})")
+        at = "at its own speed" if self.speed == 1 else f"at {self.speed:g}x its own speed"
+        return (f"pace: {game} {at}, {self.rate:g} steps/s ({step}); speed= changes it (0.5 slow motion, "
+                f"2 fast-forward, 0 uncapped)")
 
     def to_meta(self) -> dict[str, Any]:
         return {"frame_period": self.period.to_meta(), "speed": float(self.speed), "steps_per_s": self.rate}

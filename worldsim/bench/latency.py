@@ -181,8 +181,9 @@ def main(argv=None) -> int:
                   f"{model.cfg.resolution}x{model.cfg.resolution}, weights {str(playable.weights_dtype).split('.')[-1]}); "
                   f"window {cache['window']} + sink {cache['sink']}; {worker} worker, {threads} generation "
                   f"thread(s){' pinned' if pinned else ''}; {args.duration:g} s per setting")
-            print(f"pace: {pace.label()}: one frame is {period.period.describe()} of game time "
-                  f"(from the {period.source})")
+            whence = {"checkpoint": "", "default": "; the model records no frame period: the ALE v5 default"}
+            print(pace.announce().split("; speed=")[0] + whence.get(period.source, f"; the frame period of its "
+                                                                                   f"{period.source}"))
             for chunk, steps in settings:
                 backend = in_worker_process(playable.backend.with_settings(steps=steps, chunk=chunk), play)
                 s = run_headless(backend, seconds=args.duration, warmup_s=args.warmup, pace=pace, rate=args.rate,
