@@ -62,15 +62,10 @@ def read_meta(path: str | Path) -> dict[str, Any]:
             meta[k] = json.loads(v)
         except (json.JSONDecodeError, TypeError):
             meta[k] = v
-    return meta
     _check_meta(path, meta)
-    if "model_config" in meta:  # in today's fields; a model of a removed form is refused
-        from worldsim.model.dit import upgrade_model_config
-
-        meta["model_config"] = upgrade_model_config(meta["model_config"], str(path))
+    return meta
 
 
-def load_checkpoint(path: str | Path, prefix: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 # metadata keys with a fixed JSON type: key -> (check, what it must be)
 _META_TYPES = {
     "model_config": (lambda v: isinstance(v, dict), "a JSON mapping of model settings"),
@@ -88,6 +83,7 @@ def _check_meta(path: Path, meta: dict[str, Any]) -> None:
                                   f"the file is damaged or was edited by hand: re-export or retrain it")
 
 
+def load_checkpoint(path: str | Path, prefix: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(tensors, meta); with ``prefix`` only those tensors, prefix stripped."""
     meta = read_meta(path)
     try:
@@ -105,8 +101,8 @@ def _existing(path) -> Path:
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint '{p}' not found; pass --checkpoint PATH to an existing .safetensors file")
-    return p
     check_readable(p, "checkpoint", CheckpointError)
+    return p
 
 
 def file_hash(path: str | Path, n: int = 16) -> str:
