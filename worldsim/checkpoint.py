@@ -3,8 +3,9 @@
 A checkpoint is one ``.safetensors`` file: tensors under prefixes (``model.``, ``ema.``, ...) and
 string metadata that rebuilds everything: ``format``, ``role`` (teacher, student, fake_score),
 ``stage`` and ``step``, ``model_config`` (JSON), ``env_id`` and ``action_meanings`` (JSON),
-``resolution``, ``code_version``, plus whatever the writer adds (``engine``, ``train_config``,
-``context_frames``...). Writes are atomic (temp file + rename), so a crash never leaves a
+``resolution``, ``code_version``, ``frame_period`` (the game time one frame spans, from the training
+data: ``worldsim.gametime``; a file written before it existed gets it from its data or a printed
+default), plus whatever the writer adds (``engine``, ``train_config``, ``context_frames``...). Writes are atomic (temp file + rename), so a crash never leaves a
 half-written checkpoint under the real name.
 """
 

@@ -48,8 +48,8 @@ from worldsim.checkpoint import file_hash, load_checkpoint, read_meta, save_chec
 from worldsim.config import to_dict, to_yaml
 from worldsim.device import autocast, pick_device, pick_dtype
 from worldsim.errors import CheckpointError, ConfigError
-from worldsim.train.data import (DataConfig, check_dataset_fits, collate, draw_indices, open_clips, open_heldout,
-                                 to_model_inputs)
+from worldsim.train.data import (DataConfig, check_dataset_fits, collate, data_frame_period, draw_indices, open_clips,
+                                 open_heldout, to_model_inputs)
 
 log = logging.getLogger("worldsim.train")
 
@@ -466,7 +466,13 @@ class Trainer:
                 "model_config": to_dict(model_cfg or net.cfg), "env_id": self.data.env_id,
                 "action_meanings": list(self.data.action_meanings), "resolution": int(self.data.resolution[0]),
                 "train_config": to_dict(self.cfg), "cost": self.cost_now(), "init": self.init_info,
-                "finished_early": self.finished_early}
+                "finished_early": self.finished_early, **self.frame_period_meta()}
+
+    def frame_period_meta(self) -> dict[str, Any]:
+        """The game time one model frame spans, from the training data (``worldsim.gametime``): what
+        play.py paces generation by. Nothing when the data does not say (in-memory test clips)."""
+        period = data_frame_period(self.data)
+        return {} if period is None else {"frame_period": period.to_meta()}
 
     def _agree(self, flag: bool) -> bool:
         """True when any rank says so (every rank must call this at the same step)."""
