@@ -5,8 +5,8 @@ string metadata that rebuilds everything: ``format``, ``role`` (teacher, student
 ``stage`` and ``step``, ``model_config`` (JSON), ``env_id`` and ``action_meanings`` (JSON),
 ``resolution``, ``code_version``, ``frame_period`` (the game time one frame spans, from the training
 data: ``worldsim.gametime``; a file written before it existed gets it from its data or a printed
-default), plus whatever the writer adds (``engine``, ``train_config``, ``context_frames``...). Writes are atomic (temp file + rename), so a crash never leaves a
-half-written checkpoint under the real name.
+default), plus whatever the writer adds (``engine``, ``train_config``, ``context_frames``...). Writes
+are atomic (temp file + rename), so a crash never leaves a half-written checkpoint under the real name.
 """
 
 from __future__ import annotations

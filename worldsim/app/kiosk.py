@@ -126,7 +126,7 @@ class Kiosk(Player):
     def on_start(self) -> None:
         self.attract_since_ns = time.perf_counter_ns()
         self.log({"event": "kiosk_start", "model": self.model_label, "settings": self.session.settings,
-                  "idle_timeout_s": self.kcfg.idle_timeout_s, "max_session_s": self.kcfg.max_session_s})
+                  "pace": self.pace.label(), "idle_timeout_s": self.kcfg.idle_timeout_s, "max_session_s": self.kcfg.max_session_s})
 
     def on_stop(self) -> None:
         if self.visitor is not None:
