@@ -7,7 +7,8 @@ import sys
 
 BENCHES = {
     "engine": ("worldsim.bench.engine_bench", "engine speed per sampling setting: ms/frame, FPS, first-frame latency"),
-    "latency": ("worldsim.bench.latency", "input-to-pixel latency of the real player loop, headless"),
+    "latency": ("worldsim.bench.latency", "input-to-pixel latency of the real player loop at the game's own speed, "
+                                          "headless: the tick and the ms to spare per tick"),
     "kernels": ("worldsim.bench.kernels_bench", "Triton kernels vs their torch references on a CUDA GPU: ms, TFLOP/s"),
 }
 
@@ -15,7 +16,7 @@ BENCHES = {
 def usage() -> str:
     lines = [f"usage: worldsim bench {{{','.join(BENCHES)}}} [options]", ""]
     lines += [f"  {name:<8} {help_}" for name, (_, help_) in BENCHES.items()]
-    lines += ["", "e.g. worldsim bench engine --quick; worldsim bench latency --duration 10 --json out/latency.json",
+    lines += ["", "e.g. worldsim bench engine --quick; worldsim bench latency --duration 10 --real ALE/Boxing-v5 --json out/latency.json",
               "Run 'worldsim bench <name> --help' for its options."]
     return "\n".join(lines)
 
