@@ -158,12 +158,6 @@ class ClipDataset(torch.utils.data.Dataset):
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         episodes: list[Path] = []
         for p in paths:
-            bad = np.nonzero((e.actions < 0) | (e.actions >= e.num_actions))[0]
-            if len(bad):  # checked here, once: a bad index would fail a training step hours in
-                t = int(bad[0])
-                raise DataError(f"episode '{ep}': action {int(e.actions[t])} at step {t} is outside the action set "
-                                f"0..{e.num_actions - 1} of {e.env_id} ({len(bad)} such steps); fix or drop the "
-                                f"episode ('worldsim data validate' lists every problem)")
             episodes += list_episodes(p)
         if not episodes:
             raise DataError(f"no episodes under {', '.join(map(str, paths))}; collect some with "
@@ -181,6 +175,12 @@ class ClipDataset(torch.utils.data.Dataset):
                     log.warning("skipping incomplete episode %s: %s", ep, "; ".join(e.problems))
                     continue
                 log.warning("using the %d readable steps of incomplete episode %s", len(e), ep)
+            bad = np.nonzero((e.actions < 0) | (e.actions >= e.num_actions))[0]
+            if len(bad):  # checked here, once: a bad index would fail a training step hours in
+                t = int(bad[0])
+                raise DataError(f"episode '{ep}': action {int(e.actions[t])} at step {t} is outside the action set "
+                                f"0..{e.num_actions - 1} of {e.env_id} ({len(bad)} such steps); fix or drop the "
+                                f"episode ('worldsim data validate' lists every problem)")
             self.episodes.append(ep)
             self.metas.append(e.meta)
             self._actions.append(e.actions)
