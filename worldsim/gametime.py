@@ -96,7 +96,7 @@ def period_or_default(meta: dict[str, Any]) -> FramePeriod:
 @dataclass(frozen=True)
 class ResolvedPeriod:
     period: FramePeriod
-    source: str  # 'checkpoint', 'training data <path>' or 'default'
+    source: str  # 'checkpoint', 'training data <path>', 'game <env id>' or 'default'
     note: str = ""  # the line to print once when the default was taken
 
     @property
