@@ -62,7 +62,7 @@ class PlayConfig:
     compile: str = "auto"
     steps: int = 0  # sampling steps per chunk (0: the checkpoint's recommendation); 1, 2 or 4
     chunk: int = 0  # frames per chunk (0: the checkpoint's; 1: frame-wise)
-    window: int = 0  # KV cache window in frames (0: the checkpoint's); smaller is faster, see assets/README.md
+    window: int = 0  # KV cache window in frames (0: the checkpoint's); keep it near the training clips' length
     sink: int = -1  # sink frames kept at the start of the cache (-1: the checkpoint's)
     chunk_size: int = 3  # frames per chunk when C switches to chunk-wise during play
     # Pace of play relative to the game's own speed: the model's frame period (the game time one frame
