@@ -17,6 +17,7 @@ from worldsim.data.episode import (FRAMES, META, STEPS, EpisodeWriter, episode_l
 from worldsim.data.repair import repair_episode
 from worldsim.data.npz import export_npz, import_npz
 from worldsim.errors import DataError
+from worldsim.runtime.testing import wait_for
 
 META0 = {"env_id": "worldsim/Tiny-v0", "action_meanings": ["NOOP", "FIRE", "UP", "RIGHT", "LEFT", "DOWN"],
          "policy": "test", "seed": 1}
@@ -127,6 +128,14 @@ RECORDER = textwrap.dedent("""
 """)
 
 
+def committed(path) -> int:
+    """Frames a reader finds in an episode that is still being written (0 before its first commit)."""
+    try:
+        return episode_length(path)[0]
+    except DataError:
+        return 0
+
+
 def _run_recorder(path, flush, period, stop_at=10**9):
     root = str(Path(__file__).resolve().parents[1])
     code = RECORDER.format(root=root, flush=flush, period=period, stop_at=stop_at)
@@ -166,7 +175,9 @@ def test_sigkill_while_idle_loses_nothing(tmp_path):
         deadline = time.time() + 20
         while proc.stdout.readline().strip() != "7":
             assert time.time() < deadline
-        time.sleep(1.5)  # idle: no append comes, the flusher must commit on its own (0.3 s + slack)
+        # idle: no append comes, the flusher must commit all 7 on its own (every 0.3 s; the deadline is
+        # for a flusher that never runs, not a speed)
+        assert wait_for(lambda: committed(path) == 7, 30), f"{committed(path)} of 7 frames committed after 30 s"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
