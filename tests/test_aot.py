@@ -22,7 +22,7 @@ WINDOW, SINK = 6, 1
 def tiny(anchor=True, seed=0, temporal_every=2):
     torch.manual_seed(seed)
     m = WorldDiT(ModelConfig(resolution=16, patch=4, dim=32, depth=4, heads=2, kv_heads=1, num_actions=5,
-                             temporal_every=temporal_every, anchor=anchor, anchor_mode="input",
+                             temporal_every=temporal_every, anchor=anchor,
                              anchor_history=2 if anchor else 1)).eval()
     with torch.no_grad():  # zero-init output layers would make every comparison trivially pass
         for p in m.parameters():
@@ -41,12 +41,17 @@ class Counting:
         return self.fn(*args)
 
 
-def traced_forwards(model, window=WINDOW, sink=SINK, chunk=1) -> aot.CompiledForwards:
+def traced_runners(model, window=WINDOW, sink=SINK, chunk=1) -> dict:
     """The graphs that get exported, run eagerly in place of the compiled ones."""
     prefix = (sink + window) * model.cfg.tokens_per_frame
-    runners = {(t, d): Counting(aot.SteadyForward(model, t, d, prefix, chunk)) for t, d in aot.graphs(chunk)}
-    meta = {"window": window, "sink": sink, "chunk": chunk, "key": aot.package_key(model, window, sink, chunk)}
-    return aot.CompiledForwards(runners, meta, path="<traced>")
+    return {(t, d): Counting(aot.SteadyForward(model, t, d, prefix, chunk)) for t, d in aot.graphs(chunk)}
+
+
+def traced_forwards(model, window=WINDOW, sink=SINK, chunk=1) -> aot.CompiledForwards:
+    """Ready forwards over the traced graphs (a package as ``build`` describes it, never compiled)."""
+    meta = {**aot.spec(model, window, sink, chunk), "key": aot.package_key(model, window, sink, chunk)}
+    package = aot.Package(traced_runners(model, window, sink, chunk), meta, path="<traced>")
+    return aot.CompiledForwards.of(model, package)
 
 
 def engines(model, steps, context=8, sampler="renoise", window=WINDOW, sink=SINK, seed=0, chunk=1):
@@ -63,7 +68,7 @@ def engines(model, steps, context=8, sampler="renoise", window=WINDOW, sink=SINK
 
 
 def calls(forwards):
-    return sum(r.calls for r in forwards.runners.values())
+    return sum(r.calls for r in forwards.package.runners.values())
 
 
 @pytest.mark.parametrize("anchor", [True, False], ids=["anchored", "plain"])
@@ -158,10 +163,149 @@ def test_build_lock_is_exclusive_and_a_dead_holder_is_taken_over(tmp_path):
 
 def test_load_refuses_a_missing_or_foreign_package(tmp_path):
     with pytest.raises(aot.AotError, match="meta.json.*worldsim compile"):
-        aot.CompiledForwards.load(tmp_path)
+        aot.Package.load(tmp_path)
     (tmp_path / "meta.json").write_text(json.dumps({"format": aot.FORMAT, "torch": "0.0"}))
     with pytest.raises(aot.AotError, match="torch 0.0"):
-        aot.CompiledForwards.load(tmp_path)
+        aot.Package.load(tmp_path)
+
+
+# -- the life cycle (CompiledForwards): absent -> building -> loading -> ready | failed -----------
+# A package on disk whose graph files stand for the traced graphs (``_load_graph`` patched): the file
+# handling, polls, builds and loads are the real ones, without a C++ compiler.
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def fake_package(model, root, window=WINDOW, sink=SINK, chunk=1):
+    """Write a package as ``build`` leaves it (meta.json last), graph files holding 'traced'."""
+    key = aot.package_key(model, window, sink, chunk)
+    d = root / key
+    d.mkdir(parents=True)
+    for t, dr in aot.graphs(chunk):
+        (d / f"forward_t{t}_d{dr}.pt2").write_text("traced")
+    (d / "meta.json").write_text(json.dumps({**aot.spec(model, window, sink, chunk), "key": key}))
+    return d
+
+
+@pytest.fixture
+def traced_loader(monkeypatch):
+    """``_load_graph`` that turns a 'traced' file into the traced graph of ``model`` (set by the test) and
+    refuses anything else, as the real loader refuses a truncated file."""
+    state = {"model": None}
+
+    def load(f):
+        if f.read_text() != "traced":
+            raise RuntimeError("PytorchStreamReader failed reading zip archive")
+        t, d = (int(part[1:]) for part in f.stem.split("_")[1:])
+        m = state["model"]
+        return Counting(aot.SteadyForward(m, t, d, (SINK + WINDOW) * m.cfg.tokens_per_frame))
+
+    monkeypatch.setattr(aot, "_load_graph", load)
+    return state
+
+
+def test_forwards_find_a_package_built_meanwhile_and_switch_mid_session(tmp_path, traced_loader):
+    m = tiny()
+    traced_loader["model"] = m
+    clock, said = FakeClock(), []
+    eager, graph = engines(m, 2)
+    fw = aot.CompiledForwards(m, WINDOW, SINK, root=tmp_path, log=said.append, clock=clock)
+    aot.attach(graph, fw)
+    with torch.no_grad():
+        torch.testing.assert_close(graph.step(0), eager.step(0), atol=2e-5, rtol=1e-5)
+        assert fw.state == "absent" and not fw.ready  # looked once: nothing built, no build asked for
+        fake_package(m, tmp_path)  # 'worldsim compile' in another terminal finishes
+        graph.step(1), eager.step(1)
+        assert fw.state == "absent"  # not looked for again before POLL_S
+        clock.now += aot.POLL_S
+        graph.step(2), eager.step(2)  # the step's forward looks, finds it, loads it on a thread
+        assert fw.wait(30) and fw.state == "ready" and fw.path == tmp_path / fw.key
+        assert "run them from now on" in said[-1]
+        before = calls(fw)
+        torch.testing.assert_close(graph.step(3), eager.step(3), atol=2e-5, rtol=1e-5)
+    assert calls(fw) - before == 2  # both forwards of the step after the switch ran the graphs
+
+
+class FakeBuild:
+    """Stands in for the background ``worldsim compile`` process: running until ``returncode`` is set."""
+
+    def __init__(self):
+        self.calls, self.returncode = [], None
+
+    def __call__(self, checkpoint, dtype, window, sink, chunk=1):
+        self.calls.append((checkpoint, dtype, window, sink, chunk))
+        return self
+
+    def poll(self):
+        return self.returncode
+
+
+SOURCE = {"checkpoint": "tiny.safetensors", "dtype": "fp32"}
+
+
+def test_failed_background_builds_are_retried_then_play_stays_eager(tmp_path, monkeypatch):
+    m = tiny()
+    fake, clock, said = FakeBuild(), FakeClock(), []
+    monkeypatch.setattr(aot, "build_in_background", fake)
+    fw = aot.CompiledForwards(m, WINDOW, SINK, build_from=SOURCE, root=tmp_path, log=said.append, clock=clock)
+    assert fw.poll() == "building" and fake.calls == [("tiny.safetensors", "fp32", WINDOW, SINK, 1)]
+    assert "compiling the model's frame-wise forwards" in said[0]
+    fake.returncode = 1  # ended without a package
+    for _ in range(2 * aot.BUILD_TRIES):
+        fw.poll()
+    assert fw.state == "failed" and len(fake.calls) == aot.BUILD_TRIES
+    assert "the background build failed" in said[-1] and said[-1].endswith("playing eagerly")
+    x = torch.zeros(1, 1, 3, 16, 16)
+    clock.now += 10 * aot.POLL_S
+    assert not fw.accepts(x, None, 0, torch.float32) and len(fake.calls) == aot.BUILD_TRIES  # for good
+
+
+def test_another_process_building_is_waited_for_not_duplicated(tmp_path, monkeypatch):
+    m = tiny()
+    fake = FakeBuild()
+    monkeypatch.setattr(aot, "build_in_background", fake)
+    fw = aot.CompiledForwards(m, WINDOW, SINK, build_from=SOURCE, root=tmp_path, log=lambda *a: None)
+    (tmp_path / f".{aot.package_key(m, WINDOW, SINK)}.lock").write_text(str(os.getpid()))  # a live holder
+    assert fw.poll() == "building" and fake.calls == []
+
+
+@pytest.mark.parametrize("build_from", [SOURCE, None], ids=["auto", "cached"])
+def test_a_damaged_package_is_set_aside_and_built_again_only_where_we_build(tmp_path, monkeypatch, traced_loader,
+                                                                            build_from):
+    m = tiny()
+    traced_loader["model"] = m
+    fake, said = FakeBuild(), []
+    monkeypatch.setattr(aot, "build_in_background", fake)
+    bad = fake_package(m, tmp_path)
+    (bad / "forward_t1_d0.pt2").write_text("trac")  # a copy cut short
+    fw = aot.CompiledForwards(m, WINDOW, SINK, build_from=build_from, root=tmp_path, log=said.append)
+    if build_from is None:  # 'cached': not ours to rebuild; eager, the package left for a look
+        assert fw.poll(wait=True) == "failed" and bad.exists()
+        assert "does not load" in said[-1] and "worldsim compile --force" in said[-1]
+        return
+    assert fw.poll(wait=True) == "absent" and not bad.exists()
+    assert len(list(tmp_path.glob(f".bad-*-{bad.name}"))) == 1 and "set aside, building them again" in said[-1]
+    assert fw.poll() == "building" and len(fake.calls) == 1
+
+
+def test_weights_changed_after_the_package_was_found_are_not_served(tmp_path, traced_loader):
+    m = tiny()
+    traced_loader["model"] = m
+    fake_package(m, tmp_path)
+    eager, graph = engines(m, 2)
+    fw = aot.CompiledForwards(m, WINDOW, SINK, root=tmp_path, log=lambda *a: None)
+    assert fw.poll(wait=True) == "ready"
+    aot.attach(graph, fw)
+    with torch.no_grad():
+        m.out.bias.add_(0.5)  # a load or an optimiser step after the key was taken
+        torch.testing.assert_close(graph.step(1), eager.step(1), atol=2e-5, rtol=1e-5)
+    assert calls(fw) == 0
+    with pytest.raises(aot.AotError, match="other weights"):  # a new engine on the changed model is refused
+        aot.attach(Engine(m, EngineConfig(window=WINDOW, sink=SINK)), fw)
 
 
 # -- the real package (AOTInductor): one build for the tests below -------------------------------
@@ -203,7 +347,7 @@ def test_package_matches_eager_engine(built):
     _, b, path = built
     assert aot.find(b.model, WINDOW, SINK) == path
     assert aot.build(b.model, WINDOW, SINK) == path  # found, not rebuilt
-    forwards = aot.CompiledForwards.load(path)
+    forwards = aot.CompiledForwards.of(b.model, aot.Package.load(path))
     c = check(b, forwards, chunks=6, timed=3)
     assert c["max_abs_diff_first"] < 1e-4, c  # fp32 in, fp32 out: only the order of sums differs
     assert c["max_abs_diff"] < 1e-3, c
@@ -217,7 +361,7 @@ def test_package_refuses_a_damaged_graph(built, tmp_path):
     g = bad / "forward_t2_d1.pt2"
     g.write_bytes(g.read_bytes()[:1000])  # truncated
     with pytest.raises(aot.AotError, match="does not load.*worldsim compile --force"):
-        aot.CompiledForwards.load(bad)
+        aot.Package.load(bad)
 
 
 @pytest.mark.slow
@@ -233,7 +377,7 @@ def test_backend_uses_a_built_package_and_off_does_not(built):
         frames, _ = b.step(1)
         assert frames.shape == (1, 16, 16, 3)
         assert b.settings["compiled"] is want
-        assert b.describe()["compiled"]["state"] == ("ready" if want else "idle")
+        assert b.describe()["compiled"]["state"] == ("ready" if want else "off")
 
 
 @pytest.mark.slow
@@ -250,24 +394,8 @@ def test_compile_cli_finds_the_package_and_checks_it(built, tmp_path, capsys):
         main(["--checkpoint", str(ckpt), "steps=2"])
 
 
-class FakeBuild:
-    """Stands in for the background ``worldsim compile`` process."""
-
-    def __init__(self):
-        self.calls = []
-
-    def __call__(self, checkpoint, dtype, window, sink, chunk=1):
-        self.calls.append((checkpoint, dtype, window, sink, chunk))
-        return self
-
-    def poll(self):
-        return None  # still running
-
-
 @pytest.mark.slow
 def test_auto_mode_builds_in_the_background_and_switches_mid_session(built, tmp_path, monkeypatch):
-    import time
-
     from worldsim.runtime import load_playable
 
     ckpt, _, path = built
@@ -276,17 +404,20 @@ def test_auto_mode_builds_in_the_background_and_switches_mid_session(built, tmp_
     monkeypatch.setattr(aot, "build_in_background", fake)
     b = load_playable(ckpt, dtype="fp32").backend
     b.compiled_mode, b.source = "auto", {"checkpoint": str(ckpt), "dtype": "fp32"}
+    now = [0.0]
+    fw = b.compiled_forwards
+    fw.clock = lambda: now[0]
     b.prepare()
     assert fake.calls == [(str(ckpt), "fp32", WINDOW, SINK, 1)] and b.describe()["compiled"]["state"] == "building"
     b.reset(0)
     b.step(0)
     assert b.settings["compiled"] is False  # eager while it builds
     shutil.copytree(path, aot.cache_root() / path.name)  # the build finishes
-    b._aot.next_poll = 0.0
+    b.step(0)
+    assert fw.state == "building"  # looked for every POLL_S, not every step
+    now[0] += aot.POLL_S
     b.step(0)  # finds it and loads it beside generation
-    deadline = time.monotonic() + 60
-    while b._aot.state != "ready" and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert fw.wait(60) and fw.state == "ready"
     b.step(0)
     assert b.settings["compiled"] is True and b.engine.compiled is not None
     assert len(fake.calls) == 1
@@ -312,7 +443,7 @@ def test_auto_mode_without_a_compiler_plays_eagerly_and_says_why(built, tmp_path
     b.prepare()
     b.reset(0)
     b.step(0)
-    assert fake.calls == [] and b.describe()["compiled"]["state"] == "unavailable"
+    assert fake.calls == [] and b.describe()["compiled"]["state"] == "failed"
     assert "no C++ compiler found (g++)" in capsys.readouterr().err
 
 
@@ -338,7 +469,7 @@ def test_a_failing_graph_falls_back_to_eager_for_good():
     def broken(*args):
         raise RuntimeError("simulated fault in the compiled code")
 
-    fw.runners[(1, 0)] = fw.runners[(2, 1)] = broken
+    fw.package.runners[(1, 0)] = fw.package.runners[(2, 1)] = broken
     with torch.no_grad(), pytest.warns(RuntimeWarning, match="simulated fault.*eagerly from here on"):
         torch.testing.assert_close(graph.step(1), eager.step(1), atol=2e-5, rtol=1e-5)
     assert graph.compiled is None
@@ -397,8 +528,8 @@ def test_backend_does_not_take_back_forwards_its_engine_dropped(built):
     def broken(*args):
         raise RuntimeError("simulated fault in the compiled code")
 
-    forwards = b._aot.forwards
-    forwards.runners = {k: broken for k in forwards.runners}
+    forwards = b.compiled_forwards
+    forwards.package.runners = {k: broken for k in forwards.package.runners}
     with pytest.warns(RuntimeWarning, match="simulated fault"):
         for _ in range(4):  # past the 3 frames that fill the cache
             b.step(0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import worldsim.data.dataset as dsmod
-from worldsim.data.dataset import ClipDataset, bench_clips, resize_frames, to_model_actions
+from worldsim.data.dataset import ClipDataset, bench_clips, to_model_actions
 from worldsim.data.episode import EpisodeWriter
 from worldsim.data.npz import export_npz
 from worldsim.errors import DataError
@@ -89,19 +89,15 @@ def test_cache_built_once_and_invalidated(data, tmp_path, monkeypatch):
     assert sorted(ds2.lengths.tolist()) == [4, 9, 10, 12]
 
 
-def test_resize_is_area_average():
-    rng = np.random.default_rng(0)
-    frames = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
-    out = resize_frames(frames, (16, 16))  # (2, 3, 16, 16)
-    blocks = frames.reshape(2, 16, 2, 16, 2, 3).astype(np.float64).mean((2, 4))  # (2, 16, 16, 3)
-    assert out.shape == (2, 3, 16, 16)
-    assert np.abs(out.transpose(0, 2, 3, 1) - blocks).max() <= 1.0
-    # a one-pixel sprite line survives downscaling (nearest sampling could drop it)
-    img = np.zeros((1, 210, 160, 3), np.uint8)
-    img[0, :, 81] = 255
-    small = resize_frames(img, (64, 64))
-    assert small.max() > 50
-    assert np.array_equal(resize_frames(frames, (32, 32)), frames.transpose(0, 3, 1, 2))
+def test_cache_holds_the_frames_module_resize_channels_first(tmp_path):
+    from worldsim.data.frames import resize_frames
+
+    frames = np.random.default_rng(0).integers(0, 256, (6, 32, 48, 3), dtype=np.uint8)
+    with EpisodeWriter(tmp_path / "ds" / "ep_000000", {**META, "split": "train"}) as w:
+        for t, f in enumerate(frames):
+            w.append(f, t % 6)
+    ds = ClipDataset(tmp_path / "ds", clip_len=4, resolution=16, cache_dir=tmp_path / "c")
+    assert np.array_equal(ds.episode(0)[0], resize_frames(frames, 16).transpose(0, 3, 1, 2))  # (T, 3, 16, 16)
 
 
 def test_sampling_generators_and_batches(data, tmp_path):

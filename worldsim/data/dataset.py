@@ -11,8 +11,8 @@ that sees only this clip.
 
 Resizing happens once per episode and resolution, into a cache of memory-mapped uint8 ``.npy``
 files shaped ``(T, 3, H, W)`` (channels first, so a clip is one contiguous slice). The resize is
-an exact area average (PIL ``BOX``), which keeps thin Atari sprites visible where nearest or
-bilinear sampling would drop or alias them. Non-square games are stretched to the target shape.
+``worldsim.data.frames.resize_frames``, an exact area average (PIL ``BOX``): play and evaluation resize
+their frames with the same function, so the model always sees frames made as these were.
 A cache file's name carries a key of the episode's path, sizes, modification times, step count,
 resolution and resize method, so a changed episode is re-resized, never served stale.
 No clip crosses an episode boundary: clip starts run over ``0..T_e - L`` in each episode.
@@ -32,11 +32,10 @@ import numpy as np
 import torch
 
 from worldsim.data.episode import FRAMES, STEPS, iter_frame_chunks, list_episodes, read_episode, read_meta
+from worldsim.data.frames import RESIZE_METHOD, resize_frames
 from worldsim.errors import DataError
 
 log = logging.getLogger("worldsim.data")
-
-RESIZE_METHOD = "pil-box-v1"  # part of the cache key: change it when the resize changes
 
 
 def default_cache_dir() -> Path:
@@ -59,22 +58,6 @@ def to_model_actions(actions: torch.Tensor, num_actions: int) -> torch.Tensor:
     """
     null = torch.full_like(actions[..., :1], num_actions)  # (..., 1)
     return torch.cat([null, actions[..., :-1]], dim=-1)  # (..., L)
-
-
-def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(n, h, w, 3) uint8 -> (n, 3, H, W) uint8 by exact area averaging (PIL BOX)."""
-    from PIL import Image
-
-    H, W = size
-    n = len(frames)
-    out = np.empty((n, 3, H, W), np.uint8)  # (n, 3, H, W)
-    if frames.shape[1:3] == (H, W):
-        out[:] = frames.transpose(0, 3, 1, 2)
-        return out
-    for i in range(n):
-        small = Image.fromarray(np.ascontiguousarray(frames[i])).resize((W, H), Image.BOX)
-        out[i] = np.asarray(small).transpose(2, 0, 1)  # (3, H, W)
-    return out
 
 
 def _source_stamp(path: Path) -> list:
@@ -116,7 +99,7 @@ def _build_cache_locked(episode: Path, num_steps: int, size: tuple[int, int], de
             if start >= num_steps:
                 break
             frames = frames[:num_steps - start]
-            out[start:start + len(frames)] = resize_frames(frames, size)
+            out[start:start + len(frames)] = resize_frames(frames, size).transpose(0, 3, 1, 2)  # (n, 3, H, W)
         out.flush()
         del out
         os.replace(tmp, dest)

@@ -18,9 +18,15 @@ chunk-wise one when chunk-wise play is first used.
 
 What stays eager: everything between forwards (noise, the re-noising update, the cache commit and the
 sinks' re-rotation), the first frames after a reset while the cache fills (none after the usual
-8-frame prefill), other batch sizes and chunk sizes without a package. ``CompiledForwards.accepts``
-decides per call; the engine falls back to the eager forward whenever it says no, so the compiled path
-is an accelerator, never a requirement.
+8-frame prefill), other batch sizes and chunk sizes without a package.
+
+Life cycle. ``CompiledForwards`` owns all of it for one model, cache layout and chunk size: it finds
+the package, builds it in the background when allowed (``worldsim compile`` at nice 19 on the cores the
+generation process does not use), loads it beside generation, sets a damaged one aside and builds it
+again, and gives up for good after a few failures. The engine holds it as its forward
+(``attach``) and asks ``accepts`` before each call, falling back to its eager forward whenever the
+answer is no, so the compiled path is an accelerator, never a requirement; a caller (play's backend,
+eval, the benchmarks) only creates it and hands it over.
 
 Numbers. The graph computes what the eager forward computes, in the same dtypes, but Inductor keeps
 fused intermediates in fp32 where eager rounds each op's output to bf16: outputs differ by bf16
@@ -42,6 +48,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -211,9 +218,13 @@ def compiler_missing() -> str | None:
 
 
 def load_built(model, window: int, sink: int, *, chunk: int = 1) -> "CompiledForwards | None":
-    """The loaded package for this model, cache layout and chunk size if built (``worldsim compile``), else None."""
-    path = find(model, window, sink, chunk=chunk)
-    return CompiledForwards.load(path) if path is not None else None
+    """Ready forwards for this model, cache layout and chunk size if built (``worldsim compile``), else
+    None; an ``AotError`` if the package does not load."""
+    key = package_key(model, window, sink, chunk)
+    path = cache_root() / key
+    if not (path / "meta.json").is_file():
+        return None
+    return CompiledForwards.of(model, Package.load(path), key=key)
 
 
 def build_command(checkpoint, dtype: str, window: int, sink: int, chunk: int = 1) -> str:
@@ -331,18 +342,18 @@ def build_in_background(checkpoint: str, dtype: str, window: int, sink: int, chu
         logf.close()
 
 
-# -- running -------------------------------------------------------------------------------------
-class CompiledForwards:
-    """The loaded graphs of one package, run in place of the engine's eager forward when they apply."""
+# -- a package's graphs ------------------------------------------------------------------------
+class Package:
+    """The loaded graphs of one built package: ``runners[(frames, drop)](*inputs) -> x0``, and its meta."""
 
-    def __init__(self, runners: dict[tuple[int, int], Any], meta: dict[str, Any], path: Path):
-        self.runners, self.meta, self.path = runners, meta, path
+    def __init__(self, runners: dict[tuple[int, int], Any], meta: dict[str, Any], path: Path | str):
+        self.runners, self.meta, self.path = runners, meta, Path(path)
         self.window, self.sink, self.chunk = int(meta["window"]), int(meta["sink"]), int(meta.get("chunk", 1))
         self.key = meta["key"]
-        self._stamp = self._slots = None  # the bound model's weights (identity, version) when attached
+        self.dtype = getattr(torch, str(meta.get("dtype")), None)  # the weights' (and the cache's) dtype
 
     @classmethod
-    def load(cls, path: str | Path) -> "CompiledForwards":
+    def load(cls, path: str | Path) -> "Package":
         path = Path(path)
         try:
             meta = json.loads((path / "meta.json").read_text())
@@ -361,44 +372,6 @@ class CompiledForwards:
                 raise AotError(f"compiled graph '{f}' does not load ({type(e).__name__}: {str(e)[:120]}); run "
                                f"'worldsim compile --force' to build it again") from None
         return cls(runners, meta, path)
-
-    def bind(self, model, key: str | None = None) -> None:
-        """Check that this package was built from ``model``'s weights (by key; pass ``key`` when it is
-        known) and remember them: a later change of the weights (training, a load) turns the compiled
-        path off rather than run stale ones."""
-        key = key or package_key(model, self.window, self.sink, self.chunk)
-        if key != self.key:
-            raise AotError(f"compiled package '{self.path}' was built for other weights or settings "
-                           f"(key {self.key}, this model {key}); run 'worldsim compile' for this checkpoint")
-        self._slots = param_slots(model)
-        self._stamp = weights_stamp(self._slots)
-
-    def accepts(self, engine, frames: int, drop: int) -> bool:
-        cache = engine.cache
-        if (frames, drop) not in self.runners or engine.batch != 1 or engine.cfg.chunk != self.chunk:
-            return False
-        if cache is None or not cache.full or cache.S != self.sink or cache.W != self.window:
-            return False
-        if engine.dtype != torch.float32 or torch.is_grad_enabled() or engine.device.type != "cpu":
-            return False  # autocast (fp32 weights run in bf16) or training: the eager path
-        if cache.k[0].dtype != engine.model.patch_embed.weight.dtype:  # not written yet (dtype decided on write)
-            return False
-        return self._stamp is not None and weights_stamp(self._slots) == self._stamp
-
-    def __call__(self, engine, x, sigma, actions, pos, anchor, drop: int) -> torch.Tensor:
-        m, cache = engine.model, engine.cache
-        frames = x.shape[1]
-        cond = m.conditioning(actions, sigma)
-        rot = m.rope.real_rotations(pos)
-        if m.cfg.anchor:
-            if anchor is None:
-                anchor = x.new_zeros(1, frames, m.cfg.channels * m.cfg.anchor_history, *x.shape[3:])
-            args = (x.contiguous(), cond, rot, anchor.float().contiguous(), *cache.k, *cache.v)
-        else:
-            args = (x.contiguous(), cond, rot, *cache.k, *cache.v)
-        out = self.runners[(frames, drop)](*args)
-        cache.pending = frames  # as write_scratch leaves it: the engine commits the clean frames next
-        return out
 
 
 class _Graph:
@@ -422,9 +395,199 @@ def _load_graph(f: Path):
     return _Graph(loader_cls(str(f), "model", False, 1, -1))
 
 
-def attach(engine, forwards: CompiledForwards | None, key: str | None = None) -> None:
-    """Run ``engine``'s steady-state forwards through ``forwards`` (None: eager again); ``key``: the
-    engine's package key if already computed."""
+# -- the engine's compiled forward: from package to forward ------------------------------------
+POLL_S = 2.0  # how often forwards without a package look for a finished build (from ``accepts``)
+BUILD_TRIES = 3  # background builds (and loads of our own packages) tried before playing eagerly for good
+
+
+class CompiledForwards:
+    """The compiled forwards of one model, cache layout and chunk size, from the package on disk to the
+    engine's forward: the one owner of their life cycle.
+
+        absent -> building -> loading -> ready
+                                      -> failed   (no compiler, builds or loads failed: eager for good)
+
+    absent: no package found yet. building: a background ``worldsim compile`` runs (ours, started when
+    ``build_from`` names the checkpoint and dtype to build from, or another process's, seen by its lock).
+    loading: the package loads on a thread beside generation. A package that does not load is set aside
+    (``discard``) and built again when we may build, else the forwards fail.
+
+    The engine holds it as its forward (``attach``): before each forward it asks ``accepts``, the one
+    predicate (ready, a full cache of this layout, batch 1, no autocast or gradients, the weights the
+    package was built from), and runs the eager forward whenever it says no. ``accepts`` also advances
+    the life cycle, at most every ``POLL_S`` seconds of ``clock``; ``poll`` does so at once.
+    """
+
+    def __init__(self, model, window: int, sink: int, chunk: int = 1, *, build_from: dict[str, str] | None = None,
+                 root: Path | None = None, log=print, clock=time.monotonic):
+        self.model = model
+        self.window, self.sink, self.chunk = int(window), int(sink), int(chunk)
+        self.build_from = build_from  # {"checkpoint": path, "dtype": "bf16"}: build in the background if absent
+        self.root = Path(root) if root is not None else cache_root()
+        self.log, self.clock = log, clock
+        self.state = "absent"
+        self.package: Package | None = None
+        self.key: str | None = None  # package key of the model's weights (a hash: computed once)
+        self._slots = self._stamp = None  # the weights the key was computed from (identity, version)
+        self._build = None  # our background build's Popen
+        self._failures = 0
+        self._next_poll = 0.0
+        self._settled = threading.Event()  # set while no load is in flight
+        self._settled.set()
+
+    @classmethod
+    def of(cls, model, package: Package, key: str | None = None) -> "CompiledForwards":
+        """Ready forwards from a loaded ``package``, checked against ``model``'s weights (``key``: the
+        model's package key when already computed)."""
+        fw = cls(model, package.window, package.sink, package.chunk)
+        fw._keyed(key)
+        if fw.key != package.key:
+            raise AotError(f"compiled package '{package.path}' was built for other weights or settings "
+                           f"(key {package.key}, this model {fw.key}); run 'worldsim compile' for this checkpoint")
+        fw.package, fw.state = package, "ready"
+        return fw
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    @property
+    def path(self) -> Path | None:
+        return self.package.path if self.package is not None else None
+
+    def _keyed(self, key: str | None = None) -> str:
+        if self.key is None:
+            self._slots = param_slots(self.model)  # read before the hash: a change during it shows as stale
+            self._stamp = weights_stamp(self._slots)
+            self.key = key or package_key(self.model, self.window, self.sink, self.chunk)
+        return self.key
+
+    def bind(self, model) -> None:
+        """Serve ``model`` (an engine's): the same weights as the package's, or an ``AotError``. Weights
+        changed in place since (a load, an optimiser step) are hashed again; equal bytes are accepted."""
+        if model is self.model and (self._stamp is None or weights_stamp(self._slots) == self._stamp):
+            return
+        key = package_key(model, self.window, self.sink, self.chunk)
+        if self.key is not None and key != self.key:
+            raise AotError(f"compiled package '{self.path or self.root / self.key}' was built for other weights or "
+                           f"settings (key {self.key}, this model {key}); run 'worldsim compile' for this checkpoint")
+        self.model, self.key = model, None
+        self._keyed(key)
+
+    # -- the life cycle --------------------------------------------------------------------------
+    def poll(self, wait: bool = False) -> str:
+        """Advance the life cycle now and return the state: find a built package and load it (on a thread,
+        or here with ``wait``), start or watch the background build."""
+        if self.state in ("ready", "failed", "loading"):
+            return self.state
+        self._next_poll = self.clock() + POLL_S
+        path = self.root / self._keyed()
+        if (path / "meta.json").is_file():
+            if wait:
+                self._load(path)
+            else:
+                self.state = "loading"
+                self._settled.clear()
+                threading.Thread(target=self._load, args=(path, True), daemon=True, name="worldsim-aot-load").start()
+            return self.state
+        if self.build_from is None:  # look again later: a 'worldsim compile' elsewhere may finish
+            return self.state
+        if self._build is None and build_running(self.key, self.root):  # another process builds it
+            self.state = "building"
+            return self.state
+        if self._build is None:
+            missing = compiler_missing()
+            if missing:
+                self._fail(missing)
+                return self.state
+            self._build = build_in_background(self.build_from["checkpoint"], self.build_from.get("dtype", "auto"),
+                                              self.window, self.sink, self.chunk)
+            if self._build is None:
+                self._fail("could not start the background build")
+                return self.state
+            self.state = "building"
+            self.log(f"compiling the model's {self._what()} forwards for this CPU in the background (1-3 minutes; "
+                     f"playing meanwhile, faster once done; log: {self.root / 'build.log'})")
+        elif self._build.poll() is not None:  # ended without a package: a lock held elsewhere, or a failure
+            self._build = None
+            self._failures += 1
+            if self._failures >= BUILD_TRIES:
+                self._fail(f"the background build failed ({self.root / 'build.log'}; worldsim compile shows why)")
+        return self.state
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until no load is in flight (False if ``timeout`` seconds passed first)."""
+        return self._settled.wait(timeout)
+
+    def _load(self, path: Path, announce: bool = False) -> None:
+        try:
+            package = Package.load(path)
+            if package.key != self.key:
+                raise AotError(f"compiled package '{path}' holds key {package.key}, not its directory's name")
+        except AotError as e:
+            self._failures += 1
+            if self.build_from is not None and self._failures < BUILD_TRIES:
+                # a damaged package in our own cache (a disk fault, a copy cut short): set it aside and build
+                # it again, as an unattended booth must
+                discard(path)
+                self.state, self._next_poll = "absent", 0.0
+                self.log(f"compiled forwards: {e}; set aside, building them again (playing eagerly meanwhile)")
+            else:
+                self._fail(str(e))
+            self._settled.set()
+            return
+        self.package = package
+        self.state = "ready"  # after the package: a reader that sees 'ready' finds it
+        self._settled.set()
+        if announce:
+            self.log(f"compiled forwards loaded ({path}): {self._what()} steps run them from now on")
+
+    def _fail(self, why: str) -> None:
+        self.state = "failed"
+        self.log(f"compiled forwards: {why}; playing eagerly")
+
+    def _what(self) -> str:
+        return "frame-wise" if self.chunk == 1 else f"chunk-wise (C={self.chunk})"
+
+    # -- the forward -----------------------------------------------------------------------------
+    def accepts(self, x: torch.Tensor, cache, drop: int, dtype: torch.dtype) -> bool:
+        """Whether the compiled graphs compute this forward: ``x`` (B, frames, 3, H, W) against ``cache`` (a
+        ``KVCache``), the first ``drop`` frames' outputs dropped, under the engine's compute ``dtype``."""
+        if self.state != "ready":
+            if self.state != "failed" and self.clock() >= self._next_poll:
+                self.poll()
+            if self.state != "ready":
+                return False
+        if (x.shape[1], drop) not in self.package.runners or x.shape[0] != 1:
+            return False
+        if cache is None or not cache.full or cache.S != self.sink or cache.W != self.window:
+            return False
+        if dtype != torch.float32 or torch.is_grad_enabled() or x.device.type != "cpu":
+            return False  # autocast (fp32 weights run in bf16) or training: the eager path
+        if cache.k[0].dtype != self.package.dtype:
+            return False  # not written yet (the cache's dtype is decided on its first write)
+        return weights_stamp(self._slots) == self._stamp  # changed weights: the frozen ones would be stale
+
+    def __call__(self, x, sigma, actions, pos, anchor, cache, drop: int) -> torch.Tensor:
+        """The model's forward over a full ``cache`` (as ``accepts`` said): x0 (1, frames - drop, 3, H, W)."""
+        m = self.model
+        frames = x.shape[1]
+        cond = m.conditioning(actions, sigma)
+        rot = m.rope.real_rotations(pos)
+        if m.cfg.anchor:
+            if anchor is None:
+                anchor = x.new_zeros(1, frames, m.cfg.channels * m.cfg.anchor_history, *x.shape[3:])
+            args = (x.contiguous(), cond, rot, anchor.float().contiguous(), *cache.k, *cache.v)
+        else:
+            args = (x.contiguous(), cond, rot, *cache.k, *cache.v)
+        out = self.package.runners[(frames, drop)](*args)
+        cache.pending = frames  # as write_scratch leaves it: the engine commits the clean frames next
+        return out
+
+
+def attach(engine, forwards: CompiledForwards | None) -> None:
+    """Hand ``forwards`` to ``engine`` as its compiled forward (None: eager only). They may still be
+    building: the engine runs eagerly until ``accepts`` says yes."""
     if forwards is not None:
         if engine.compiled_error is not None:
             raise AotError(f"this engine dropped its compiled forwards ({engine.compiled_error}); a new one can take them")
@@ -433,5 +596,5 @@ def attach(engine, forwards: CompiledForwards | None, key: str | None = None) ->
             raise AotError(f"compiled package '{forwards.path}' is for window {forwards.window} + sink {forwards.sink}, "
                            f"chunk {forwards.chunk}; the engine has {have[0]} + {have[1]}, chunk {have[2]}: run "
                            f"'worldsim compile --window {have[0]} --sink {have[1]} --chunk {have[2]}'")
-        forwards.bind(engine.model, key)
+        forwards.bind(engine.model)
     engine.compiled = forwards

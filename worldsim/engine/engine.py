@@ -16,9 +16,11 @@ Step alignment: ``frames[t]`` is shown, ``actions[t]`` is chosen after seeing it
 frame(s) it produces; ``prefill(frames, prev_actions)`` takes context frames with the action that
 produced each (``no_action`` for an episode's first frame).
 
-Compiled forwards (``worldsim.engine.aot``): on the CPU, once the cache is full, the two forwards of a
-frame-wise step can run as ahead-of-time compiled graphs (``engine.compiled``); the eager forward
-remains for everything else.
+Compiled forwards (``worldsim.engine.aot``): ``engine.compiled`` is an optional fast forward with one
+predicate, ``accepts(x, cache, drop_first, dtype)``, called with the same arguments as the model and the
+cache; where it says no (the cache still filling, another batch size, a package still building) the
+eager forward runs, in the same call site (``_forward``). A fast forward that raises is dropped for
+good and the step goes on eagerly.
 
 Anchored models (``model.cfg.anchor``) also get, for every frame, the clean frame(s) before its chunk
 (``worldsim.model.anchor_frames``; ``anchor_history`` of them): the engine keeps the last ones for that.
@@ -99,7 +101,7 @@ class Engine:
         self._history = model.cfg.anchor_history if model.cfg.anchor else 1
         self._gen = None
         self.last_step_ms = 0.0
-        # Compiled steady-state forwards (worldsim.engine.aot.attach): used where they apply, else eager.
+        # Compiled steady-state forwards (worldsim.engine.aot.attach): used where they accept, else eager.
         self.compiled = None
         self.compiled_error: str | None = None  # why they were dropped (a graph raised): not attached again
 
@@ -125,10 +127,10 @@ class Engine:
         return self.cache.frames + (self._pending[0].shape[1] if self._pending is not None else 0)
 
     def _forward(self, x, sigma, actions, pos, anchor, drop_first: int = 0):
-        aot = self.compiled
-        if aot is not None and aot.accepts(self, x.shape[1], drop_first):
+        fast = self.compiled
+        if fast is not None and fast.accepts(x, self.cache, drop_first, self.dtype):
             try:
-                return aot(self, x, sigma, actions, pos, anchor, drop_first)
+                return fast(x, sigma, actions, pos, anchor, self.cache, drop_first)
             except Exception as e:  # an accelerator must not take play down: eager from here on
                 # (the graph writes only this call's scratch slots, which the eager forward rewrites)
                 self.compiled, self.compiled_error = None, f"{type(e).__name__}: {str(e)[:200]}"

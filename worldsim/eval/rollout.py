@@ -26,6 +26,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+# uint8 frames <-> model tensors as play converts them, and the training data's resize (one module for all)
+from worldsim.data.frames import resize_frames, to_model, to_uint8
 from worldsim.errors import DataError, WorldsimError
 from worldsim.eval.metrics import PSNR_MAX_DB, FrameStats, color_histogram, hist_l1, mse, psnr, ssim, to_unit
 from worldsim.eval.sprites import SpriteSpec, find_sprites, sprite_errors
@@ -81,18 +83,6 @@ class EvalEpisode:
     def prev_actions(self, no_action: int) -> np.ndarray:
         """The action that produced each frame: [no_action, a_0, ..., a_{T-2}] (T,)."""
         return np.concatenate([[no_action], self.actions[:-1]]).astype(np.int64)
-
-
-def resize_frames(frames: np.ndarray, resolution: int) -> np.ndarray:
-    """uint8 (T, H, W, 3) -> uint8 (T, R, R, 3) with the training data's resize (exact area average,
-    ``worldsim.data.dataset.resize_frames``), so the model is compared with what it was trained on.
-    Frames already at R x R come back unchanged."""
-    from worldsim.data.dataset import resize_frames as area_resize
-
-    f = np.asarray(frames)
-    if f.shape[1:3] == (resolution, resolution):
-        return np.ascontiguousarray(f, dtype=np.uint8)
-    return np.ascontiguousarray(area_resize(f, (resolution, resolution)).transpose(0, 2, 3, 1))  # (T, R, R, 3)
 
 
 def check_game(path, env_id: str, action_meanings: Sequence[str], want_env: str, want_actions: Sequence[str]) -> None:
@@ -194,16 +184,6 @@ def make_plan(episodes: Sequence[EvalEpisode], cfg: EvalConfig) -> list[tuple[in
 
 # ---------------------------------------------------------------------------------------------
 # driving the engine
-
-
-def to_model(frames: np.ndarray) -> torch.Tensor:
-    """uint8 (B, T, R, R, 3) -> float (B, T, 3, R, R) in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """float (B, T, 3, R, R) in [-1, 1] -> uint8 (B, T, R, R, 3)."""
-    return ((x.float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
 
 
 @torch.no_grad()

@@ -7,11 +7,11 @@ restart the worker. Backends (``ModelBackend``: the world model; ``EnvBackend``:
 make the frames; ``ProcessBackend`` runs one in a child process (how play.py runs the model).
 """
 
-from worldsim.runtime.backend import Context, EnvBackend, ModelBackend, frames_from_uint8, frames_to_uint8
+from worldsim.runtime.backend import Context, EnvBackend, ModelBackend
 from worldsim.runtime.loading import DEFAULT_CHECKPOINT, Playable, load_playable
 from worldsim.runtime.process_backend import ProcessBackend
 from worldsim.runtime.session import Chunk, Health, Session, SessionConfig
 from worldsim.runtime.slot import ActionSlot
 
 __all__ = ["ActionSlot", "Chunk", "Context", "DEFAULT_CHECKPOINT", "EnvBackend", "Health", "ModelBackend",
-           "Playable", "ProcessBackend", "Session", "SessionConfig", "frames_from_uint8", "frames_to_uint8", "load_playable"]
+           "Playable", "ProcessBackend", "Session", "SessionConfig", "load_playable"]

@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     result = {"package": str(path), "build_s": round(build_s, 1), "checkpoint": args.checkpoint,
               "window": window, "sink": sink, "chunk": chunk}
     if not args.no_check:
-        forwards = aot.CompiledForwards.load(path)
+        forwards = aot.CompiledForwards.of(model, aot.Package.load(path))
         result["check"] = c = check(b, forwards)
         say(f"check ({c['steps']}-step, {what}, one state, the same noise): eager and compiled differ by at most "
             f"{c['max_abs_diff_first']:.4f} on the first frame (rounding); after {c['frames']} frames by "

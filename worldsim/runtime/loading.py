@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from worldsim.data.frames import resize_frames
 from worldsim.engine import EngineConfig
 from worldsim.errors import CheckpointError, DataError
 from worldsim.runtime.backend import Context, ModelBackend
@@ -60,19 +61,10 @@ def set_generation_threads(requested: int = 0) -> int:
     return n
 
 
-def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
-    """(T, H, W, 3) uint8 -> (T, size, size, 3) uint8 with area averaging (antialiased)."""
-    if frames.shape[1] == size and frames.shape[2] == size:
-        return frames
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # (T, 3, H, W)
-    x = torch.nn.functional.interpolate(x, size=(size, size), mode="area")
-    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
 def load_context_npz(path: str | Path, resolution: int, k: int = 8, env_id: str | None = None,
                      action_meanings: list[str] | None = None) -> Context:
     """The last ``k`` frames and actions of a plain ``.npz`` episode, resized to the model as its training
-    frames were. Checked once, here: the file (``read_episode``: header
+    frames were (``worldsim.data.frames``). Checked once, here: the file (``read_episode``: header
     against file size, dtypes, lengths), the game (``env_id`` and ``action_meanings`` of the model, when
     given) and every action, with the step named."""
     from worldsim.data.episode import read_episode

@@ -29,7 +29,7 @@ def tiny_model_config(num_actions: int = 6):
 def _tiny_game_context(k: int, resolution: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``k`` frames of the built-in game under a short scripted walk, resized to ``resolution``."""
     from worldsim.envs.tiny import TinyGame
-    from worldsim.runtime.loading import resize_frames
+    from worldsim.data.frames import resize_frames
 
     game = TinyGame()
     frames, actions = [game.reset(seed)], []
