@@ -14,17 +14,16 @@ from worldsim.model import ModelConfig, WorldDiT, anchor_frames
 from worldsim.model.rope import apply_rope
 
 
-# plain, the two ways an anchored student uses its anchor, and two anchor frames (anchor_history=2)
-ANCHORS = [False, "residual", "input", "input2"]
-ANCHOR_IDS = ["plain", "anchored", "anchor-input", "anchor-input-2"]
+# plain, an anchored student, and two anchor frames (anchor_history=2)
+ANCHORS = [False, "input", "input2"]
+ANCHOR_IDS = ["plain", "anchor-input", "anchor-input-2"]
 
 
 def tiny_model(chunk=1, temporal_every=1, seed=0, anchor=False):
     torch.manual_seed(seed)
-    mode = anchor.rstrip("2") if isinstance(anchor, str) else "residual"
     m = WorldDiT(ModelConfig(resolution=16, patch=4, dim=32, depth=2, heads=2, kv_heads=1, num_actions=5,
                              chunk=chunk, temporal_every=temporal_every, anchor=bool(anchor),
-                             anchor_mode=mode, anchor_history=2 if anchor == "input2" else 1)).eval()
+                             anchor_history=2 if anchor == "input2" else 1)).eval()
     with torch.no_grad():  # zero-init output layers would make every test trivially pass
         for p in m.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -238,41 +237,14 @@ def test_added_anchor_frames_start_as_the_same_model():
         two(frames(1, 2), torch.rand(1, 2), torch.zeros(1, 2, dtype=torch.long), anchor=frames(1, 2))
     from worldsim.errors import ConfigError
     with pytest.raises(ConfigError, match="anchor_history"):
-        ModelConfig(anchor=True, anchor_mode="residual", anchor_history=2).validate()
-
-
-def test_added_blocks_start_as_the_same_model():
-    """expand_depth: a 2-block student's weights in a 4-block model (blocks 3 and 4 appended, gates
-    at zero) compute the same frames through the cached engine; a shrink or a wrong source is refused."""
-    from worldsim.model.dit import expand_depth
-
-    two = tiny_model(anchor="input", temporal_every=2)  # depth 2, nonzero gates and outputs everywhere
-    four = WorldDiT(dataclasses.replace(two.cfg, depth=4)).eval()
-    four.load_state_dict(expand_depth(two.state_dict(), four.state_dict(), four.cfg, 2))
-    assert four.cfg.cache_layers == 2 and two.cfg.cache_layers == 1
-    assert_same_rollout(two, four)
-    with pytest.raises(ValueError, match="2-block"):
-        expand_depth(four.state_dict(), four.state_dict(), four.cfg, 2)
-    with pytest.raises(ValueError, match="depth=2 < 4"):
-        expand_depth(four.state_dict(), two.state_dict(), two.cfg, 4)
-
-
-def test_fresh_anchored_model_starts_at_copy_last():
-    # Zero-initialised output layer: an untrained anchored student predicts its anchor exactly, in fp32.
-    torch.manual_seed(0)
-    m = WorldDiT(ModelConfig(resolution=16, patch=4, dim=32, depth=2, heads=2, kv_heads=1, num_actions=5,
-                             anchor=True)).eval()
-    anc = frames(2, 4, seed=3)
-    with torch.no_grad():
-        out = m(torch.randn(2, 4, 3, 16, 16), torch.rand(2, 4), torch.randint(0, 5, (2, 4)), anchor=anc)
-    torch.testing.assert_close(out, anc, atol=0, rtol=0)
+        ModelConfig(anchor=False, anchor_history=2).validate()
 
 
 def test_input_anchor_enters_the_tokens_not_the_output():
-    # anchor_mode=input: a fresh model (zero output layer) predicts zeros whatever the anchor, and once
-    # trained its output depends on the anchor through the network only.
+    # A fresh anchored model (zero output layer) predicts zeros whatever the anchor: nothing is added back
+    # to the output; once trained its output depends on the anchor through the network.
     cfg = ModelConfig(resolution=16, patch=4, dim=32, depth=2, heads=2, kv_heads=1, num_actions=5, anchor=True,
-                      anchor_mode="input")
+                      anchor_history=1)
     torch.manual_seed(0)
     fresh = WorldDiT(cfg).eval()
     x, sig, a = torch.randn(2, 4, 3, 16, 16), torch.rand(2, 4), torch.randint(0, 5, (2, 4))
@@ -282,17 +254,6 @@ def test_input_anchor_enters_the_tokens_not_the_output():
     with torch.no_grad():
         one, two = m(x, sig, a, anchor=frames(2, 4, seed=3)), m(x, sig, a, anchor=frames(2, 4, seed=4))
     assert (one - two).abs().max() > 1e-3  # the anchor reaches the output
-    residual = tiny_model(anchor="residual")  # the same weights, the anchor added back to the output
-    with torch.no_grad():
-        torch.testing.assert_close(residual(x, sig, a, anchor=frames(2, 4, seed=3)), one + frames(2, 4, seed=3))
-
-
-def test_unknown_anchor_mode_is_refused():
-    from worldsim.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="anchor_mode"):
-        WorldDiT(ModelConfig(resolution=16, patch=4, dim=32, depth=2, heads=2, kv_heads=1, anchor=True,
-                             anchor_mode="add"))
 
 
 @pytest.mark.parametrize("anchor", ANCHORS, ids=ANCHOR_IDS)

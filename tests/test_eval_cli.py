@@ -228,29 +228,6 @@ def test_bench_fps_joins_the_table(tmp_path):
     assert "61.5" in text and "+3.50" in text and "-0.75" in text and "copy-last" in text
 
 
-def test_one_frame_floor_measures_the_real_next_frame(setup):
-    """With a model that returns its input, noise level 0 gives back the real next frame: error 0 (the
-    target frame is the one the sprite is measured against); the copy-last figure is the eval's
-    copy-last sprite error at horizon 1 on the same plan."""
-    from worldsim.engine import Engine
-    from worldsim.eval.floor import one_frame_sprite_error
-    from worldsim.eval.rollout import EvalConfig, evaluate_baselines, load_eval_episodes, make_plan
-    from worldsim.eval.sprites import TINY
-
-    d, ckpt, eps = setup
-    model, meta, eng_cfg = cli.load_for_eval(ckpt, torch.device("cpu"), torch.float32, [])
-    episodes = load_eval_episodes(eps, 16, TINY_ENV_ID, TINY_ACTIONS)
-    cfg = EvalConfig(context=K, horizon=1, starts=3, batch=4)
-    plan = make_plan(episodes, cfg)
-    engine = Engine(model, eng_cfg)
-    engine.model_fn = lambda x, *a, **k: (model(x, *a, **k), x)[1]  # the cache is written; x0 = the input
-    out = one_frame_sprite_error(engine, episodes, plan, cfg, TINY, [0.0], model.cfg.num_actions)
-    assert out["rollouts"] == len(plan) == 6 and out["levels"] == {0.0: 0.0}
-    base = evaluate_baselines(episodes, plan, cfg, TINY, 4.0, model.cfg.num_actions)["copy_last"]
-    assert base["sprite_miss_rate"] == [0.0] and out["copy_last"] == pytest.approx(base["sprite_err_px"][0])
-    assert out["copy_last"] > 0  # the sprite moves in these episodes: copying is not free
-
-
 def test_paired_comparison_of_two_evaluations(setup, tmp_path, capsys):
     """scripts/compare_evals.py: B - A on shared rollouts with a bootstrap interval; a model against
     itself differs by exactly 0; evaluations on other rollouts, or without per-rollout values, refuse."""
@@ -300,43 +277,4 @@ def test_paired_comparison_of_two_evaluations(setup, tmp_path, capsys):
     assert "MSE-PSNR h1-8" in out and "sprite error h5" in out and "B better" in out
     assert json.loads((tmp_path / "c.json").read_text())["sprite_err_h8"]["diff"] == pytest.approx(-1.0)
     assert mod.main([str(a), str(tmp_path / "missing.json")]) == 2
-    assert "not found" in capsys.readouterr().err
-
-
-def test_error_budget_script_on_saved_rollouts(setup, tmp_path, capsys):
-    """scripts/error_budget.py reads what --save-rollouts wrote and its source episodes; a game without an
-    opponent entry is budgeted without that region; bad inputs are one line and exit 2."""
-    d, ckpt, eps = setup
-    run(ckpt, eps, tmp_path / "e.json", "--settings", "1x1", "--save-rollouts", str(tmp_path / "ro"),
-        "--action-response", "0")
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("error_budget", "scripts/error_budget.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    out_json = tmp_path / "b.json"
-    assert mod.main(["--rollouts", str(tmp_path / "ro"), "--episodes", *map(str, eps), "--horizon", str(H),
-                     "--json", str(out_json)]) == 0
-    res = json.loads(out_json.read_text())
-    assert res["rollouts"] == 4 and res["sources"]["model"]["share"]["opponent"] == 0.0
-    assert sum(res["sources"]["model"]["share"].values()) == pytest.approx(1.0)
-    assert "exact player" in capsys.readouterr().out
-    assert mod.main(["--rollouts", str(tmp_path / "nothing"), "--episodes", str(eps[0])]) == 2
-    assert "no rollouts" in capsys.readouterr().err
-    assert mod.main(["--rollouts", str(tmp_path / "ro"), "--episodes", str(eps[0]), "--horizon", str(H)]) == 2
-    assert "is not among --episodes" in capsys.readouterr().err
-    assert mod.main(["--rollouts", str(tmp_path / "ro"), "--episodes", *map(str, eps), "--horizon", "9"]) == 2
-    assert "--horizon 9" in capsys.readouterr().err
-    assert mod.main(["--rollouts", str(tmp_path / "ro"), "--episodes", *map(str, eps), "--horizon", str(H),
-                     "--second", str(tmp_path / "nothing")]) == 2
-    assert "--second must hold the same rollouts" in capsys.readouterr().err
-    # the same rollouts as their own second sample: no spread between them
-    assert mod.main(["--rollouts", str(tmp_path / "ro"), "--episodes", *map(str, eps), "--horizon", str(H),
-                     "--second", str(tmp_path / "ro"), "--json", str(out_json)]) == 0
-    assert json.loads(out_json.read_text())["spread"]["mse_between_samples"] == [0.0] * H
-    capsys.readouterr()
-    spec = importlib.util.spec_from_file_location("sprite_predictability", "scripts/sprite_predictability.py")
-    pred = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pred)
-    assert pred.main(["--train", str(tmp_path / "none"), "--heldout", str(tmp_path / "none")]) == 2
     assert "not found" in capsys.readouterr().err

@@ -22,8 +22,8 @@ def tiny(tmp_path_factory) -> Path:
     return out
 
 
-def train(stage: str, config: str, out: Path, data: Path, *extra: str) -> Path:
-    argv = ["train", stage, f"configs/{config}.yaml", f"out_dir={out}", f"data.paths=[{data}]",
+def train(stage: str, config: str, out: Path, data: Path, *extra: str, config_path: Path | None = None) -> Path:
+    argv = ["train", stage, str(config_path or f"configs/{config}.yaml"), f"out_dir={out}", f"data.paths=[{data}]",
             f"data.cache_dir={out.parent / 'cache'}", *MICRO, *extra]
     assert worldsim(argv) == 0
     return out / "final.safetensors"
@@ -58,12 +58,92 @@ def test_bad_stage_inputs_are_one_line_errors(tiny, tmp_path, capsys):
 def test_keys_added_later_match_checkpoints_written_before_them():
     from worldsim.train.trainer import config_differences
 
-    old = {"model": {"dim": 32, "anchor": True}}  # written before model.anchor_mode existed
-    assert config_differences(old, {"model": {"dim": 32, "anchor": True, "anchor_mode": "residual"}}) == []
-    diffs = config_differences(old, {"model": {"dim": 32, "anchor": True, "anchor_mode": "input"}})
-    assert diffs == ["model.anchor_mode='residual' in the checkpoint but 'input' now"]
+    old = {"model": {"dim": 32, "anchor": True}}  # written before model.anchor_history existed
+    assert config_differences(old, {"model": {"dim": 32, "anchor": True, "anchor_history": 1}}) == []
+    diffs = config_differences(old, {"model": {"dim": 32, "anchor": True, "anchor_history": 2}})
+    assert diffs == ["model.anchor_history=1 in the checkpoint but 2 now"]
     assert config_differences(old, {"model": {"dim": 32, "anchor": True, "other": 1}}) == \
         ["model.other='<absent>' in the checkpoint but 1 now"]
+
+
+def test_removed_options_at_their_no_op_value_match_and_others_differ():
+    """A saved training config holding a removed option is the same config without it where the option
+    changed nothing (anchor_self 0, motion_weight 0, anchor_mode input, or any mode without anchors)."""
+    from worldsim.train.trainer import config_differences
+
+    now = {"model": {"anchor": True, "anchor_history": 2}, "anchor_noise": 0.3}
+    saved = {"model": {"anchor": True, "anchor_mode": "input", "anchor_history": 2}, "anchor_noise": 0.3,
+             "anchor_self": 0.0, "motion_weight": 0.0}
+    assert config_differences(saved, now) == []
+    plain = {"model": {"anchor": False, "anchor_mode": "residual", "anchor_history": 1}}
+    assert config_differences(plain, {"model": {"anchor": False, "anchor_history": 1}}) == []
+    diffs = config_differences({**saved, "anchor_self": 0.5, "model": {**saved["model"], "anchor_mode": "residual"}}, now)
+    assert diffs == ["anchor_self=0.5 in the checkpoint but '<absent>' now",
+                     "model.anchor_mode='residual' in the checkpoint but '<absent>' now"]
+
+
+def test_a_config_file_with_removed_options_loads_or_names_them(tiny, tmp_path, capsys, caplog):
+    """A stage-1 config written before the removals (a run's config.yaml) trains when they sit at their
+    no-op values, with a note; a value that asked for the removed behaviour is one line, exit 2."""
+    import yaml
+
+    cfg = yaml.safe_load(Path("configs/stage1_teacher_forcing.yaml").read_text())
+    cfg.update(anchor_self=0.0, motion_weight=0.0)
+    cfg["model"].update(anchor=True, anchor_mode="input")
+    old = tmp_path / "old.yaml"
+    old.write_text(yaml.safe_dump(cfg))
+    with caplog.at_level("WARNING", logger="worldsim.train"):
+        assert train("stage1", "x", tmp_path / "ok", tiny, *MODEL, config_path=old).is_file()
+    assert "anchor_self=0.0 dropped" in caplog.text and "model.anchor_mode=input dropped" in caplog.text
+    for key, value in (("anchor_self", 0.5), ("motion_weight", 3.0)):
+        old.write_text(yaml.safe_dump({**cfg, key: value}))
+        argv = ["train", "stage1", str(old), f"out_dir={tmp_path / key}", f"data.paths=[{tiny}]", *MICRO, *MODEL]
+        assert worldsim(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"{key}={value} is no longer an option" in err and str(old) in err
+        assert not (tmp_path / key).exists()  # refused before anything was written
+    old.write_text(yaml.safe_dump({**cfg, "model": {**cfg["model"], "anchor_mode": "residual"}}))
+    assert worldsim(["train", "stage1", str(old), f"out_dir={tmp_path / 'r'}", f"data.paths=[{tiny}]", *MICRO]) == 2
+    assert "model.anchor_mode=residual is no longer an option" in capsys.readouterr().err
+
+
+def test_a_checkpoint_of_a_removed_model_form_is_refused_in_one_line(tmp_path):
+    """Residual-anchored checkpoints (anchor_mode=residual, or anchored before the option existed) are
+    refused naming the file; input-anchored and unanchored ones load as they were."""
+    import torch
+
+    from worldsim.checkpoint import load_model, save_checkpoint
+    from worldsim.config import to_dict
+    from worldsim.errors import CheckpointError
+    from worldsim.model import ModelConfig, WorldDiT
+
+    def write(name, **fields):
+        m = WorldDiT(ModelConfig(resolution=16, patch=4, dim=32, depth=2, heads=2, kv_heads=1, num_actions=3,
+                                 anchor=fields.get("anchor", True), anchor_history=1, temporal_every=1))
+        mc = {k: v for k, v in to_dict(m.cfg).items() if k not in fields.get("absent", ())}
+        mc.update({k: v for k, v in fields.items() if k != "absent"})
+        path = tmp_path / f"{name}.safetensors"
+        save_checkpoint(path, {f"model.{k}": v for k, v in m.state_dict().items()},
+                        {"role": "student", "stage": 1, "model_config": mc})
+        return path, m
+
+    for name, fields in (("residual", {"anchor_mode": "residual"}),
+                         ("before", {"absent": ("anchor_history",)})):  # anchored, before anchor_mode existed
+        path, _ = write(name, **fields)
+        with pytest.raises(CheckpointError, match=f"{name}.safetensors: model.anchor_mode=residual is no longer "
+                                                  "supported") as e:
+            load_model(path)
+        assert "\n" not in str(e.value)
+    for name, fields in (("input", {"anchor_mode": "input"}), ("now", {}),
+                         ("plain", {"anchor": False, "anchor_mode": "residual"}),
+                         ("oldest", {"anchor": False, "absent": ("anchor", "anchor_mode", "anchor_history",
+                                                                 "temporal_every")})):
+        path, m = write(name, **fields)
+        loaded, meta = load_model(path)
+        assert "anchor_mode" not in meta["model_config"] and loaded.cfg == m.cfg, name
+        x, s, a = torch.rand(1, 2, 3, 16, 16), torch.rand(1, 2), torch.zeros(1, 2, dtype=torch.long)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x, s, a), m.eval()(x, s, a))
 
 
 def test_an_empty_override_says_how_to_write_an_empty_string():

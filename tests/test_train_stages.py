@@ -32,7 +32,8 @@ def clips(clip_len: int = CLIP) -> InMemoryClips:
 
 def model_cfg(causal: bool, dim: int = 32, depth: int = 2) -> ModelConfig:
     return ModelConfig(resolution=R, patch=4, dim=dim, depth=depth, heads=2, kv_heads=2,
-                       num_actions=len(SYNTHETIC_ACTIONS), causal=causal, chunk=1)
+                       num_actions=len(SYNTHETIC_ACTIONS), causal=causal, chunk=1, temporal_every=1, anchor=False,
+                       anchor_history=1)
 
 
 def run_cfg(out: Path, **kw) -> RunConfig:
@@ -181,7 +182,7 @@ def test_stage3_trains_and_leaves_the_teacher_alone(chain, tmp_path):
 
 
 def test_stage3_continues_from_a_stage3_student_with_a_longer_rollout(chain, tmp_path):
-    """DMD continued on a stage-3 student (how configs/boxing_stage3_long.yaml tunes the shipped model)."""
+    """DMD continued on a stage-3 student (init.student: a stage-3 output, not only a stage-2 one)."""
     first = DMDTrainer(stage3_cfg(tmp_path / "a", str(chain["s2"]), str(chain["s0"]), steps=4),
                        data=clips(6), heldout=clips(6)).fit()
     cfg = stage3_cfg(tmp_path / "b", str(first), str(chain["s0"]), steps=4)
@@ -298,7 +299,7 @@ def continue_student(tmp_path, steps: int, first_model: dict, **changes):
 def test_stage1_continues_a_student_with_a_second_anchor_frame(tmp_path):
     """model.anchor_history may grow on init.student: the continued student starts as the same model
     (the new frame's anchor weights at zero) and trains them; it may not shrink."""
-    model, first, out = continue_student(tmp_path, 3, dict(anchor=True, anchor_mode="input"), anchor_history=2)
+    model, first, out = continue_student(tmp_path, 3, dict(anchor=True), anchor_history=2)
     meta = read_meta(out)
     assert meta["init"]["anchor_history"] == [1, 2] and meta["model_config"]["anchor_history"] == 2
     w = load_checkpoint(out, "model.")[0]["anchor_embed.weight"].float()
@@ -307,22 +308,7 @@ def test_stage1_continues_a_student_with_a_second_anchor_frame(tmp_path):
     assert older.abs().max() > 0 and torch.isfinite(w).all()
     back = stage1_cfg(tmp_path / "c", steps=1)
     back.model, back.init.student = model, str(out)
-    with pytest.raises(WorldsimError, match="anchor_history and depth may grow"):
-        TeacherForcingTrainer(back, data=clips(), heldout=clips()).fit()
-
-
-def test_stage1_continues_a_student_grown_deeper(tmp_path):
-    """model.depth may grow on init.student: the added blocks start as the identity (zero gates) and
-    train; the old blocks keep their weights' places; it may not shrink."""
-    model, first, out = continue_student(tmp_path, 5, dict(depth=2, temporal_every=2), depth=4)
-    meta = read_meta(out)
-    assert meta["init"]["depth"] == [2, 4] and meta["model_config"]["depth"] == 4
-    state = load_checkpoint(out, "model.")[0]
-    gates = state["ada.1.bias"].float().view(4 * 6 + 2, -1)[[6 * 2 + 2, 6 * 2 + 5, 6 * 3 + 2, 6 * 3 + 5]]
-    assert gates.abs().max() > 0 and all(torch.isfinite(v.float()).all() for v in state.values())
-    back = stage1_cfg(tmp_path / "c", steps=1)
-    back.model, back.init.student = model, str(out)
-    with pytest.raises(WorldsimError, match="depth may grow"):
+    with pytest.raises(WorldsimError, match="anchor_history may grow"):
         TeacherForcingTrainer(back, data=clips(), heldout=clips()).fit()
 
 
@@ -355,73 +341,20 @@ def test_stage1_continues_a_student_with_fewer_temporal_blocks(tmp_path):
         TeacherForcingTrainer(wider, data=clips(), heldout=clips()).fit()
 
 
-def test_stage1_self_anchors_are_the_students_own_predictions(tmp_path):
-    """anchor_self: a fraction of samples anchored on the student's own one-step predictions."""
-    cfg = stage1_cfg(tmp_path / "a", steps=4)
-    cfg.model = dataclasses.replace(cfg.model, anchor=True, anchor_mode="input")
-    cfg.anchor_self = 1.0
-    t = TeacherForcingTrainer(cfg, data=clips(), heldout=clips())
-    t.setup()
-    x0, acts = t.model_inputs(t.next_batch())
-    real = x0.clone()
-    # a fresh input-anchored student (zero output layer) predicts zeros: every anchor becomes its prediction
-    got = t.self_anchors(x0, x0, torch.zeros(acts.shape), acts, 1, real)
-    assert torch.equal(got, torch.zeros_like(real))
-    t.cfg.anchor_self = 0.0  # none replaced
-    assert torch.equal(t.self_anchors(x0, x0, torch.zeros(acts.shape), acts, 1, real), real)
-    cfg2 = stage1_cfg(tmp_path / "b", steps=4)
-    cfg2.model, cfg2.anchor_self = cfg.model, 0.5
-    out = TeacherForcingTrainer(cfg2, data=clips(), heldout=clips()).fit()
-    assert all(torch.isfinite(v.float()).all() for v in load_checkpoint(out, "model.")[0].values())
-    plain = stage1_cfg(tmp_path / "c", steps=2)
-    plain.anchor_self = 0.5
-    with pytest.raises(WorldsimError, match="anchor_self"):
-        TeacherForcingTrainer(plain, data=clips(), heldout=clips()).fit()
-
-
-def test_stage1_motion_weight_weights_the_pixels_that_moved(tmp_path):
-    """motion_weight: 1 + w on pixels that changed since the previous frame, 1 elsewhere and on a clip's
-    first frame; v_loss with all-ones weights is the plain loss; a stage-1 run with it trains; < 0 is refused."""
-    from worldsim.train.stage1_teacher_forcing import motion_weights
-    from worldsim.train.trainer import v_loss
-
-    x0 = torch.zeros(1, 3, 3, 4, 4)
-    x0[:, 1, :, 0, 0] = 1.0  # one pixel lights up in frame 1, and stays lit in frame 2
-    w = motion_weights(x0, 9.0)
-    assert w.shape == (1, 3, 1, 4, 4)
-    assert float(w[0, 1, 0, 0, 0]) == 10.0 and float(w[0, 1].sum()) == 10.0 + 15
-    assert torch.equal(w[0, 0], torch.ones(1, 4, 4))  # the first frame has nothing before it
-    assert float(w[0, 2, 0, 0, 0]) == 10.0  # frame 2 differs from frame 1 there (it went dark again)
-    pred, sig = torch.rand(1, 3, 3, 4, 4), torch.rand(1, 3)
-    torch.testing.assert_close(v_loss(pred, x0, sig, 0.05, torch.ones(1, 3, 1, 4, 4)), v_loss(pred, x0, sig, 0.05))
-    assert bool((v_loss(pred, x0, sig, 0.05, w) >= v_loss(pred, x0, sig, 0.05)).all())
-    cfg = stage1_cfg(tmp_path / "a", steps=3)
-    cfg.motion_weight = 10.0
-    out = TeacherForcingTrainer(cfg, data=clips(), heldout=clips()).fit()
-    assert all(torch.isfinite(v.float()).all() for v in load_checkpoint(out, "model.")[0].values())
-    bad = stage1_cfg(tmp_path / "b", steps=2)
-    bad.motion_weight = -1.0
-    with pytest.raises(WorldsimError, match="motion_weight"):
-        TeacherForcingTrainer(bad, data=clips(), heldout=clips()).fit()
-
-
 def test_average_students_writes_the_mean_and_names_its_sources(tmp_path, capsys):
-    """scripts/average_students.py: the mean of two stage-1 legs from one parent, loadable as a stage-1
+    """worldsim train average: the mean of two stage-1 legs from one parent, loadable as a stage-1
     student, naming both sources; other model configs, one input, or the output among the inputs: one line."""
-    import importlib.util
-
     from worldsim.checkpoint import load_checkpoint
+    from worldsim.cli import main as worldsim
     from worldsim.train.average import average_students
 
     model, first, a = continue_student(tmp_path / "1", 2, {})
     cfg = stage1_cfg(tmp_path / "2", steps=3)
     cfg.model, cfg.init.student, cfg.run.seed = model, str(first), 7
     b = TeacherForcingTrainer(cfg, data=clips(), heldout=clips()).fit()
-    spec = importlib.util.spec_from_file_location("average_students", "scripts/average_students.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     out = tmp_path / "soup.safetensors"
-    assert mod.main([str(a), str(b), "--out", str(out)]) == 0
+    assert worldsim(["train", "average", str(a), str(b), "--out", str(out)]) == 0
+    assert "the mean of 2 checkpoints" in capsys.readouterr().out
     ta, tb, to = (load_checkpoint(p)[0] for p in (a, b, out))
     k = "model.blocks.0.mlp.0.weight"
     assert not torch.equal(ta[k], tb[k])
@@ -435,7 +368,10 @@ def test_average_students_writes_the_mean_and_names_its_sources(tmp_path, capsys
     other = continue_student(tmp_path / "4", 1, dict(depth=1))[2]
     with pytest.raises(WorldsimError, match="another model_config"):
         average_students([a, other], tmp_path / "x.safetensors")
-    assert mod.main([str(a), "--out", str(tmp_path / "y.safetensors")]) == 2
-    assert "two or more" in capsys.readouterr().err
-    assert mod.main([str(a), str(b), "--out", str(a)]) == 2
+    assert worldsim(["train", "average", str(a), "--out", str(tmp_path / "y.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "two or more" in err and len(err.strip().splitlines()) == 1
+    assert worldsim(["train", "average", str(a), str(b), "--out", str(a)]) == 2
     assert "is one of the inputs" in capsys.readouterr().err
+    assert worldsim(["train", "--threads", "1", "average", str(a), str(b)]) == 2  # options first: a config expected
+    assert "average takes checkpoints" in capsys.readouterr().err

@@ -64,6 +64,10 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         except (json.JSONDecodeError, TypeError):
             meta[k] = v
     _check_meta(path, meta)
+    if "model_config" in meta:  # in today's fields; a model of a removed form is refused
+        from worldsim.model.dit import upgrade_model_config
+
+        meta["model_config"] = upgrade_model_config(meta["model_config"], str(path))
     return meta
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -92,14 +92,18 @@ def load_yaml(path: str | Path) -> DictConfig:
 
 
 def load_config(schema_cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = (),
-                base: Any = None) -> T:
-    """Fill ``schema_cls`` from defaults <- ``base`` (dict or dataclass) <- YAML ``path`` <- ``overrides``."""
+                base: Any = None, upgrade: Callable[[dict, str], dict] | None = None) -> T:
+    """Fill ``schema_cls`` from defaults <- ``base`` (dict or dataclass) <- YAML ``path`` <- ``overrides``.
+    ``upgrade(yaml_dict, path)``, if given, brings a file written for an older schema up to date first."""
     schema = OmegaConf.structured(schema_cls)
     cfg = schema
     if base is not None:
         cfg = _merge(cfg, base, "base config")
     if path is not None:
-        cfg = _merge(cfg, load_yaml(path), str(path))
+        yaml = load_yaml(path)
+        if upgrade is not None:
+            yaml = upgrade(OmegaConf.to_container(yaml), str(path))
+        cfg = _merge(cfg, yaml, str(path))
     if overrides:
         cfg = _merge(cfg, parse_overrides(overrides), "command-line overrides")
     obj = OmegaConf.to_object(cfg)

@@ -70,10 +70,6 @@ class AtariEnv(GameEnv):
         truncated = bool(truncated) or (limit is not None and self._t >= limit and not terminated)
         return np.asarray(obs, dtype=np.uint8), float(reward), bool(terminated), truncated
 
-    def ram(self) -> np.ndarray:
-        """The console's 128 bytes of RAM now: the whole game state (analysis, not play)."""
-        return np.asarray(self._env.unwrapped.ale.getRAM(), dtype=np.uint8).copy()
-
     def snapshot(self):
         return self._env.unwrapped.ale.cloneState(), self._t
 

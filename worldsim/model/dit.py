@@ -15,15 +15,10 @@ the cache's scratch area and attention runs through ``kernels.block_causal_atten
 Anchored students (``anchor=True``): every frame also gets an *anchor*, the clean frame just before
 its chunk (``anchor_frames``), embedded into its tokens. A game frame mostly repeats the previous one;
 without the anchor a small student must redraw the static ring, floor and score from its cache every
-frame, and that is where it loses sharpness and, in long play, the sprites. Two forms:
-
-* ``anchor_mode="residual"``: the anchor is also added to the output, ``x0 = anchor + correction``;
-  training starts exactly at copy-last-frame. Measured caveat: a Boxing student of this form won
-  open-loop but diverged to noise within 1,000 frames of free play, even trained on noised anchors:
-  its own errors come back as the next anchor and are added again, frame after frame.
-* ``anchor_mode="input"``: the anchor only enters the tokens and the network draws the whole frame
-  (as DIAMOND's frame-stacked denoiser does), so a small bias is not integrated over time. The shipped
-  Boxing student is of this form (trained with noised anchors, ``anchor_noise``).
+frame, and that is where it loses sharpness and, in long play, the sprites. The anchor only enters the
+tokens and the network draws the whole frame (as DIAMOND's frame-stacked denoiser does): nothing is
+added back to the output, so the student's own small errors, which come back as its next anchor in
+free play, are not integrated frame after frame. Trained with noised anchors (``anchor_noise``).
 
 Callers always pass anchors; models without ``anchor`` ignore them (the bidirectional teacher and
 score models).
@@ -62,19 +57,18 @@ class ModelConfig:
     num_actions: int = 18  # the game's action set; index num_actions is "no action"
     causal: bool = True  # False: bidirectional over the whole clip (teacher / score models)
     chunk: int = 1  # frames per causal chunk (1: frame-wise); the training mask uses it
-    temporal_every: int = 1  # every k-th block attends across frames; the others only within a frame
+    # Every k-th block attends across frames (and keeps a KV cache); the others only within their frame.
+    # 2 (the shipped student): a quarter less work per frame than 1 at the same width.
+    temporal_every: int = 2
     rope_theta_time: float = 1000.0
     rope_theta_space: float = 100.0
-    anchor: bool = False  # students: the clean frame before the chunk goes into every token (anchor_mode)
-    # "residual": x0 = anchor + the network's output (a correction); "input": the anchor only enters the
-    # tokens and the network draws the whole frame, so its own small errors are not re-added every frame.
-    anchor_mode: str = "residual"
+    anchor: bool = True  # students: the clean frame(s) before the chunk go into every token (anchor_frames)
     # Clean frames before the chunk that go into every token, newest first, stacked on the channels:
     # 1 the last one; 2 also the one before it, so each token sees its patch's motion at sub-patch
     # precision. Why: the player's next move depends on its last one (Boxing: from the sprite track, an
     # MLP on the key and position places it 0.82 px off one frame ahead, with the last move and key 0.58),
     # and a 128-wide student comparing 8x8 patches across frames through attention places it ~0.9 px off.
-    anchor_history: int = 1
+    anchor_history: int = 2
 
     def validate(self) -> None:
         from worldsim.errors import ConfigError
@@ -89,11 +83,9 @@ class ModelConfig:
             raise ConfigError(f"head dim {self.dim // self.heads} must be a multiple of 8; change model.dim or model.heads")
         if self.temporal_every < 1 or self.temporal_every > self.depth:
             raise ConfigError(f"model.temporal_every must be in [1, depth={self.depth}], got {self.temporal_every}")
-        if self.anchor_mode not in ("residual", "input"):
-            raise ConfigError(f"model.anchor_mode must be 'residual' or 'input', got {self.anchor_mode!r}")
-        if self.anchor_history < 1 or (self.anchor_history > 1 and (not self.anchor or self.anchor_mode != "input")):
+        if self.anchor_history < 1 or (self.anchor_history > 1 and not self.anchor):
             raise ConfigError(f"model.anchor_history={self.anchor_history} must be >= 1, and above 1 only with "
-                              "model.anchor=true and model.anchor_mode=input (the residual adds back one frame)")
+                              "model.anchor=true (set model.anchor_history=1 for a model without anchors)")
         if self.num_actions < 1 or self.chunk < 1:
             raise ConfigError("model.num_actions and model.chunk must be >= 1")
 
@@ -112,6 +104,28 @@ class ModelConfig:
     @property
     def cache_layers(self) -> int:
         return sum(self.is_temporal(i) for i in range(self.depth))
+
+
+# Fields a saved model config may lack (written before they existed), with the value such a model has.
+ADDED_FIELDS = {"temporal_every": 1, "anchor": False, "anchor_history": 1}
+
+
+def upgrade_model_config(saved: dict, where: str) -> dict:
+    """A checkpoint's saved ``model_config`` in today's fields: absent fields get the value the model was
+    built with (``ADDED_FIELDS``), and ``anchor_mode`` (removed: an anchored student has one form, the
+    anchor an input only) is dropped where it changes nothing; a residual-anchored model is refused with
+    the fix. ``where`` names the file in the message."""
+    from worldsim.errors import CheckpointError
+
+    cfg = {**{k: v for k, v in ADDED_FIELDS.items() if k not in saved}, **saved}
+    # Without the key: written after its removal (input), or before it existed, when anchored models were
+    # residual (those predate anchor_history too).
+    mode = cfg.pop("anchor_mode", "input" if "anchor_history" in saved else "residual")
+    if cfg["anchor"] and mode != "input":
+        raise CheckpointError(f"{where}: model.anchor_mode={mode} is no longer supported (an anchored student "
+                              "takes its anchor as an input only; the residual form, x0 = anchor + correction, "
+                              "diverged in free play); retrain it with this version (model.anchor=true)")
+    return cfg
 
 
 # Initial scale of the action embedding. Measured on Boxing (2026-11-26): at DiT's usual 0.02 the
@@ -192,30 +206,6 @@ def expand_anchor_history(state: dict, cfg: "ModelConfig", old_history: int) -> 
     new = w.new_zeros(w.shape[0], pp, c * cfg.anchor_history)
     new[:, :, :c * old_history] = w.view(w.shape[0], pp, c * old_history)
     return {**state, "anchor_embed.weight": new.view(w.shape[0], -1)}
-
-
-def expand_depth(state: dict, fresh: dict, cfg: "ModelConfig", old_depth: int) -> dict:
-    """A state dict of a ``old_depth``-block student, made loadable into one of ``cfg.depth`` blocks:
-    the added blocks go after the old ones, with their own weights from ``fresh`` (a new model's
-    ``state_dict()``) but their adaLN gates at zero, so each starts as the identity and the deeper
-    model computes exactly what the shallower one did (a net-growth start: it keeps what was learned
-    and trains the new capacity from there). The old blocks keep their places, so with
-    ``temporal_every`` the same blocks attend across frames as before."""
-    if cfg.depth < old_depth or any(f"blocks.{i}.mlp.0.weight" not in state for i in range(old_depth)) \
-            or f"blocks.{old_depth}.mlp.0.weight" in state:
-        raise ValueError(f"the state dict is not a {old_depth}-block model, or model.depth={cfg.depth} < {old_depth}")
-    out = {k: v for k, v in state.items() if not k.startswith("ada.1.")}
-    for i in range(old_depth, cfg.depth):
-        out.update({k: v for k, v in fresh.items() if k.startswith(f"blocks.{i}.")})
-    d = cfg.dim
-    for name in ("weight", "bias"):
-        old = state[f"ada.1.{name}"].view(6 * old_depth + 2, d, -1)
-        added = torch.zeros(6 * (cfg.depth - old_depth), d, old.shape[2], dtype=old.dtype)
-        if name == "bias":  # shift 0, multiplier 1, gate 0 for attention and MLP (the init's identity)
-            added.view(-1, 6, d)[:, [1, 4]] = 1.0
-        new = torch.cat([old[:6 * old_depth], added, old[6 * old_depth:]])  # the output layer's 2 terms last
-        out[f"ada.1.{name}"] = new.view(-1, *state[f"ada.1.{name}"].shape[1:])
-    return out
 
 
 def param_slots(*modules: nn.Module) -> list[tuple[nn.Module, str]]:
@@ -409,7 +399,7 @@ class WorldDiT(nn.Module):
         chunk: frames per causal chunk for this call (default cfg.chunk; ignored if not causal).
         cache: a KV cache; the frames then attend to the cache plus themselves.
         anchor: (B, T, 3 * anchor_history, H, W) clean frame(s) before each frame's chunk (``anchor_frames``), used when
-        ``cfg.anchor`` (zeros if None: a session started from nothing); the residual form returns float32.
+        ``cfg.anchor`` (zeros if None: a session started from nothing).
         drop_first: with a cache, the first frames are there only for their keys and values (the
         engine's fused cache write): the last block computes nothing else for them, and the result
         holds the other T - drop_first frames. Their rows are the same as without it.
@@ -419,7 +409,6 @@ class WorldDiT(nn.Module):
         """
         B, T = x.shape[:2]
         N = self.grid * self.grid
-        D = self.cfg.dim
         if drop_first and (cache is None or not 0 <= drop_first < T):
             raise ValueError(f"drop_first={drop_first} needs a cache and fewer than the {T} frames given")
         if cond is None and sigma.dim() == 1:
@@ -431,14 +420,12 @@ class WorldDiT(nn.Module):
         wdtype = self.patch_embed.weight.dtype
         tokens = self.patch_embed(self.patchify(x.to(wdtype)))  # (B, T, N, dim)
         if self.anchor_embed is not None:
-            residual = self.cfg.anchor_mode == "residual"  # fp32 only where it is added back to the output
             h = self.cfg.anchor_history
             anc = x.new_zeros(B, T, h * x.shape[2], *x.shape[3:]) if anchor is None else anchor
             if anc.shape[2] != h * x.shape[2]:
                 raise ValueError(f"anchor has {anc.shape[2]} channels; this model takes {h} frame(s) of "
                                  f"{x.shape[2]} (model.anchor_history={h}): build it with anchor_frames(..., history={h})")
-            anc = self.patchify(anc.to(torch.float32 if residual else wdtype))
-            tokens = tokens + self.anchor_embed(anc.to(wdtype))  # anc: (B, T, N, p*p*C)
+            tokens = tokens + self.anchor_embed(self.patchify(anc.to(wdtype)))  # (B, T, N, p*p*C*h) -> (B, T, N, dim)
         # memoised only with a cache (the engine, self-rollout): a few discrete noise levels there,
         # continuous random ones in training batches
         if cond is None:
@@ -459,10 +446,7 @@ class WorldDiT(nn.Module):
                          cache_layer=cache_layer, **attn_kw)
             cache_layer += blk.attn.temporal
         shift, mult = (m[:, drop_first:] for m in mods[-2:])
-        out = self.out(norm_modulate(tokens, shift, mult))
-        if self.anchor_embed is not None and residual:
-            out = anc[:, drop_first:] + out.float()  # in fp32: the copied background stays exact under bf16
-        return self.unpatchify(out)
+        return self.unpatchify(self.out(norm_modulate(tokens, shift, mult)))
 
     def conditioning(self, actions, sigma) -> torch.Tensor:
         """Every block's adaLN terms for each frame, (B, T, 6 * depth + 2, dim), from its action and

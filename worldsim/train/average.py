@@ -1,20 +1,18 @@
 """The uniform weight average of students fine-tuned from one parent (a "model soup").
 
 Two continuations of the same student, run with other rates or data orders, land in one basin; their
-average keeps what both learned and averages away part of each one's noise. Measured on Boxing (session
-16, model card): the average of two 3,000- and 2,400-step legs from the shipped student beat it on two
-separate samples of 160 held-out rollouts, where neither leg alone cleared zero.
+average keeps what both learned and averages away part of each one's noise. Measured on Boxing (model
+card): the average of two 3,000- and 2,400-step legs from one student beat it on two separate samples
+of 160 held-out rollouts, where neither leg alone cleared zero.
 
-    python scripts/average_students.py runs/s16/c6/stage1/final.safetensors \\
-        runs/s14/ema995/stage1/final.safetensors --out runs/s16/soup/stage1/final.safetensors
+    worldsim train average runs/default/c6/final.safetensors runs/default/ema995/final.safetensors \
+        --out runs/default/soup/stage1_teacher_forcing/final.safetensors
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
-
-import torch
 
 from worldsim.checkpoint import file_hash, load_checkpoint, save_checkpoint
 from worldsim.errors import CheckpointError
@@ -45,7 +43,7 @@ def average_students(paths: Sequence[str | Path], out: str | Path) -> Path:
         for k, v in tensors.items():
             total[k] += v.float()
     avg = {k: (v / len(paths)).to(first[k].dtype) for k, v in total.items()}
-    new = {k: v for k, v in meta.items() if k not in ("format", "code_version")}
+    new = {k: v for k, v in meta.items() if k not in ("format", "code_version", "_path", "_hash")}
     new["init"] = {"from": "average", "students": [str(p) for p in paths],
                    "student_hashes": [file_hash(p) for p in paths], "first_init": meta.get("init")}
     if "cost" in meta:  # the CPU that went into the average: every source's

@@ -32,7 +32,9 @@ from worldsim.train.trainer import OptimConfig, RunConfig, Trainer, bell_weight,
 
 
 def teacher_model_config() -> ModelConfig:
-    return ModelConfig(resolution=32, patch=4, dim=96, depth=6, heads=2, kv_heads=2, num_actions=6, causal=False)
+    # bidirectional over the clip: no anchors, every block attends across frames (the student defaults are not its)
+    return ModelConfig(resolution=32, patch=4, dim=96, depth=6, heads=2, kv_heads=2, num_actions=6, causal=False,
+                       temporal_every=1, anchor=False, anchor_history=1)
 
 
 @dataclass

@@ -29,9 +29,9 @@ import torch
 
 from worldsim.engine import EngineConfig
 from worldsim.errors import ConfigError
-from worldsim.engine.schedule import add_noise, shift_sigma, student_sigmas
+from worldsim.engine.schedule import add_noise, shift_sigma
 from worldsim.model import ModelConfig, WorldDiT
-from worldsim.model.dit import ACTION_INIT_STD, anchor_frames, expand_anchor_history, expand_depth, teacher_forcing_frame_mask
+from worldsim.model.dit import ACTION_INIT_STD, anchor_frames, expand_anchor_history, teacher_forcing_frame_mask
 from worldsim.train.data import DataConfig
 from worldsim.train.stage0_teacher import drop_actions
 from worldsim.train.trainer import (OptimConfig, RunConfig, Trainer, bell_weight, check_same_game, load_stage_output,
@@ -73,15 +73,6 @@ class Stage1Config:
     # free play the anchors are the student's own outputs; a student that never saw a wrong anchor copies
     # its errors forward (the anchored Boxing student diverged to noise within 1,000 frames).
     anchor_noise: float = 0.0
-    # Anchored students: the fraction of samples whose anchors are the student's own one-step predictions
-    # of the frames before (no gradient; input noise at a level the 2-step sampler predicts from, 1.0 or
-    # its second level), so it learns from anchors with the errors it really makes, not Gaussian ones.
-    anchor_self: float = 0.0
-    # Extra loss weight on the pixels that changed since the previous frame (1 + motion_weight there).
-    # Why: in Boxing the player's move is a few pixels of a 64x64 frame; under a plain MSE the students
-    # learned to ignore the action entirely (holding DOWN moved the real player 14 px in 12 frames and
-    # the model's 0.2 px, whatever the action). 0: the plain loss.
-    motion_weight: float = 0.0
     action_dropout: float = 0.1  # enables action guidance u + w (c - u) in stage 2
     min_sigma: float = 0.05
     bell_width: float = 0.3
@@ -112,14 +103,6 @@ def tf_forward(net, clean, clean_sigma, noisy, sigma, acts, chunk: int, anchor_s
     T = clean.shape[1]
     x, s, a, kw = tf_inputs(clean, clean_sigma, noisy, sigma, acts, chunk, anchor_src, net.cfg.anchor_history)
     return net(x, s, a, **kw)[:, T:]
-
-
-def motion_weights(x0: torch.Tensor, weight: float, threshold: float = 0.1) -> torch.Tensor:
-    """Per-pixel loss weights (B, T, 1, H, W): 1 + ``weight`` where frame t differs from frame t-1 by more
-    than ``threshold`` in some channel (frames in [-1, 1]); 1 everywhere on a clip's first frame."""
-    moved = (x0[:, 1:] - x0[:, :-1]).abs().amax(2, keepdim=True) > threshold  # (B, T-1, 1, H, W)
-    moved = torch.cat([torch.zeros_like(moved[:, :1]), moved], 1)
-    return 1.0 + weight * moved.float()
 
 
 def chunk_levels(levels: torch.Tensor, chunk: int, T: int) -> torch.Tensor:
@@ -181,10 +164,6 @@ class TeacherForcingTrainer(Trainer):
                               "stage-1 student), not both")
         if cfg.anchor_noise < 0 or (cfg.anchor_noise > 0 and not cfg.model.anchor):
             raise ConfigError(f"stage 1: anchor_noise={cfg.anchor_noise} needs model.anchor=true and a level >= 0")
-        if cfg.motion_weight < 0:
-            raise ConfigError(f"stage 1: motion_weight={cfg.motion_weight} must be >= 0 (0: the plain loss)")
-        if not 0 <= cfg.anchor_self <= 1 or (cfg.anchor_self > 0 and not cfg.model.anchor):
-            raise ConfigError(f"stage 1: anchor_self={cfg.anchor_self} needs model.anchor=true and a fraction in [0, 1]")
         if cfg.init.student:
             prev, meta = load_stage_output(cfg.init.student, role="student", stages=(1,), what="a stage-1 student",
                                            needed_by="stage 1 (init.student)",
@@ -192,19 +171,16 @@ class TeacherForcingTrainer(Trainer):
             check_same_game(meta, self.data, cfg.init.student, "stage 1")
             # temporal_every may change: the weights are the same shapes, only which blocks attend
             # across frames differs (fewer temporal blocks: a cheaper student fine-tuned from this one);
-            # so may anchor_history grow: the added anchor frames' weights start at zero (same function);
-            # so may depth: blocks added after the old ones start as the identity (zero gates)
-            grown = ("temporal_every", "anchor_history", "depth")
+            # so may anchor_history grow: the added anchor frames' weights start at zero (same function)
+            grown = ("temporal_every", "anchor_history")
             if dataclasses.replace(prev.cfg, **{k: getattr(cfg.model, k) for k in grown}) != cfg.model or \
-                    cfg.model.anchor_history < prev.cfg.anchor_history or cfg.model.depth < prev.cfg.depth:
+                    cfg.model.anchor_history < prev.cfg.anchor_history:
                 raise ConfigError(f"stage 1: init.student '{cfg.init.student}' has another model config than "
                                   f"model.* ({prev.cfg} vs {cfg.model}); set model.* to match it (only "
-                                  "temporal_every may differ, and anchor_history and depth may grow)")
+                                  "temporal_every may differ, and anchor_history may grow)")
             state = prev.state_dict()
             if prev.cfg.anchor_history != cfg.model.anchor_history:
                 state = expand_anchor_history(state, cfg.model, prev.cfg.anchor_history)
-            if prev.cfg.depth != cfg.model.depth:
-                state = expand_depth(state, student.state_dict(), cfg.model, prev.cfg.depth)
             student.load_state_dict(state)
             self.init_info = {"from": "stage1", "student": meta["_path"], "student_hash": meta["_hash"]}
             for key in grown:
@@ -245,28 +221,13 @@ class TeacherForcingTrainer(Trainer):
         if cfg.anchor_noise > 0:
             level = (self.rand_b(1) * cfg.anchor_noise).expand(-1, T)  # (B, T)
             anchor_src = add_noise(x0, self.randn_b(*x0.shape[1:]), level)
-        if cfg.anchor_self > 0:
-            anchor_src = self.self_anchors(x0, clean, clean_sigma, acts, C, anchor_src)
         with self.autocast():
             x0_hat = tf_forward(self.nets["model"], clean, clean_sigma, x_t, sigma, acts, C, anchor_src=anchor_src)
-        pixel_w = motion_weights(x0, cfg.motion_weight) if cfg.motion_weight > 0 else None
-        loss = (v_loss(x0_hat, x0, sigma, cfg.min_sigma, pixel_w) * bell_weight(sigma, cfg.bell_width)).mean()
+        loss = (v_loss(x0_hat, x0, sigma, cfg.min_sigma) * bell_weight(sigma, cfg.bell_width)).mean()
         gnorm = self.optimize("model", loss)
         with torch.no_grad():
             x0_mse = (x0_hat.float() - x0).pow(2).mean()
         return {"loss": float(loss.detach()), "x0_mse": float(x0_mse), "grad_norm": gnorm, "chunk": C}
-
-    def self_anchors(self, x0, clean, clean_sigma, acts, chunk: int, anchor_src):
-        """``anchor_src`` with a fraction ``anchor_self`` of its samples replaced by the student's own
-        one-step predictions of every frame (their anchors then carry its errors, as in free play)."""
-        B, T = acts.shape
-        levels = torch.tensor(student_sigmas(2, self.cfg.shift), device=x0.device)  # what 2 steps predict from
-        lvl = levels[(self.rand_b() * len(levels)).long()][:, None].expand(B, T)  # (B, T)
-        with torch.no_grad(), self.autocast():
-            pred = tf_forward(self.nets["model"], clean, clean_sigma, add_noise(x0, self.randn_b(*x0.shape[1:]), lvl),
-                              lvl, acts, chunk, anchor_src=anchor_src).float().clamp(-1, 1)
-        use = (self.rand_b(1) < self.cfg.anchor_self).view(B, 1, 1, 1, 1)
-        return torch.where(use, pred, anchor_src)
 
     def sample_frames(self, ctx, prev, actions, seed):
         from worldsim.train.samples import engine_rollout

@@ -217,12 +217,45 @@ def flatten_config(d: dict, prefix: str = "") -> dict[str, Any]:
 
 # Keys added to a config after checkpoints were written, with the value that older checkpoints behave
 # as (matched on the key's last part): such a checkpoint is the same config as one that sets it so.
-ADDED_KEYS = {"anchor_mode": "residual", "anchor_self": 0.0, "motion_weight": 0.0, "redraw_actions": False,
-              "anchor_history": 1}
+ADDED_KEYS = {"redraw_actions": False, "temporal_every": 1, "anchor": False, "anchor_history": 1}
+
+# Options removed since configs and checkpoints were written (matched on the key's last part), with the
+# value at which each changed nothing: stage 1's self-anchoring and motion-weighted loss, and the model's
+# anchor_mode (at "input" the one form there is now; any value on a model without anchors).
+REMOVED_KEYS = {"anchor_self": 0.0, "motion_weight": 0.0, "anchor_mode": "input"}
+
+
+def _removed_is_noop(key: str, value: Any, siblings: dict) -> bool:
+    if key == "anchor_mode" and siblings.get("anchor", True) is False:
+        return True
+    return value == REMOVED_KEYS[key]
+
+
+def drop_removed(cfg: dict, where: str, prefix: str = "") -> dict:
+    """``cfg`` (a nested config dict, as a YAML file holds it) without the removed options: each at its
+    no-op value is dropped with a logged note; any other value is refused with one line naming it, since
+    the run it asks for can no longer be trained. ``where`` names the file in the messages."""
+    out = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            out[k] = drop_removed(v, where, f"{prefix}{k}.")
+        elif k in REMOVED_KEYS:
+            if not _removed_is_noop(k, v, cfg):
+                raise ConfigError(f"{where}: {prefix}{k}={v} is no longer an option (the experiment it served lost "
+                                  f"and was removed); delete the key, or set it to {REMOVED_KEYS[k]!r}")
+            log.warning("%s: %s%s=%s dropped (a removed option; at that value it changed nothing)", where, prefix, k, v)
+        else:
+            out[k] = v
+    return out
 
 
 def config_differences(saved: dict, current: dict, ignore=RESUMABLE_CHANGES) -> list[str]:
     a, b = flatten_config(saved), flatten_config(current)
+    for k in [k for k in a if k not in b and k.rsplit(".", 1)[-1] in REMOVED_KEYS]:
+        prefix, _, last = k.rpartition(".")
+        siblings = {kk.rsplit(".", 1)[-1]: v for kk, v in a.items() if kk.rpartition(".")[0] == prefix}
+        if _removed_is_noop(last, a[k], siblings):
+            del a[k]  # a removed option at its no-op value: the same config without it
     for k in set(b) - set(a):
         if k.rsplit(".", 1)[-1] in ADDED_KEYS:
             a[k] = ADDED_KEYS[k.rsplit(".", 1)[-1]]
@@ -714,19 +747,14 @@ class _StopSignals:
             signal.signal(sig, old)
 
 
-def v_loss(x0_hat: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor, min_sigma: float = 0.05,
-           pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
+def v_loss(x0_hat: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor, min_sigma: float = 0.05) -> torch.Tensor:
     """Per-frame flow-matching velocity loss (B, T) from an x0 prediction.
 
     With ``v_hat = (x_t - x0_hat) / s`` and ``v = eps - x0 = (x_t - x0) / s`` the error is
     ``(x0_hat - x0) / s``; dividing by ``max(s, min_sigma)`` instead keeps near-clean frames from
-    dominating (the loss at s < min_sigma is the x0 error scaled by 1 / min_sigma^2).
-    ``pixel_weight`` (broadcast to the frames, e.g. (B, T, 1, H, W)) weights the squared error per pixel."""
+    dominating (the loss at s < min_sigma is the x0 error scaled by 1 / min_sigma^2)."""
     s = sigma.float().clamp_min(min_sigma)  # (B, T)
-    sq = (x0_hat.float() - x0.float()).pow(2)
-    if pixel_weight is not None:
-        sq = sq * pixel_weight
-    return sq.mean(dim=(2, 3, 4)) / s.pow(2)
+    return (x0_hat.float() - x0.float()).pow(2).mean(dim=(2, 3, 4)) / s.pow(2)
 
 
 def bell_weight(sigma: torch.Tensor, width: float = 0.3) -> torch.Tensor:

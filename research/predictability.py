@@ -12,18 +12,18 @@ predictor sees both positions and both past moves and predicts both next moves (
 forward), since the opponent's punches push the player and no track of the player alone foresees
 them. The error is always the player's (columns 0-1); the opponent's is reported beside it.
 
-Measured on the Boxing collections (session 10, ``python scripts/sprite_predictability.py``): one frame
-ahead copy-last 1.01 px, linear 0.75, MLP 0.47; 8 frames open-loop copy-last 4.89, linear 3.77, MLP 3.06
-px (2,140 held-out starts). The shipped world model: 3.61 against copy-last's 4.23 on its own 80 starts.
-With the opponent (session 13, ``--opponent``): the player at h8 3.16 px with 6 past moves, 2.88 with 12
-(copy-last 4.94-4.96); the opponent 4.18-4.70 against copy-last's 5.06-5.15.
+Measured on the Boxing collections (``python -m research.sprite_predictability``): one frame ahead
+copy-last 1.01 px, linear 0.75, MLP 0.47; 8 frames open-loop copy-last 4.89, linear 3.77, MLP 3.06 px
+(2,140 held-out starts); a one-anchor student of the default model's lineage, 3.61 against copy-last's
+4.23 on its own 80 starts. With the opponent (``--opponent``): the player at h8 3.16 px with 6 past
+moves, 2.88 with 12 (copy-last 4.94-4.96); the opponent 4.18-4.70 against copy-last's 5.06-5.15.
 
-The full game state (``emulator_tracks``, ``direct_rows``; ``scripts/state_predictability.py``): the
-emulator is deterministic, so its RAM and the keys decide the frame 8 steps on exactly; what frames
+The full game state (``emulator_tracks``, ``direct_rows``; ``python -m research.state_predictability``):
+the emulator is deterministic, so its RAM and the keys decide the frame 8 steps on exactly; what frames
 show of that state is less. A predictor given the whole RAM at t and the next 8 keys, regressing the
 player's place at t+8 directly, against one given the tracks and the keys the same way, says how much
 the unseen state (the opponent's plans, punch timers) matters and how fast a learner's error falls with
-data. Session 16 (40 training episodes, 66k rows; 1,233 held-out starts; copy-last 4.74 px at h8): tracks
+data. Measured (40 training episodes, 66k rows; 1,233 held-out starts; copy-last 4.74 px at h8): tracks
 4.43 / 4.12 / 3.48 px on a quarter / half / all of the rows, the whole RAM 3.29 / 3.09 / 2.77.
 """
 
@@ -35,6 +35,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from worldsim.envs.atari import AtariEnv
 from worldsim.eval.sprites import SpriteSpec, find_sprites
 
 
@@ -156,18 +157,24 @@ def open_loop_errors(tracks: Sequence[Track], predict, history: int, num_actions
     return out
 
 
+class RamAtariEnv(AtariEnv):
+    """An ALE game whose console RAM can be read: 128 bytes, the whole game state (analysis, not play)."""
+
+    def ram(self) -> np.ndarray:
+        return np.asarray(self._env.unwrapped.ale.getRAM(), dtype=np.uint8).copy()
+
+
 def emulator_tracks(env_id: str, seeds: Sequence[int], steps: int, repeat_prob: float, resolution: int,
                     sprite: SpriteSpec, other: SpriteSpec) -> tuple[list[tuple[Track, np.ndarray]], int]:
     """(episodes, the game's action count). Sticky-random play in the real emulator (deterministic,
     ``repeat_action_probability`` 0, as the collections), one episode per seed, at most ``steps`` long:
     each the player's and the opponent's track at ``resolution`` (the metric's sprites) and the RAM
     before every action, (T, 128) uint8."""
-    from worldsim.data.dataset import resize_frames
-    from worldsim.envs.atari import AtariEnv
+    from worldsim.data.frames import resize_frames
     from worldsim.envs.base import EnvConfig
     from worldsim.envs.policies import StickyPolicy
 
-    env = AtariEnv(EnvConfig(env_id=env_id, repeat_action_probability=0.0))
+    env = RamAtariEnv(EnvConfig(env_id=env_id, repeat_action_probability=0.0))
     out = []
     try:
         for seed in seeds:
@@ -181,7 +188,7 @@ def emulator_tracks(env_id: str, seeds: Sequence[int], steps: int, repeat_prob: 
                 obs, _, terminated, truncated = env.step(actions[-1])
                 if terminated or truncated:
                     break
-            f = resize_frames(np.stack(frames), (resolution, resolution)).transpose(0, 2, 3, 1)
+            f = resize_frames(np.stack(frames), resolution)  # (T, R, R, 3)
             (p1, f1), (p2, f2) = find_sprites(f, sprite), find_sprites(f, other)
             out.append((Track(np.concatenate([p1, p2], 1), f1 & f2, np.asarray(actions, np.int64)), np.stack(ram)))
     finally:

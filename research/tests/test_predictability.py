@@ -4,7 +4,7 @@ exactly; unfound frames are skipped; copy-last's error is the distance travelled
 import numpy as np
 import pytest
 
-from worldsim.eval.predictability import Track, fit_linear, fit_mlp, motion_rows, open_loop_errors
+from research.predictability import Track, fit_linear, fit_mlp, motion_rows, open_loop_errors
 
 MOVES = np.array([[0.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0], [1.0, 0.0]])  # NOOP, UP, RIGHT, LEFT, DOWN
 
@@ -74,7 +74,7 @@ def test_two_bodies_are_predicted_and_rolled_together():
 def test_direct_rows_regress_the_move_over_the_horizon_from_either_view():
     """direct_rows: the target is the move over the horizon; with exact key dynamics a linear fit on
     the tracks' features and one on the state's (RAM bits and bytes, positions, keys) both recover it."""
-    from worldsim.eval.predictability import direct_rows
+    from research.predictability import direct_rows
 
     def episode(seed, T=80, drop=()):  # a RAM that holds the step count: the state, not the keys
         tr = synthetic_track(T, seed, drop)
@@ -98,9 +98,10 @@ def test_direct_rows_regress_the_move_over_the_horizon_from_either_view():
         direct_rows([episode(1, T=6)], horizon=4, history=2, num_actions=5, resolution=64)
 
 
+@pytest.mark.slow  # the real emulator
 def test_emulator_tracks_record_the_game_state_with_both_bodies():
     pytest.importorskip("ale_py")
-    from worldsim.eval.predictability import emulator_tracks
+    from research.predictability import emulator_tracks
     from worldsim.eval.sprites import opponent_spec, sprite_spec
 
     [(tr, ram)], n_act = emulator_tracks("ALE/Boxing-v5", [3], 40, 0.8, 64, sprite_spec("ALE/Boxing-v5"),
@@ -113,15 +114,13 @@ def test_emulator_tracks_record_the_game_state_with_both_bodies():
     np.testing.assert_array_equal(tr.actions, again.actions)
 
 
+@pytest.mark.slow  # the real emulator
 def test_state_predictability_script_runs_on_the_real_game(tmp_path, capsys):
-    """scripts/state_predictability.py end to end on a few short episodes; an unknown game is one line."""
+    """python -m research.state_predictability end to end on a few short episodes; an unknown game is one line."""
     pytest.importorskip("ale_py")
-    import importlib.util
     import json
 
-    spec = importlib.util.spec_from_file_location("state_predictability", "scripts/state_predictability.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from research import state_predictability as mod
     out = tmp_path / "sp.json"
     assert mod.main(["--train-episodes", "2", "--heldout-episodes", "1", "--steps", "120", "--fractions", "0.5,1",
                      "--epochs", "2", "--json", str(out)]) == 0

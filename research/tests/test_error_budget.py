@@ -4,7 +4,7 @@ and pasting a region's real pixels gives the PSNR the budget predicts."""
 import numpy as np
 import pytest
 
-from worldsim.eval.error_budget import REGIONS, error_budget, grow, region_labels
+from research.error_budget import REGIONS, error_budget, grow, region_labels
 from worldsim.eval.sprites import BOXING, BOXING_OPPONENT
 
 FLOOR, WHITE, BLACK = (110, 156, 66), (214, 214, 214), (0, 0, 0)
@@ -67,7 +67,7 @@ def test_unknown_games_name_the_table_to_extend():
 
 
 def test_sample_spread_tells_bias_from_uncertainty():
-    from worldsim.eval.error_budget import sample_spread
+    from research.error_budget import sample_spread
 
     H = 2
     real = np.stack([frame((20, 20), (40, 40))] * H)
@@ -88,7 +88,7 @@ def test_sample_spread_tells_bias_from_uncertainty():
 
 
 def test_separation_bins_split_touching_from_apart_boxers():
-    from worldsim.eval.error_budget import error_by_separation
+    from research.error_budget import error_by_separation
 
     H = 2
     # apart: the opponent 30 px away; the model draws the player 2 px off, copy-last 4 px

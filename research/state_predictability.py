@@ -1,12 +1,12 @@
 """How far the player's place 8 steps on follows from the whole game state, against from the tracks.
 
-    python scripts/state_predictability.py --json out/state_predictability.json
+    python -m research.state_predictability --json out/state_predictability.json
 
 Plays sticky-random Boxing in the real emulator (deterministic, as the collections; its own seeds),
 keeps the RAM before every action, and fits two MLPs that regress the player's move over ``--horizon``
 steps directly: one from the tracks (both bodies' places, last moves and actions) and the next keys,
 one from the RAM, the places and the next keys. Each on growing shares of the training episodes, so the
-figures say how fast a learner's error falls with data. Thin entry over ``worldsim.eval.predictability``.
+figures say how fast a learner's error falls with data. Thin entry over ``research.predictability``.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ def main(argv=None) -> int:
     try:
         return measure(argv)
     except (WorldsimError, ValueError) as e:  # an unknown game, no sprite entry, too short episodes: one line
-        print(f"state_predictability: {e}", file=sys.stderr)
+        print(f"research.state_predictability: {e}", file=sys.stderr)
         return 2
 
 
 def measure(argv) -> int:
     import numpy as np
 
-    from worldsim.eval.predictability import direct_rows, emulator_tracks, fit_mlp
+    from research.predictability import direct_rows, emulator_tracks, fit_mlp
     from worldsim.eval.sprites import opponent_spec, sprite_spec
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -65,9 +65,9 @@ def measure(argv) -> int:
             print(f"{name:12s} on {frac:4.0%} ({k} rows): held-out h{args.horizon} {row['heldout_px']:.2f} px "
                   f"(median {row['median_px']:.2f}, {row['under_1_5px']:.0%} under 1.5 px; on its own rows {fit_err:.2f})")
     if args.json:
-        from worldsim.eval.cli import write_json  # atomic: an interrupted run leaves the old file whole
+        from worldsim.data.episode import write_json_atomic  # an interrupted run leaves the old file whole
 
-        write_json(Path(args.json), out)
+        write_json_atomic(Path(args.json), out)
     return 0
 
 

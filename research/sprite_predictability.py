@@ -1,9 +1,9 @@
 """How predictable the player's motion is without pixels: linear and MLP predictors on the sprite's track.
 
-    python scripts/sprite_predictability.py --train data/boxing data/boxing_scripted data/boxing_switchy \
+    python -m research.sprite_predictability --train data/boxing data/boxing_scripted data/boxing_switchy \
         --heldout data/boxing data/boxing_scripted --json out/sprite_predictability.json
 
-Thin entry over ``worldsim.eval.predictability``; prints the one-frame and open-loop errors of copy-last,
+Thin entry over ``research.predictability``; prints the one-frame and open-loop errors of copy-last,
 a linear fit and an MLP, trained on the train split and measured on the held-out one.
 """
 
@@ -20,13 +20,13 @@ def main(argv=None) -> int:
     try:
         return measure(argv)
     except (WorldsimError, ValueError) as e:  # a bad input (no such dataset, a game without a sprite entry): one line
-        print(f"sprite_predictability: {e}", file=sys.stderr)
+        print(f"research.sprite_predictability: {e}", file=sys.stderr)
         return 2
 
 
 def measure(argv) -> int:
     from worldsim.data.episode import list_episodes, read_meta
-    from worldsim.eval.predictability import fit_linear, fit_mlp, motion_rows, open_loop_errors, sprite_tracks
+    from research.predictability import fit_linear, fit_mlp, motion_rows, open_loop_errors, sprite_tracks
     from worldsim.eval.sprites import opponent_spec, sprite_spec
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -67,9 +67,9 @@ def measure(argv) -> int:
             print(f"{name} open-loop, the opponent: " + ", ".join(
                 f"h{h} {r['other_model']:.2f} px (copy-last {r['other_copy_last']:.2f})" for h, r in res.items()))
     if args.json:
-        from worldsim.eval.cli import write_json  # atomic: an interrupted run leaves the old file whole
+        from worldsim.data.episode import write_json_atomic  # an interrupted run leaves the old file whole
 
-        write_json(Path(args.json), out)
+        write_json_atomic(Path(args.json), out)
     return 0
 
 
