@@ -54,13 +54,17 @@ def test_child_error_and_death_raise_in_the_caller(backend):
         pb.close()
 
 
-def test_session_kills_a_hung_child_and_resumes(backend):
+def test_session_kills_a_hung_child_and_resumes(backend, manual_clock):
     pb = ProcessBackend(HangingBackend(backend.fresh(), hang_at=3), threads=1)
-    s = Session(pb, SessionConfig(fps=0, stall_timeout_s=0.5))
+    s = Session(pb, SessionConfig(fps=0, stall_timeout_s=2.0))
+    s.clock = manual_clock  # the watchdog's time moves only below, once the hanging step is the one running
     assert s.kills_hung_workers
     s.start()
     try:
-        assert wait_for(lambda: s.poll() is None and s.health().state == "stalled", 60), s.health()
+        gens = []
+        assert wait_for(lambda: (c := s.poll()) is not None and c.kind == "gen" and gens.append(c) is None
+                        and len(gens) == 3, 60)  # steps 0-2; step 3 hangs in the child
+        assert wait_for(lambda: manual_clock.advance(0.5) or s.health().state == "stalled", 60), s.health()
         hung_pid = pb.pid
         s.restart()
         assert s.restarts == 1 and s.abandoned == 0  # killed, not left behind
@@ -114,6 +118,7 @@ def test_default_threads_pin_the_child_and_give_the_parent_its_cores_back(backen
 
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="pinning needs 2+ usable cores and Linux affinity")
+@pytest.mark.slow  # two children started at once, each pinned to the same core
 def test_overlapping_children_unpin_the_parent_only_when_the_last_ends(backend):
     before = os.sched_getaffinity(0)
     a, b = ProcessBackend(backend.fresh(), threads=0), ProcessBackend(backend.fresh(), threads=0)
