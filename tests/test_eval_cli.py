@@ -219,9 +219,9 @@ def test_bench_fps_joins_the_table(tmp_path):
     summary = {"psnr_h1_8": 30.0, "psnr_h16": 25.0, "psnr_mse_h1_8": 28.0, "ssim_h1_8": 0.9, "sprite_err_h8": 1.2,
                "sprite_miss_h8": 0.0}
     copy = {**summary, "psnr_h1_8": 26.5, "psnr_mse_h1_8": 28.75}
-    result = {"settings": [{"name": "1x2", "summary": summary, "bench_fps": 61.5}],
-              "baselines": {"copy_last": {"summary": copy}}}
-    rows = cli.table_rows(result, copy)
+    from types import SimpleNamespace
+
+    rows = cli.table_rows([SimpleNamespace(name="1x2", summary=summary, bench_fps=61.5)], {"copy_last": {"summary": copy}})
     assert rows[0]["psnr_gain_vs_copy_last"] == pytest.approx(3.5) and rows[0]["fps"] == 61.5
     assert rows[0]["psnr_mse_gain_vs_copy_last"] == pytest.approx(-0.75)
     text = cli.format_table(rows, 16)
@@ -229,10 +229,9 @@ def test_bench_fps_joins_the_table(tmp_path):
 
 
 def test_paired_comparison_of_two_evaluations(setup, tmp_path, capsys):
-    """scripts/compare_evals.py: B - A on shared rollouts with a bootstrap interval; a model against
+    """``worldsim eval compare``: B - A on shared rollouts with a bootstrap interval; a model against
     itself differs by exactly 0; evaluations on other rollouts, or without per-rollout values, refuse."""
-    import importlib.util
-
+    from worldsim.cli import main as worldsim_main
     from worldsim.errors import DataError
     from worldsim.eval.compare import compare_files
 
@@ -267,14 +266,14 @@ def test_paired_comparison_of_two_evaluations(setup, tmp_path, capsys):
     (tmp_path / "junk.json").write_text("{}")
     with pytest.raises(DataError, match="not a worldsim eval"):
         compare_files(a, tmp_path / "junk.json")
-    # the script: prints both figures; a bad input is one line and exit 2
-    spec = importlib.util.spec_from_file_location("compare_evals", "scripts/compare_evals.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    assert mod.main([str(a), str(tmp_path / "b.json"), "--a-setting", "1x1", "--b-setting", "1x1",
-                     "--draws", "200", "--json", str(tmp_path / "c.json")]) == 0
+    # the subcommand: prints both figures; a bad input is one line and exit 2
+    assert worldsim_main(["eval", "compare", str(a), str(tmp_path / "b.json"), "--a-setting", "1x1", "--b-setting",
+                          "1x1", "--draws", "200", "--json", str(tmp_path / "c.json")]) == 0
     out = capsys.readouterr().out
     assert "MSE-PSNR h1-8" in out and "sprite error h5" in out and "B better" in out
     assert json.loads((tmp_path / "c.json").read_text())["sprite_err_h8"]["diff"] == pytest.approx(-1.0)
-    assert mod.main([str(a), str(tmp_path / "missing.json")]) == 2
-    assert "not found" in capsys.readouterr().err
+    for argv, msg in (([str(a), str(tmp_path / "missing.json")], "not found"),
+                      ([str(a), str(a), "--draws", "10"], "--draws must be at least 100")):
+        assert worldsim_main(["eval", "compare", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and msg in err[0]

@@ -1,10 +1,12 @@
-"""``worldsim eval``: roll a checkpoint out against real episodes and write the metrics JSON.
+"""``worldsim eval``: a checkpoint against real episodes, as a player sees it; ``worldsim eval compare``.
 
-    worldsim eval --episodes data/boxing/heldout --context 8 --horizon 16 --json runs/eval.json \\
-        --settings 1x1,1x2,1x4,3x4 --starts 8 --free-play 10000 --save-rollouts runs/rollouts
+    worldsim eval --episodes data/boxing/heldout --settings 1x2 --free-play 10000 --json runs/eval.json
+    worldsim eval compare runs/eval_a.json runs/eval_b.json
 
-Thin entry: parses flags, loads the checkpoint and the episodes, runs ``worldsim.eval.rollout`` for
-every sampling setting (chunk x steps), prints one table and writes the JSON atomically. Settings
+Thin entry over ``worldsim.eval.evaluate`` (``worldsim.eval.report``): parses flags, loads the
+checkpoint and the episodes, writes the JSON atomically (after every stage, so a stopped run keeps
+what it measured, marked incomplete), the rollouts and snapshots when asked, and prints two tables:
+the player's yardstick (realism, control, stability) and the open-loop PSNR/SSIM table. Settings
 come from ``--settings CxS,...`` or from the ``--chunk`` and ``--steps`` lists (all combinations);
 with neither, the checkpoint's recommended engine settings (meta ``engine``) are evaluated.
 """
@@ -21,16 +23,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from worldsim.errors import CheckpointError, ConfigError, WorldsimError
-from worldsim.eval.rollout import (EvalConfig, evaluate_baselines, evaluate_model, free_play, load_eval_episodes,
-                                   make_plan, real_reference, summarize, window_edges)
-from worldsim.eval.response import action_response, format_response, real_held_displacement, real_step_displacement
-from worldsim.eval.sprites import NoSpriteSpec, opponent_spec, sprite_spec
+from worldsim.eval.report import EvalReport, evaluate, table_rows
+from worldsim.eval.rollout import EvalConfig, load_eval_episodes
 
 DEFAULT_CHECKPOINT = Path("assets/default.safetensors")
-SNAPSHOT_FRAMES = (1, 1000, 10000)  # free-play frames saved as PNG (those that exist, and the last)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--action-response", type=int, default=12, metavar="FRAMES",
                     help="hold each direction this many frames and compare the player's move with the real "
                          "game's (default 12; 0: skip)")
+    ap.add_argument("--realism-frames", type=int, default=2000, metavar="N",
+                    help="realism: frames per sample of the classifier two-sample test, half train, half test "
+                         "(needs --free-play; default 2000; 0: skip)")
+    ap.add_argument("--realism-steps", type=int, default=400, help="realism: the classifier's training steps")
+    ap.add_argument("--stability-window", type=int, default=1000, metavar="FRAMES",
+                    help="stability: realism of the first and the last this-many free-play frames (default 1000)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--split", help="only episodes of this split (e.g. heldout)")
     ap.add_argument("--max-episodes", type=int, default=0, help="use at most this many episodes (0: all)")
@@ -193,7 +197,7 @@ def write_json(path: Path, obj) -> None:
 
 def save_rollout_npz(path: Path, frames: np.ndarray, actions: np.ndarray, start: int, prev_action: int,
                      env_id: str, action_meanings, meta: dict) -> None:
-    """A rollout as a plain .npz episode (DESIGN interchange form), written atomically."""
+    """A rollout as a plain .npz episode (docs/episode-format.md), written atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
@@ -241,185 +245,140 @@ def format_table(rows: list[dict], horizon: int) -> str:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:
+        return compare_main(argv[1:])
     args = build_parser().parse_args(argv)
     from worldsim.checkpoint import file_hash
-    from worldsim.config import to_dict
     from worldsim.device import dtype_name, pick_device, pick_dtype
-    from worldsim.engine import Engine
 
     t_all = time.perf_counter()
-    cfg = EvalConfig(context=args.context, horizon=args.horizon, starts=args.starts, spacing=args.spacing, batch=args.batch,
-                     seed=args.seed, free_play=args.free_play, sticky=args.sticky, miss_penalty_px=args.miss_penalty)
+    cfg = EvalConfig(context=args.context, horizon=args.horizon, starts=args.starts, spacing=args.spacing,
+                     batch=args.batch, seed=args.seed, free_play=args.free_play, sticky=args.sticky,
+                     miss_penalty_px=args.miss_penalty, action_response=args.action_response,
+                     realism_frames=args.realism_frames, realism_steps=args.realism_steps,
+                     stability_window=args.stability_window)
     cfg.validate()
-    if args.action_response < 0:
-        raise WorldsimError(f"--action-response must be >= 0 frames (0: skip), got {args.action_response}")
-    json_path = Path(args.json)
-    ckpt = resolve_checkpoint(args.checkpoint)
+    json_path, ckpt = Path(args.json), resolve_checkpoint(args.checkpoint)
     device = pick_device(args.device)
     dtype = pick_dtype(device, args.dtype)
     model, meta, base = load_for_eval(ckpt, device, dtype, args.engine)
     settings = parse_settings(args, base)
-    mc = model.cfg
-    R, no_action = mc.resolution, mc.num_actions
-    env_id = meta.get("env_id")
-    meanings = meta.get("action_meanings")
-    if not env_id or not isinstance(meanings, list):
-        raise CheckpointError(f"checkpoint '{ckpt}' does not name its game (env_id, action_meanings); "
-                              f"it cannot be checked against episodes")
-    if len(meanings) != no_action:
-        raise CheckpointError(f"checkpoint '{ckpt}' lists {len(meanings)} action meanings but its model has "
-                              f"{no_action} actions; it was written inconsistently")
-    episodes = load_eval_episodes(args.episodes, R, env_id, meanings, args.split, args.max_episodes)
-    plan = make_plan(episodes, cfg)
-    penalty = cfg.miss_penalty_px or R / 4
-    try:
-        sprite = sprite_spec(env_id)
-        sprite_info = {"available": True, "what": sprite.what, "colors": sprite.colors, "tol": sprite.tol,
-                       "rows": sprite.rows, "cols": sprite.cols, "miss_penalty_px": penalty}
-    except NoSpriteSpec as e:
-        sprite, sprite_info = None, {"available": False, "reason": str(e)}
-        print(f"worldsim eval: sprite metric skipped: {e}", file=sys.stderr)
-    try:  # the opponent's placement, where the game has one (no message otherwise: most games have none)
-        opponent = opponent_spec(env_id) if sprite is not None else None
-    except NoSpriteSpec:
-        opponent = None
-    if opponent is not None:
-        sprite_info["opponent"] = {"what": opponent.what, "colors": opponent.colors, "tol": opponent.tol,
-                                   "rows": opponent.rows, "cols": opponent.cols}
+    env_id, meanings = checkpoint_game(ckpt, meta, model.cfg.num_actions)
+    episodes = load_eval_episodes(args.episodes, model.cfg.resolution, env_id, meanings, args.split, args.max_episodes)
     fps_table = bench_fps(args.bench_json, dtype_name(dtype))
-    K, H = cfg.context, cfg.horizon
-
-    result = {
-        "command": "worldsim eval", "argv": list(sys.argv[1:] if argv is None else argv), "complete": False,
-        "checkpoint": {"path": str(ckpt), "hash": file_hash(ckpt), "role": meta.get("role"), "stage": meta.get("stage"),
-                       "step": meta.get("step"), "params": model.num_params(), "model_config": meta.get("model_config")},
-        "env_id": env_id, "action_meanings": meanings, "resolution": R, "device": str(device),
-        "dtype": dtype_name(dtype), "config": to_dict(cfg), "horizons": list(range(1, H + 1)),
-        "episodes": [{"name": e.name, "path": str(e.path), "frames": len(e.frames)} for e in episodes],
-        "num_rollouts": len(plan),
-        "rollouts": [{"episode": episodes[i].name, "context_start": s, "start": s + K} for i, s in plan],
-        "sprite": sprite_info, "baselines": {}, "settings": [], "table": [],
-    }
     save_dir = Path(args.save_rollouts) if args.save_rollouts else None
-    print(f"worldsim eval: {ckpt} ({model.num_params() / 1e6:.2f}M params, {env_id}, {R}x{R}, {result['dtype']}) on "
-          f"{len(episodes)} episodes, {len(plan)} rollouts of context {K} + horizon {H}; settings "
-          f"{', '.join(n for n, _ in settings)}", file=sys.stderr)
-    try:
-        base_rollouts: dict = {}
-        baselines = evaluate_baselines(episodes, plan, cfg, sprite, penalty, no_action, base_rollouts, opponent)
-        for name, per_h in baselines.items():
-            result["baselines"][name] = {"per_horizon": per_h, "summary": summarize(per_h, H),
-                                         "per_rollout": base_rollouts[name]}
-        copy_summary = result["baselines"]["copy_last"]["summary"]
-        reference = real_reference(episodes, sprite, max(1, cfg.free_play // max(cfg.windows, 1))) \
-            if cfg.free_play else None
-        real_moves = real_step_displacement(episodes, sprite, meanings) \
-            if sprite is not None and args.action_response > 0 else None
-        real_held = real_held_displacement(episodes, sprite, meanings, args.action_response) \
-            if real_moves is not None else None
-        real_cf = None
-        if real_moves is not None:
-            result["real_action_displacement"] = real_moves
-            result["real_held_displacement"] = real_held
-            real_cf, result["counterfactual"] = real_counterfactuals(episodes, plan, cfg, meanings, args.action_response,
-                                                                     args.quiet)
-        for name, ecfg in settings:
-            engine = Engine(model, ecfg, device=device, dtype=torch.float32)
-            if args.compiled:
-                attach_compiled(engine, ckpt)
-            sub = save_dir / name if save_dir is not None and len(settings) > 1 else save_dir
+    header = {"command": "worldsim eval", "argv": argv, "device": str(device), "dtype": dtype_name(dtype),
+              "checkpoint": {"path": str(ckpt), "hash": file_hash(ckpt), "role": meta.get("role"),
+                             "stage": meta.get("stage"), "step": meta.get("step"), "params": model.num_params(),
+                             "model_config": meta.get("model_config")}}
 
-            def on_rollout(i, ctx_start, frames, sub=sub, name=name, ecfg=ecfg):
-                if sub is None:
-                    return
-                ep, start = episodes[i], ctx_start + K
-                save_rollout_npz(sub / f"{ep.name}_{start}.npz", frames, ep.actions[start:start + H], start,
-                                 ep.prev_actions(no_action)[start], env_id, meanings,
-                                 {"source": str(ep.path), "source_episode": ep.name, "context": K, "setting": name,
-                                  "engine": to_dict(ecfg), "checkpoint": str(ckpt),
-                                  "checkpoint_hash": result["checkpoint"]["hash"], "kind": "eval_rollout"})
+    def write(report: EvalReport) -> None:
+        for s in report.settings:
+            s.bench_fps = fps_table.get((s.engine.chunk, s.engine.steps))
+        write_json(json_path, {**header, **report.to_json(), "seconds": time.perf_counter() - t_all})
 
-            bar = _progress(len(plan) * H, f"eval {name}", args.quiet)
-            t0 = time.perf_counter()
-            rollout_values: dict = {}
-            per_h = evaluate_model(engine, episodes, plan, cfg, sprite, penalty, no_action, on_rollout, bar,
-                                   rollout_values, opponent)
-            secs = time.perf_counter() - t0
-            bar.close()
-            summary = summarize(per_h, H)
-            entry = {"name": name, "chunk": ecfg.chunk, "steps": ecfg.steps, "engine": to_dict(ecfg),
-                     "per_horizon": per_h, "summary": summary, "per_rollout": rollout_values, "gen_seconds": secs,
-                     "gen_frames_per_s": len(plan) * H / max(secs, 1e-9),
-                     "bench_fps": fps_table.get((ecfg.chunk, ecfg.steps))}
-            result["settings"].append(entry)
-            if real_moves:
-                entry["action_response"] = action_response(engine, episodes, plan, cfg, sprite, meanings, no_action,
-                                                            args.action_response, real_moves, real_held, real_cf)
-                print(format_response(name, entry["action_response"]), file=sys.stderr)
-            if cfg.free_play:
-                entry["free_play"] = run_free_play(engine, episodes, plan, cfg, meanings, sprite, reference,
-                                                   no_action, name, json_path if save_dir is not None else None,
-                                                   args.quiet)
-        result["table"] = table_rows(result, copy_summary)
-        result["complete"] = True
-    finally:
-        result["seconds"] = time.perf_counter() - t_all
-        write_json(json_path, result)
-    print(format_table(result["table"], H))
+    def say(line: str) -> None:
+        print(f"worldsim eval: {line}", file=sys.stderr)
+
+    say(f"{ckpt} ({model.num_params() / 1e6:.2f}M params, {env_id}, {model.cfg.resolution}x{model.cfg.resolution}, "
+        f"{header['dtype']}) on {len(episodes)} episodes; settings {', '.join(n for n, _ in settings)}")
+    report = evaluate(model, episodes, settings, cfg, env_id, meanings, device=device,
+                      prepare_engine=(lambda e: attach_compiled(e, ckpt)) if args.compiled else None,
+                      on_rollout=rollout_saver(save_dir, settings, episodes, cfg, env_id, meanings, header)
+                      if save_dir is not None else None,
+                      on_snapshots=(lambda name, ctx, snaps: save_snapshots(json_path, name, ctx, snaps))
+                      if save_dir is not None else None,
+                      on_update=write, progress=lambda total, desc: _progress(total, desc, args.quiet), say=say)
+    write(report)
+    print(format_yardstick(report))
+    print(format_table(report.table(), cfg.horizon))
     print(f"wrote {json_path}" + (f" and rollouts under {save_dir}" if save_dir else ""))
     return 0
 
 
-def real_counterfactuals(episodes, plan, cfg, meanings, frames: int, quiet: bool):
-    """The real game's frames under each held key from the action response's contexts (replayed from
-    the episodes' seeds), and what the JSON says about them; (None, reason) when the episodes cannot be
-    replayed (plain .npz files, sticky actions, another emulator)."""
-    from worldsim.eval.counterfactual import NotReplayable, held_frames
-    from worldsim.eval.response import DIRECTIONS, response_items
-
-    items = response_items(plan, cfg)
-    keys = {a: meanings.index(a) for a in ("NOOP", *DIRECTIONS) if a in meanings}
-    t0 = time.perf_counter()
-    try:
-        frames_by_key = held_frames(episodes, items, cfg.context, keys, frames)
-    except NotReplayable as e:
-        if not quiet:
-            print(f"worldsim eval: no real counterfactuals for the action response: {e}", file=sys.stderr)
-        return None, {"available": False, "reason": str(e)}
-    return frames_by_key, {"available": True, "contexts": len(items), "frames": frames, "keys": list(keys),
-                           "seconds": round(time.perf_counter() - t0, 2)}
+def checkpoint_game(ckpt: Path, meta: dict, num_actions: int) -> tuple[str, list]:
+    """The game a checkpoint models (env_id, action meanings), or a one-line error."""
+    env_id, meanings = meta.get("env_id"), meta.get("action_meanings")
+    if not env_id or not isinstance(meanings, list):
+        raise CheckpointError(f"checkpoint '{ckpt}' does not name its game (env_id, action_meanings); "
+                              f"it cannot be checked against episodes")
+    if len(meanings) != num_actions:
+        raise CheckpointError(f"checkpoint '{ckpt}' lists {len(meanings)} action meanings but its model has "
+                              f"{num_actions} actions; it was written inconsistently")
+    return env_id, meanings
 
 
-def table_rows(result: dict, copy: dict) -> list[dict]:
-    """One row per setting and baseline; PSNR gains are against copy-last's summary ``copy``."""
-    rows = []
-    for s in result["settings"]:
-        row = {"setting": s["name"], **{k: v for k, v in s["summary"].items() if k != "horizons"},
-               "fps": s["bench_fps"]}
-        rows.append(row)
-    for name, b in result["baselines"].items():
-        rows.append({"setting": name.replace("_", "-"), **{k: v for k, v in b["summary"].items() if k != "horizons"},
-                     "fps": None})
-    for r in rows:
-        for key in ("psnr", "psnr_mse"):
-            mine, theirs = r.get(f"{key}_h1_8"), copy.get(f"{key}_h1_8")
-            r[f"{key}_gain_vs_copy_last"] = mine - theirs if mine is not None and theirs is not None else None
-    return rows
+def rollout_saver(save_dir: Path, settings, episodes, cfg: EvalConfig, env_id: str, meanings, header: dict):
+    """``on_rollout`` that writes each rollout as a plain .npz episode (under DIR/<CxS>/ for several settings)."""
+    from worldsim.config import to_dict
+
+    K, H, no_action = cfg.context, cfg.horizon, len(meanings)
+    engines = {name: to_dict(ecfg) for name, ecfg in settings}
+
+    def save(name: str, i: int, ctx_start: int, frames: np.ndarray) -> None:
+        ep, start = episodes[i], ctx_start + K
+        sub = save_dir / name if len(settings) > 1 else save_dir
+        save_rollout_npz(sub / f"{ep.name}_{start}.npz", frames, ep.actions[start:start + H], start,
+                         ep.prev_actions(no_action)[start], env_id, meanings,
+                         {"source": str(ep.path), "source_episode": ep.name, "context": K, "setting": name,
+                          "engine": engines[name], "checkpoint": header["checkpoint"]["path"],
+                          "checkpoint_hash": header["checkpoint"]["hash"], "kind": "eval_rollout"})
+
+    return save
 
 
-def run_free_play(engine, episodes, plan, cfg, meanings, sprite, reference, no_action, name, json_path, quiet):
-    """Free play from the first rollout's context; PNG snapshots next to the JSON when asked."""
-    i, ctx_start = plan[0]
-    snaps: dict[int, np.ndarray] = {}
-    at = sorted({n for n in SNAPSHOT_FRAMES if n <= cfg.free_play} | {cfg.free_play})
-    bar = _progress(cfg.free_play, f"free play {name}", quiet)
-    out = free_play(engine, episodes[i], ctx_start, cfg, meanings, sprite, reference, no_action,
-                    on_snapshot=lambda n, f: snaps.__setitem__(n, f.copy()), snapshot_at=at, progress=bar)
-    bar.close()
-    out["windows_edges"] = window_edges(cfg.free_play, cfg.windows).tolist()
-    if json_path is not None and snaps:
-        out["snapshots"] = save_snapshots(json_path, name, episodes[i].frames[ctx_start + cfg.context - 1], snaps)
-    return out
+def format_yardstick(report: EvalReport) -> str:
+    """The player's table: realism (classifier accuracy, 50% = indistinguishable) beside the
+    real-versus-real calibration, stability and control; '-' where a figure was not measured."""
+    cfg = report.config
+    w = min(cfg.stability_window, cfg.free_play // 2) if cfg.free_play else cfg.stability_window
+    wl = f"{w / 1000:g}k" if w >= 1000 else str(w)
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    def num(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    cols = [("setting", 12), ("realism", 8), ("degraded", 9), (f"first {wl}", 9), (f"last {wl}", 9),
+            ("player found", 13), ("opp found", 10), ("move ratio", 11), ("player px", 10)]
+    lines = [f"realism: classifier accuracy on held-out frames (50% = indistinguishable); control: "
+             f"{cfg.action_response} frames held from the real game's states; stability: {cfg.free_play} frames "
+             f"of free play", " ".join(f"{n:>{cw}}" for n, cw in cols)]
+    for r in report.yardstick():
+        cells = [r["setting"], pct(r.get("realism")), pct(r.get("realism_degraded")), pct(r.get("realism_first")),
+                 pct(r.get("realism_last")), num(r.get("player_found_end"), ".2f"),
+                 num(r.get("opponent_found_end"), ".2f"), num(r.get("move_ratio"), ".2f"), num(r.get("error_px"), ".2f")]
+        lines.append(" ".join(f"{c:>{cw}}" for c, (_, cw) in zip(cells, cols)))
+    if not report.calibration.get("full"):
+        lines.append(f"realism: {report.calibration.get('reason', 'not measured')}")
+    return "\n".join(lines)
+
+
+def compare_main(argv) -> int:
+    """``worldsim eval compare A.json B.json``: B - A on the same rollouts with paired-bootstrap intervals."""
+    from worldsim.eval.compare import compare_files, format_comparison
+
+    ap = argparse.ArgumentParser(prog="worldsim eval compare",
+                                 description="Is model B better than model A on the same held-out rollouts, or is "
+                                             "the difference noise? (two 'worldsim eval' JSONs made with the same "
+                                             "episodes, split, context, horizon, starts, spacing and seed)")
+    ap.add_argument("a", help="worldsim eval JSON of model A")
+    ap.add_argument("b", help="worldsim eval JSON of model B")
+    ap.add_argument("--a-setting", help="A's setting, e.g. 1x2 (default: its first), or copy_last / mean_frame")
+    ap.add_argument("--b-setting", help="the same for B")
+    ap.add_argument("--draws", type=int, default=2000, help="bootstrap draws (at least 100; default 2000)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", help="write the comparison here")
+    args = ap.parse_args(argv)
+    if args.draws < 100:
+        raise WorldsimError(f"--draws must be at least 100 (got {args.draws})")
+    c = compare_files(args.a, args.b, args.a_setting, args.b_setting, args.draws, args.seed)
+    print(format_comparison(c))
+    if args.json:
+        write_json(Path(args.json), c)
+    return 0
 
 
 def save_snapshots(json_path: Path, name: str, context_frame: np.ndarray, snaps: dict[int, np.ndarray]) -> dict:

@@ -8,9 +8,9 @@ replacement, the same draw for both sides (a paired bootstrap), and the two tabl
 on every draw: MSE-PSNR averaged over horizons 1-8 and the sprite error at horizon 8.
 
 Why: one rollout's sprite error at h8 ranges over 0-13 px, so the mean of 80 rollouts moves by
-about 0.4 px between samples. Session 11, two Boxing students: +0.34 px on the 80 rollouts the model
-card's table uses (95% interval -0.10 .. +0.80), -0.42 px on 160 others (-0.78 .. -0.09); differences
-of that size need the interval, and more rollouts.
+about 0.4 px between samples: two Boxing students measured +0.34 px apart on one set of 80 rollouts
+(95% interval -0.10 .. +0.80) and -0.42 px on 160 others (-0.78 .. -0.09). Differences of that size
+need the interval, and more rollouts. ``worldsim eval compare A.json B.json`` is the command.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ def pick(res: dict, setting: str | None, path: str | Path) -> tuple[str, dict, i
         entry = res["settings"][names.index(name)]
     values = entry.get("per_rollout")
     if not values or "mse" not in values:
-        raise DataError(f"evaluation '{path}' keeps no per-rollout values for '{name}' (written before session 11); "
-                        f"re-run worldsim eval to compare it")
+        raise DataError(f"evaluation '{path}' keeps no per-rollout values for '{name}' (a file format "
+                        f"without settings[].per_rollout); re-run worldsim eval to compare it")
     h8 = int(res.get("baselines", {}).get("copy_last", {}).get("summary", {}).get("horizons", {}).get("h8")
              or min(8, len(res["horizons"])))
     return name, values, h8

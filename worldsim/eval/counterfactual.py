@@ -5,7 +5,7 @@ under those actions out, at the model's resolution. Nothing here touches a model
 
 Why: the action response compared the model's move under a held key with statistics of *other*
 moments (each action's mean one-frame move, or the runs in the episodes where a key happened to be
-held), and the two disagree by up to 2x (walls and the opponent stop the real player; session 10).
+held), and the two disagree by up to 2x (walls and the opponent stop the real player).
 The collected episodes are reproducible instead: the emulator is deterministic
 (``repeat_action_probability`` 0) and every episode records its env seed and settings, so replaying
 its actions from ``reset`` reaches any frame exactly (checked against the recorded frame), and from

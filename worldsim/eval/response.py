@@ -6,15 +6,15 @@ jitters. This measures the action's effect directly. From the same real contexts
 the model is rolled out holding each direction (``UP``, ``DOWN``, ``LEFT``, ``RIGHT``, as the game
 names them) and holding ``NOOP``; the sprite's displacement over ``frames`` frames, minus the NOOP
 rollout's, is the action's effect in the model. The real game's effect is read off the episodes: the
-mean one-frame displacement after each action (DESIGN alignment: ``actions[t]`` moves ``frames[t]`` to
+mean one-frame displacement after each action (``actions[t]`` moves ``frames[t]`` to
 ``frames[t + 1]``) minus NOOP's, times ``frames``. Their ratio (the model's effect projected on the
 real one) is 1 for a model that moves the player as the game does and 0 for one that ignores the keys.
 Walls and the opponent stop the real player, so that ratio compares models but is no absolute truth;
 the second reference is: the real player's displacement over runs in the episodes where the direction
 was held ``frames`` frames in a row (minus NOOP's held runs), ``ratio_held``, 1 for a model that moves
-as far as the game does when the key is held. In the Boxing collections (session 10) those runs move
-the player 0.36-0.66x the one-frame extrapolation (LEFT 0.36, RIGHT 0.52, DOWN 0.64, UP 0.66).
-Measured on the Boxing student shipped before session 8 (2026-11-26): 0.0 for every direction.
+as far as the game does when the key is held. In the Boxing collections those runs move the player
+0.36-0.66x the one-frame extrapolation (LEFT 0.36, RIGHT 0.52, DOWN 0.64, UP 0.66). A student that
+ignores the keys reads 0.0 for every direction.
 
 The third reference is the truth itself (``real_cf``, from ``worldsim.eval.counterfactual``): the
 real game replayed to each context's last frame and played on with the same key held. Per context,

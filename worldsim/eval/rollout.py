@@ -5,7 +5,7 @@ prev_actions)``, ``step(actions)``, see ``worldsim.engine``) and episodes alread
 resolution; returns per-horizon metric arrays and free-play statistics. No argument parsing, no
 files except through the callbacks the caller passes (``on_rollout``, ``on_snapshot``).
 
-Alignment (shared/DESIGN.md): ``actions[t]`` is chosen after ``frames[t]`` and produces
+Alignment: ``actions[t]`` is chosen after ``frames[t]`` and produces
 ``frames[t + 1]``. A rollout whose context starts at ``s`` prefills frames ``s .. s+K-1`` with the
 actions that produced them (``[a_{s-1}, ..., a_{s+K-2}]``, "no action" for an episode's first
 frame), then ``step(a_t)`` for ``t = s+K-1, ..., s+K+H-2`` predicts frames ``s+K .. s+K+H-1``. The
@@ -55,6 +55,10 @@ class EvalConfig:
     sticky: float = 0.8  # free play: probability of repeating the previous action
     miss_penalty_px: float = 0.0  # sprite found nowhere in a prediction counts as this error (0: resolution / 4)
     windows: int = 20  # free play: statistics per window, this many windows over the run
+    action_response: int = 12  # control: frames each key is held from the same states as the real game (0: skip)
+    realism_frames: int = 2000  # realism: frames per sample of the classifier two-sample test (0: skip)
+    realism_steps: int = 400  # realism: the classifier's optimiser steps (a fixed budget, a couple of CPU-minutes)
+    stability_window: int = 1000  # stability: realism of the first and the last this-many free-play frames
 
     def validate(self) -> None:
         if self.context < 1 or self.horizon < 1:
@@ -67,6 +71,13 @@ class EvalConfig:
             raise WorldsimError(f"--free-play must be >= 0 (got {self.free_play})")
         if not 0.0 <= self.sticky < 1.0:
             raise WorldsimError(f"--sticky must be in [0, 1) (got {self.sticky})")
+        if self.action_response < 0:
+            raise WorldsimError(f"--action-response must be >= 0 frames (0: skip), got {self.action_response}")
+        if self.realism_frames < 0 or 0 < self.realism_frames < 8:
+            raise WorldsimError(f"--realism-frames must be 0 (skip) or at least 8 per sample (got {self.realism_frames})")
+        if self.realism_steps < 1 or self.stability_window < 1:
+            raise WorldsimError(f"--realism-steps and --stability-window must be >= 1 (got {self.realism_steps}, "
+                                f"{self.stability_window})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,7 +89,7 @@ class EvalEpisode:
     name: str  # rollouts are saved as <name>_<start>.npz
     path: Path
     frames: np.ndarray  # (T, R, R, 3) uint8 at the model's resolution
-    actions: np.ndarray  # (T,) int64, DESIGN alignment
+    actions: np.ndarray  # (T,) int64: actions[t] is chosen after frames[t] and produces frames[t + 1]
 
     def prev_actions(self, no_action: int) -> np.ndarray:
         """The action that produced each frame: [no_action, a_0, ..., a_{T-2}] (T,)."""
@@ -388,7 +399,8 @@ def window_edges(n: int, windows: int) -> np.ndarray:
     return np.linspace(0, n, min(windows, n) + 1).round().astype(int)
 
 
-def real_reference(episodes: Sequence[EvalEpisode], sprite: SpriteSpec | None, window: int) -> dict:
+def real_reference(episodes: Sequence[EvalEpisode], sprite: SpriteSpec | None, window: int,
+                   opponent: SpriteSpec | None = None) -> dict:
     """Statistics of the real frames that free play is compared with, and how much real windows of
     the free-play window's length differ from the whole (the histogram distance of real play)."""
     st = FrameStats()
@@ -403,6 +415,9 @@ def real_reference(episodes: Sequence[EvalEpisode], sprite: SpriteSpec | None, w
     if sprite is not None:
         out["sprite_found_rate"] = float(np.mean(np.concatenate(
             [find_sprites(ep.frames, sprite)[1] for ep in episodes])))
+    if opponent is not None:
+        out["opponent_found_rate"] = float(np.mean(np.concatenate(
+            [find_sprites(ep.frames, opponent)[1] for ep in episodes])))
     out["_hist"] = ref_hist
     return out
 
@@ -411,10 +426,13 @@ def real_reference(episodes: Sequence[EvalEpisode], sprite: SpriteSpec | None, w
 def free_play(engine, episode: EvalEpisode, ctx_start: int, cfg: EvalConfig, action_meanings: Sequence[str],
               sprite: SpriteSpec | None, reference: dict, no_action: int,
               on_snapshot: Callable[[int, np.ndarray], None] | None = None, snapshot_at: Sequence[int] = (),
-              progress=None) -> dict:
+              progress=None, on_frame: Callable[[int, np.ndarray], None] | None = None,
+              opponent: SpriteSpec | None = None) -> dict:
     """Generate ``cfg.free_play`` frames under sticky random actions from a real context and report
     per-window frame statistics next to the real ones: drift shows as numbers (collapse: std and
-    found rate fall; blur: histogram distance grows; freezing: temporal change falls to 0)."""
+    found rate fall; blur: histogram distance grows; freezing: temporal change falls to 0; the player,
+    and the ``opponent`` where given, found on fewer frames). ``on_frame(n, frame)`` sees every frame
+    (n from 1), e.g. to keep some for the realism test."""
     from worldsim.envs.policies import StickyPolicy
 
     N, K, C = cfg.free_play, cfg.context, engine.cfg.chunk
@@ -428,6 +446,7 @@ def free_play(engine, episode: EvalEpisode, ctx_start: int, cfg: EvalConfig, act
     last = episode.frames[ctx_start + K - 1]
     stats: list[FrameStats] = []
     found: list[list[bool]] = []
+    opp_found: list[list[bool]] = []
     buf: list[np.ndarray] = []
 
     def flush():  # statistics over a block of frames at once: per-frame numpy calls would cost more than the model
@@ -436,6 +455,8 @@ def free_play(engine, episode: EvalEpisode, ctx_start: int, cfg: EvalConfig, act
             stats[-1].add(block)
             if sprite is not None:
                 found[-1].extend(find_sprites(block, sprite)[1].tolist())
+            if opponent is not None:
+                opp_found[-1].extend(find_sprites(block, opponent)[1].tolist())
             buf.clear()
 
     made = 0
@@ -448,8 +469,11 @@ def free_play(engine, episode: EvalEpisode, ctx_start: int, cfg: EvalConfig, act
                 flush()
                 stats.append(FrameStats(after=last))
                 found.append([])
+                opp_found.append([])
             made += 1
             buf.append(f)
+            if on_frame is not None:
+                on_frame(made, f)
             if len(buf) >= 256:
                 flush()
             if made in snaps and on_snapshot is not None:
@@ -466,6 +490,8 @@ def free_play(engine, episode: EvalEpisode, ctx_start: int, cfg: EvalConfig, act
         row.pop("frames")
         if sprite is not None:
             row["sprite_found_rate"] = float(np.mean(found[i])) if found[i] else None
+        if opponent is not None:
+            row["opponent_found_rate"] = float(np.mean(opp_found[i])) if opp_found[i] else None
         windows.append(row)
     real = {k: v for k, v in reference.items() if not k.startswith("_")}
     end = windows[-1]
@@ -476,6 +502,9 @@ def free_play(engine, episode: EvalEpisode, ctx_start: int, cfg: EvalConfig, act
     if sprite is not None:
         drift["sprite_found_rate"] = end["sprite_found_rate"]
         drift["sprite_found_rate_real"] = real.get("sprite_found_rate")
+    if opponent is not None:
+        drift["opponent_found_rate"] = end["opponent_found_rate"]
+        drift["opponent_found_rate_real"] = real.get("opponent_found_rate")
     return {"frames": N, "context": {"episode": episode.name, "context_start": ctx_start},
             "policy": {**policy.describe(), "seed": cfg.seed}, "seconds": seconds, "fps": N / max(seconds, 1e-9),
             "windows": windows, "real": real, "drift_last_window": drift}
