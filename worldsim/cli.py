@@ -15,7 +15,7 @@ COMMANDS = {
     "collect": ("worldsim.data.collect:main", "collect episodes from a real game or the built-in game"),
     "data": ("worldsim.data.cli:main", "dataset tools: validate, info, export, import, preview"),
     "train": ("worldsim.train.cli:main", "train a stage or the whole pipeline from a config"),
-    "eval": ("worldsim.eval.cli:main", "roll a checkpoint out against real episodes, write metrics"),
+    "eval": ("worldsim.eval.cli:main", "judge a model against real episodes: realism, control, stability"),
     "bench": ("worldsim.bench.cli:main", "benchmarks: engine speed, input-to-pixel latency"),
     "compile": ("worldsim.runtime.compile_cli:main", "compile a model's frame-wise forwards for this CPU (faster play)"),
 }
