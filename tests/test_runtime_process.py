@@ -1,20 +1,37 @@
 """The process backend (how play.py runs the model on CPU): the same frames as in-process, live
-settings, errors and a dead child reported as exceptions, and a hung child killed by the Session's
-restart instead of being abandoned. A tiny random model; each test starts real child processes."""
+settings, errors and a dead child reported as exceptions, a hung child killed by the Session's
+restart instead of being abandoned, and a start that a dead or stopped child cannot block. A tiny
+random model; each test starts real child processes."""
 
 import os
 import signal
+import tempfile
+import threading
 
 import numpy as np
 import pytest
 
+from worldsim.errors import ConfigError
 from worldsim.runtime import ProcessBackend, Session, SessionConfig, load_playable
-from worldsim.runtime.testing import HangingBackend, wait_for, write_random_checkpoint
+from worldsim.runtime.testing import HangingBackend, generation_children, wait_for, write_random_checkpoint
 
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory):
     ckpt = write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", context_frames=4)
+    return load_playable(ckpt, dtype="fp32").backend
+
+
+@pytest.fixture(scope="module")
+def wide_backend(tmp_path_factory):
+    """64x64 frames and 8 of them as context: start data (~100 KB) larger than a pipe holds."""
+    import dataclasses
+
+    from worldsim.runtime.testing import tiny_model_config
+
+    mc = dataclasses.replace(tiny_model_config(6), resolution=64, patch=8)
+    ckpt = write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "wide.safetensors", model_config=mc,
+                                   context_frames=8)
     return load_playable(ckpt, dtype="fp32").backend
 
 
@@ -132,3 +149,102 @@ def test_overlapping_children_unpin_the_parent_only_when_the_last_ends(backend):
         a.close()
         b.close()
     assert os.sched_getaffinity(0) == before
+
+
+def _start_in_thread(pb):
+    """``pb.start_worker()`` in a thread (as the Session runs it); the dict gets the error it raised."""
+    out: dict = {}
+
+    def start():
+        try:
+            pb.start_worker()
+        except RuntimeError as e:
+            out["error"] = str(e)
+
+    t = threading.Thread(target=start, daemon=True)
+    t.start()
+    return t, out
+
+
+def test_a_child_killed_while_it_starts_fails_the_start_at_once(wide_backend, tmp_path, monkeypatch):
+    """The start data (more than a pipe holds) goes by a file: a child killed while it imports torch
+    ends the start with an error instead of blocking the parent for good."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    pb = ProcessBackend(wide_backend.fresh(), threads=1, start_timeout_s=60)
+    t, out = _start_in_thread(pb)
+    try:
+        assert wait_for(lambda: generation_children(os.getpid()), 30, poll=0.005)
+        os.kill(generation_children(os.getpid())[0], signal.SIGKILL)
+        t.join(30)
+        assert not t.is_alive(), "the start blocked on a dead child"
+        assert "died while it started (exit code -9)" in out["error"]
+        assert list(tmp_path.glob("worldsim-worker-*")) == []  # the start data does not outlive the start
+    finally:
+        pb.close()
+
+
+def test_a_child_stopped_while_it_starts_is_killed_after_start_timeout(backend):
+    pb = ProcessBackend(backend.fresh(), threads=1, start_timeout_s=1.5)
+    t, out = _start_in_thread(pb)
+    try:
+        assert wait_for(lambda: generation_children(os.getpid()), 30, poll=0.005)
+        pid = generation_children(os.getpid())[0]
+        os.kill(pid, signal.SIGSTOP)
+        t.join(30)
+        assert not t.is_alive()
+        assert "did not start within 1.5 s (start_timeout_s)" in out["error"]
+        assert pb._proc.exitcode == -signal.SIGKILL and pid not in generation_children(os.getpid())
+    finally:
+        pb.close()
+
+
+class _GatedStart:
+    """A backend whose start blocks until ``gate`` opens (a worker that hangs while it starts)."""
+
+    kind = "model"
+    settings: dict = {}
+
+    def __init__(self, gate: threading.Event):
+        self.gate = gate
+
+    def start_worker(self):
+        self.gate.wait(60)
+
+    def fresh(self):
+        opened = threading.Event()
+        opened.set()
+        return _GatedStart(opened)
+
+    def reset(self, seed=None):
+        return np.zeros((1, 4, 4, 3), np.uint8), np.zeros(0, np.int64)
+
+    def step(self, action):
+        return np.zeros((1, 4, 4, 3), np.uint8), {}
+
+
+def test_session_counts_a_worker_not_started_in_time_as_stalled():
+    gate = threading.Event()
+    s = Session(_GatedStart(gate), SessionConfig(fps=0, start_timeout_s=5))
+    now = [0]
+    s.clock = lambda: now[0]
+    s.start()
+    try:
+        h = s.health()
+        assert h.state == "starting" and h.phase == "start" and not h.faulted
+        now[0] += int(5.5e9)
+        h = s.health()
+        assert h.state == "stalled" and h.phase == "start" and "not started in 5.5 s" in h.error
+        s.restart()
+        assert wait_for(lambda: (c := s.poll()) is not None and c.kind == "gen", 10)
+        assert s.health().state == "ok" and s.restarts == 1 and s.abandoned == 1  # a thread cannot be killed
+    finally:
+        gate.set()
+        s.stop()
+
+
+@pytest.mark.parametrize("value", [0, -1, float("nan"), float("inf"), "soon"])
+def test_start_timeout_must_be_a_positive_number_of_seconds(backend, value):
+    with pytest.raises(ConfigError, match=r"start_timeout_s must be a number of seconds > 0"):
+        ProcessBackend(backend, threads=1, start_timeout_s=value)
+    with pytest.raises(ConfigError, match=r"start_timeout_s must be a number of seconds > 0"):
+        Session(backend, SessionConfig(start_timeout_s=value))

@@ -14,8 +14,9 @@ chord in ``configs/kiosk.yaml`` or SIGTERM/SIGINT, cleanly (open recording close
 The player's watchdog restarts a worker that raised, died, stalled or did not start within
 ``play.start_timeout_s``, showing a calm "restarting" screen while it backs off. One JSON line per
 visitor session, per fault and per recovery (the first frame after a fault, with the time the screen
-went without one) goes to the log (``log: ''`` = stdout); the last line says how long the longest gap
-between frames was. State is bounded (deques, counters), so memory stays flat.
+went without one), and one at the first frame, go to the log (``log: ''`` = stdout); the last line
+says how long the longest gap between frames was. State is bounded (deques, counters), so memory
+stays flat.
 """
 
 from __future__ import annotations
@@ -126,7 +127,8 @@ class Kiosk(Player):
     def on_start(self) -> None:
         self.attract_since_ns = time.perf_counter_ns()
         self.log({"event": "kiosk_start", "model": self.model_label, "settings": self.session.settings,
-                  "pace": self.pace.label(), "idle_timeout_s": self.kcfg.idle_timeout_s, "max_session_s": self.kcfg.max_session_s})
+                  "pace": self.pace.label(), "idle_timeout_s": self.kcfg.idle_timeout_s,
+                  "max_session_s": self.kcfg.max_session_s})
 
     def on_stop(self) -> None:
         if self.visitor is not None:
@@ -215,7 +217,10 @@ class Kiosk(Player):
         self.session.slot.set(self.policy(frame))  # no stamp: nobody pressed anything
 
     def frame_presented(self, t: int) -> None:
-        """Keep the longest gap between frames; the first frame after faults logs 'recovered'."""
+        """Keep the longest gap between frames; the booth's first frame logs 'first_frame' (the start-up
+        time), the first frame after faults logs 'recovered'."""
+        if not self.last_frame_ns:
+            self.log({"event": "first_frame", "after_s": round((t - self.started_ns) / NS, 2)})
         gap_s = (t - self.last_frame_ns) / NS if self.last_frame_ns else 0.0
         self.longest_gap_s = max(self.longest_gap_s, gap_s)
         self.last_frame_ns = t

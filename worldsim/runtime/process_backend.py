@@ -27,12 +27,13 @@ The child starts in the Session's worker thread (``start_worker``, never on the 
 outside the stall clock): a spawned interpreter imports torch, about 1-3 s on the target, shown as the
 start or restarting screen.
 
-Nothing here can block on a dead or stopped child. The start data (the backend: weights, context,
-settings; ~4 MB for the default model) goes through a private temporary file whose path the child
-gets, not through the pipe: multiprocessing writes a spawned child's arguments into a pipe whose read
-end the parent itself holds open until the write is done, so 4 MB into a child that died while
-importing torch blocked the parent for good. What still goes through that pipe is ~1 KB, less than a
-pipe holds. The wait for 'ready' watches the pipe and the child's sentinel with a deadline
+Nothing here can block on a dead or stopped child. The start data (the backend: weights, context
+frames, settings) goes through a private temporary file whose path the child gets, not through the
+pipe: multiprocessing writes a spawned child's arguments into a pipe whose read end the parent itself
+holds open until the write is done, and the child reads them only once it has imported torch. The
+default model's came to 113 KB (its context frames travel by value), more than a pipe holds, so a
+child killed while importing torch blocked the parent for good. What still goes through that pipe is
+~1 KB. The wait for 'ready' watches the pipe and the child's sentinel with a deadline
 (``start_timeout_s``): a child that dies says so at once, one that hangs or is stopped fails the start
 when the deadline passes. Requests are a few bytes; a reply that never comes (a stopped child) is the
 Session's stall watchdog's to end, with ``abort()``, which never waits on the pipe.

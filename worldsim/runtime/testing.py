@@ -166,3 +166,24 @@ def wait_for(cond, timeout: float = 5.0, poll: float = 0.002) -> bool:
             return True
         time.sleep(poll)
     return False
+
+
+def generation_children(ppid: int) -> list[int]:
+    """Live generation processes (``ProcessBackend`` children: multiprocessing's spawn entry point) of
+    process ``ppid``, read from /proc (Linux); tests that kill or stop them at chosen moments use it."""
+    import os
+
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                state, parent = f.read().rsplit(")", 1)[1].split()[:2]
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except (OSError, ValueError):  # gone meanwhile
+            continue
+        if int(parent) == ppid and state != "Z" and b"spawn_main" in cmdline:
+            pids.append(int(name))
+    return sorted(pids)
