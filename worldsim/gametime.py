@@ -176,6 +176,10 @@ class Pace:
     def tick_ms(self) -> float:
         return self.tick_ns / 1e6
 
+    def spare_ms(self, generation_ms: float, chunk: int = 1) -> float | None:
+        """The time a generation leaves to spare: ``chunk`` ticks minus ``generation_ms`` (None: uncapped)."""
+        return None if self.tick_ns == 0 else chunk * self.tick_ms - generation_ms
+
     def label(self) -> str:
         """The HUD's line: 'Boxing, 15 steps/s, speed 1.00x'."""
         head = f"{self.game}, " if self.game else ""

@@ -285,6 +285,12 @@ def run(args) -> int:
             if injector is not None:
                 injector.stop()
         print(format_summary(summary))
+        gen, c = summary["chunk_ms"]["generation"]["p50"], summary["settings"].get("chunk", 1)
+        spare = pace.spare_ms(gen, c) if gen == gen else None  # NaN: nothing generated
+        summary["spare_ms"] = spare
+        per = "per tick" if c == 1 else f"per chunk of {c} ticks"
+        print(f"pace: {pace.label()}" + ("" if spare is None else
+                                         f", tick {pace.tick_ms:.1f} ms: {spare:.1f} ms to spare {per} (p50 generation)"))
     if recorder is not None and recorder.episodes:
         print(f"recorded {recorder.steps} steps in {len(recorder.episodes)} episode(s) under {play.record}")
     if args.json:

@@ -69,20 +69,12 @@ ROW_KEYS = ("latency_ms", "breakdown_ms", "fps", "frames", "frame_time_ms", "jit
             "inputs_posted", "restarts")
 
 
-def spare(pace, chunk: int, chunk_gen_ms: dict) -> tuple[float | None, float | None]:
-    """(ms to spare at the p50 and at the p99 generation): the time C ticks give one chunk minus its
-    generation; None when uncapped (speed 0: no tick)."""
-    if pace.tick_ns == 0:
-        return None, None
-    budget = chunk * pace.tick_ms
-    return budget - chunk_gen_ms["p50"], budget - chunk_gen_ms["p99"]
-
-
 def pace_row(s: dict, pace, chunk: int) -> dict:
-    """The pace figures of one run: the tick, what it leaves to spare, the game time."""
-    spare_p50, spare_p99 = spare(pace, chunk, s["chunk_ms"]["generation"])
-    return {"tick_ms": pace.tick_ms if pace.tick_ns else None, "spare_ms": spare_p50, "spare_p99_ms": spare_p99,
-            "pace": pace.to_meta()}
+    """The pace figures of one run: the tick, what it leaves to spare at the p50 and the p99 generation
+    of a chunk (C ticks per chunk; None when uncapped), the game time."""
+    gen = s["chunk_ms"]["generation"]
+    return {"tick_ms": pace.tick_ms if pace.tick_ns else None, "spare_ms": pace.spare_ms(gen["p50"], chunk),
+            "spare_p99_ms": pace.spare_ms(gen["p99"], chunk), "pace": pace.to_meta()}
 
 
 def format_pace(row: dict, pace, name: str) -> str:
