@@ -55,6 +55,7 @@ def test_play_headless_json_record_and_replay(ckpt, tmp_path, capsys):
     assert s["settings"]["steps"] == 1 and s["frames"] >= 1
     # A random tiny-game checkpoint plays at that game's 15 steps/s: speed 2 caps generation at 30 a second.
     assert 0 < s["fps"] < 33 and s["pace"]["speed"] == 2 and abs(s["tick_ms"] - 1000 / 30) < 0.01
+    assert abs(s["spare_ms"] - (s["tick_ms"] - s["chunk_ms"]["generation"]["p50"])) < 1e-6
     for k in ("p50", "p95", "p99", "max"):
         assert k in s["latency_ms"]
     assert "jitter_ms" in s and "frame_time_ms" in s
