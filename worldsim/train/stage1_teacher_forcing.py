@@ -51,8 +51,8 @@ def multistep_engine() -> EngineConfig:
 @dataclass
 class Stage1Init:
     teacher: str = ""  # stage-0 final.safetensors to initialise from ('' : from scratch)
-    # or a stage-1 final.safetensors to continue from (same model config, or another temporal_every only),
-    # e.g. with anchor_noise
+    # or a stage-1 output to continue from (final.safetensors, a shipped file, an average): the same model
+    # config, except that temporal_every may differ and anchor_history may grow
     student: str = ""
     # with init.student: re-draw the action embedding at ACTION_INIT_STD (seeded by run.seed), for a
     # student that learned to ignore its keys from the old 0.02 start (assets/README.md)
@@ -70,8 +70,8 @@ class Stage1Config:
     shift: float = 3.0  # timestep shift of the training levels (the engine's shift)
     context_sigma: float = 0.0  # clean half noised to a level in [0, context_sigma] per sample (0: clean)
     # Anchored students: the anchor frames noised to a level in [0, anchor_noise] per sample (0: clean). In
-    # free play the anchors are the student's own outputs; a student that never saw a wrong anchor copies
-    # its errors forward (the anchored Boxing student diverged to noise within 1,000 frames).
+    # free play the anchors are the student's own outputs, with its errors: noised anchors teach it not to
+    # copy them forward (the shipped Boxing student: 0.3).
     anchor_noise: float = 0.0
     action_dropout: float = 0.1  # enables action guidance u + w (c - u) in stage 2
     min_sigma: float = 0.05
