@@ -56,7 +56,7 @@ def held_frames(episodes: Sequence, items: Sequence[tuple[int, int]], context: i
     repeats its last frame.
     Raises ``NotReplayable`` when an episode cannot be replayed or its replay does not reproduce it."""
     from worldsim.data.episode import read_episode
-    from worldsim.eval.rollout import resize_frames
+    from worldsim.data.frames import resize_frames
 
     resolution = episodes[0].frames.shape[1]  # the model's: the evaluation episodes are resized to it
     out = {name: np.zeros((len(items), frames, resolution, resolution, 3), np.uint8) for name in actions}
