@@ -404,13 +404,13 @@ class CompiledForwards:
     """The compiled forwards of one model, cache layout and chunk size, from the package on disk to the
     engine's forward: the one owner of their life cycle.
 
-        absent -> building -> loading -> ready
-                                      -> failed   (no compiler, builds or loads failed: eager for good)
+        absent -> [building ->] loading -> ready
+        failed from any of them (no compiler, builds or loads that kept failing): eager for good
 
     absent: no package found yet. building: a background ``worldsim compile`` runs (ours, started when
     ``build_from`` names the checkpoint and dtype to build from, or another process's, seen by its lock).
     loading: the package loads on a thread beside generation. A package that does not load is set aside
-    (``discard``) and built again when we may build, else the forwards fail.
+    (``discard``) and built again when we may build (absent again), else the forwards fail.
 
     The engine holds it as its forward (``attach``): before each forward it asks ``accepts``, the one
     predicate (ready, a full cache of this layout, batch 1, no autocast or gradients, the weights the
