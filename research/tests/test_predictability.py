@@ -23,16 +23,24 @@ def synthetic_track(T, seed, drop=()):
     return Track(pos, found, acts)
 
 
-def test_exact_dynamics_are_predicted_exactly_open_loop():
+def exact_dynamics():
     train = [synthetic_track(200, s) for s in range(4)]
     held = [synthetic_track(120, 10)]
     X, Y = motion_rows(train, history=2, num_actions=5, resolution=64)
     lin = fit_linear(X, Y, ridge=1e-6)
-    res = open_loop_errors(held, lin, history=2, num_actions=5, resolution=64, horizons=(1, 8))
+    return X, Y, held, open_loop_errors(held, lin, history=2, num_actions=5, resolution=64, horizons=(1, 8))
+
+
+def test_exact_dynamics_are_predicted_exactly_open_loop():
+    *_, res = exact_dynamics()
     assert res[8]["starts"] > 5
     assert res[1]["model"] < 1e-3 and res[8]["model"] < 1e-2
     assert res[8]["copy_last"] > 1.0  # random actions move it: copy-last is off
-    # the MLP learns them too, to well under copy-last
+
+
+@pytest.mark.slow  # 300 epochs of an MLP
+def test_the_mlp_learns_exact_dynamics_to_well_under_copy_last():
+    X, Y, held, res = exact_dynamics()
     mlp = fit_mlp(X, Y, epochs=300, width=64, batch=128)
     assert open_loop_errors(held, mlp, 2, 5, 64, horizons=(8,))[8]["model"] < 0.5 * res[8]["copy_last"]
 
