@@ -271,8 +271,10 @@ class ProcessBackend:
             self._wait_ready(proc, parent)
         finally:
             _remove(path)
-        if parent_cores and _pin_parent(parent_cores):
-            self._pinned_parent, self.child_cores = True, child_cores
+        if parent_cores:
+            with self._proc_lock:  # not for a child that abort() ended meanwhile: it would never unpin
+                if not self._closed and _pin_parent(parent_cores):
+                    self._pinned_parent, self.child_cores = True, child_cores
 
     def _wait_ready(self, proc, conn) -> None:
         """Block until the child says 'ready', it dies, or ``start_timeout_s`` passes; the last two raise."""
