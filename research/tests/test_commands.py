@@ -7,27 +7,12 @@ import json
 import pytest
 import torch
 
-from worldsim.checkpoint import save_checkpoint
-from worldsim.config import to_dict
-from worldsim.engine import EngineConfig
 from worldsim.cli import main as worldsim
 from worldsim.envs.tiny import TINY_ACTIONS, TINY_ENV_ID
 from worldsim.eval import cli
-from worldsim.model import ModelConfig, WorldDiT
+from worldsim.runtime.testing import write_random_checkpoint
 
 K, H = 3, 5  # context and horizon of these runs
-
-
-def make_checkpoint(path):
-    torch.manual_seed(0)
-    m = WorldDiT(ModelConfig(resolution=16, patch=4, dim=32, depth=2, heads=2, kv_heads=1, num_actions=len(TINY_ACTIONS)))
-    with torch.no_grad():  # zero-init output layers would predict a constant frame
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    meta = {"role": "student", "stage": "test", "step": 0, "model_config": to_dict(m.cfg), "env_id": TINY_ENV_ID,
-            "action_meanings": list(TINY_ACTIONS), "resolution": 16, "engine": to_dict(EngineConfig(window=4, sink=1))}
-    save_checkpoint(path, {f"model.{k}": v for k, v in m.state_dict().items()}, meta)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +23,7 @@ def setup(tmp_path_factory):
                      str(d / "tiny"), "--workers", "0", "--heldout-episodes", "0", "--no-progress"]) == 0
     eps = sorted((d / "tiny" / "train").iterdir())
     assert len(eps) == 2
-    return d, make_checkpoint(d / "tiny.safetensors"), eps
+    return d, write_random_checkpoint(d / "tiny.safetensors", "tiny", engine={"window": 4, "sink": 1}), eps
 
 
 def test_one_frame_floor_measures_the_real_next_frame(setup):
