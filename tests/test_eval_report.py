@@ -105,6 +105,25 @@ def test_frame_keeper_keeps_the_spread_and_both_windows():
     assert len(k.frames) == 5 + 20 - 2  # 1 and 100 are in a window too
 
 
+def test_stability_tells_a_world_that_degrades_from_one_that_holds():
+    """Free play that is the real game for its first half and its mean frame after: the first window
+    reads near chance against other real episodes (0.64 here), the last one near 100% (0.96)."""
+    from test_eval_realism import tiny_episode
+    from worldsim.eval.report import model_realism
+
+    real = [tiny_episode(seed) for seed in range(4)]
+    play = np.concatenate([tiny_episode(seed, T=50) for seed in range(10, 14)])  # (200, 16, 16, 3)
+    play[100:] = play[:100].mean(0).round().astype(np.uint8)  # the world collapses to a blur halfway
+    cfg = EvalConfig(free_play=200, realism_frames=200, realism_steps=150, stability_window=100)
+    keeper = FrameKeeper(200, 200, 100)
+    for i, f in enumerate(play, 1):
+        keeper(i, f)
+    fp = {"frames": 200, "drift_last_window": {"sprite_found_rate": 0.5}}
+    realism, st = model_realism(keeper, real, cfg, fp)
+    assert st["realism_first"]["accuracy"] <= 0.75 and st["realism_last"]["accuracy"] >= 0.9
+    assert 0.6 <= realism["full"]["accuracy"] and st["player_found_rate"] == 0.5
+
+
 def test_a_stopped_run_keeps_what_it_measured(setup, tmp_path, monkeypatch, capsys):
     """--compiled without built forwards fails at the first setting: the JSON written after the real
     figures stays, marked incomplete; the error is one line."""
