@@ -26,9 +26,10 @@ def ckpt(tmp_path_factory):
 
 
 def rewrite(src, dst, tensors=None, meta=None):
-    """A copy of checkpoint ``src`` with its tensors and raw string metadata changed by the two functions."""
+    """A copy of checkpoint ``src`` with its tensors and raw string metadata changed by the two functions,
+    written as another tool would: without the checksum ``save_checkpoint`` records."""
     with safe_open(str(src), framework="pt") as f:
-        raw = dict(f.metadata())
+        raw = {k: v for k, v in f.metadata().items() if k != "checksum"}
         ts = {k: f.get_tensor(k) for k in f.keys()}
     if tensors:
         ts = tensors(ts)
@@ -100,6 +101,16 @@ def test_every_model_loader_shares_the_checks(ckpt, tmp_path):
                  lambda: load_for_eval(bad, "cpu", torch.float32, [])):
         with pytest.raises(CheckpointError, match="has shape"):
             load()
+
+
+def test_a_changed_byte_fails_the_checksum(ckpt, tmp_path):
+    data = bytearray(ckpt.read_bytes())
+    data[-5] ^= 0x01  # the last weight's low mantissa bit: a finite, plausible value, caught only by the checksum
+    bad = tmp_path / "flipped.safetensors"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="fails its checksum"):
+        load_playable(bad, device="cpu", dtype="fp32")
+    assert load_checkpoint(ckpt)[1]["checksum"].startswith("sha256:")
 
 
 def test_steps_override_wins_over_a_bad_recommendation(ckpt, tmp_path):

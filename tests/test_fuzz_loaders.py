@@ -113,7 +113,7 @@ def test_fuzzed_checkpoint_metadata(ckpt_bytes, key, sub, value, whole, raw):
         src = tmp_path / "src.safetensors"
         src.write_bytes(ckpt_bytes)
         with safe_open(str(src), framework="pt") as f:
-            meta = dict(f.metadata())
+            meta = {k: v for k, v in f.metadata().items() if k != "checksum"}  # as another tool writes it
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         if key == "model_config" and not whole:
             mc = json.loads(meta[key])

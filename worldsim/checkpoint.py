@@ -33,8 +33,10 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: di
     smeta = {"format": FORMAT, "code_version": __version__}
     for k, v in meta.items():
         smeta[k] = v if isinstance(v, str) else json.dumps(v)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    smeta[CHECKSUM_KEY] = checksum(tensors, smeta)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=smeta)
+    save_file(tensors, str(tmp), metadata=smeta)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     umask = os.umask(0)
@@ -44,16 +46,41 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: di
     return path
 
 
-def read_meta(path: str | Path) -> dict[str, Any]:
-    """The metadata of a checkpoint, JSON values decoded; raises CheckpointError with the fix."""
+CHECKSUM_KEY = "checksum"  # sha256 over the metadata and every tensor, written by save_checkpoint
+
+
+def checksum(tensors: dict[str, torch.Tensor], smeta: dict[str, str]) -> str:
+    """What ``save_checkpoint`` records under ``checksum``: a sha256 over the string metadata (the
+    checksum itself left out) and every tensor's name, dtype, shape and bytes, in sorted order. The
+    safetensors format has none of its own, so a flipped byte in a weight would otherwise load."""
+    h = hashlib.sha256()
+    for k in sorted(smeta):
+        if k != CHECKSUM_KEY:
+            h.update(f"{k}={smeta[k]}\0".encode())
+    for k in sorted(tensors):
+        t = tensors[k].contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return "sha256:" + h.hexdigest()
+
+
+def _read_raw(path: Path) -> dict[str, str]:
     from safetensors import safe_open
 
-    path = _existing(path)
     try:
         with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
+            return f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({e}); re-export or retrain it") from None
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The metadata of a checkpoint, JSON values decoded; raises CheckpointError with the fix."""
+    path = _existing(path)
+    return _decode_meta(path, _read_raw(path))
+
+
+def _decode_meta(path: Path, raw: dict[str, str]) -> dict[str, Any]:
     if raw.get("format") != FORMAT:
         raise CheckpointError(f"'{path}' is not a worldsim checkpoint (format={raw.get('format')!r}); "
                               f"pass a file written by 'worldsim train'")
@@ -89,12 +116,18 @@ def _check_meta(path: Path, meta: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path, prefix: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(tensors, meta); with ``prefix`` only those tensors, prefix stripped."""
-    meta = read_meta(path)
+    """(tensors, meta); with ``prefix`` only those tensors, prefix stripped. A file that records a
+    checksum (every file ``save_checkpoint`` writes) is refused when its bytes no longer match it."""
+    path = _existing(path)
+    raw = _read_raw(path)
+    meta = _decode_meta(path, raw)
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({e}); re-export or retrain it") from None
+    if CHECKSUM_KEY in raw and checksum(tensors, raw) != raw[CHECKSUM_KEY]:
+        raise CheckpointError(f"checkpoint '{path}' fails its checksum: its bytes changed after it was written (a "
+                              f"damaged copy or an edit); copy it again or re-export it")
     if prefix is not None:
         tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         if not tensors:

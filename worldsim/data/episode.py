@@ -483,6 +483,11 @@ def read_meta(path: str | Path) -> dict[str, Any]:
                         f"restore it (e.g. from the game: worldsim.envs.make_env(env_id).action_meanings)")
     if not isinstance(meta["env_id"], str):
         raise DataError(f"'{mp}': env_id must be a game id string, got {meta['env_id']!r:.60}; restore it")
+    fs = meta.get("frame_shape")
+    if fs is not None and not (isinstance(fs, list) and len(fs) == 3 and fs[2] == 3
+                               and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in fs)):
+        raise DataError(f"'{mp}': frame_shape must be [height, width, 3], got {fs!r:.60}; restore meta.json from a "
+                        f"backup or re-record the episode")
     return meta
 
 
