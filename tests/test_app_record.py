@@ -1,6 +1,6 @@
 """Recording and replay: a headless session played with real key events is written in the dataset
 format, validates with ``worldsim data validate``'s checks, lines up frames and actions with what
-the engine produced (DESIGN alignment), starts a new episode at every reset, and replays."""
+the engine produced (``actions[t]`` produced ``frames[t+1]``), starts a new episode at every reset, and replays."""
 
 import os
 

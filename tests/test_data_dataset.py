@@ -1,5 +1,5 @@
 """Clip datasets: the resize cache (built once, area-averaged, invalidated on change), clip boundaries,
-sampling and the DESIGN action alignment."""
+sampling and the action alignment (``actions[t]`` produced ``frames[t+1]``)."""
 
 import numpy as np
 import pytest

@@ -253,7 +253,7 @@ def test_npz_round_trip_identical(tmp_path):
     p = write(tmp_path / "ep", 12)
     e = read_episode(p)
     npz = export_npz(e, tmp_path / "out" / "ep.npz")
-    z = np.load(npz, allow_pickle=False)  # DESIGN keys, no pickle needed
+    z = np.load(npz, allow_pickle=False)  # the documented keys (docs/episode-format.md), no pickle needed
     assert z["frames"].dtype == np.uint8 and z["actions"].dtype == np.int64
     assert str(z["env_id"]) == "worldsim/Tiny-v0" and list(z["action_meanings"])[:2] == ["NOOP", "FIRE"]
     back = read_episode(import_npz(npz, tmp_path / "imp"))
@@ -269,7 +269,7 @@ def test_npz_round_trip_identical(tmp_path):
         import_npz(npz, tmp_path / "imp")
 
 
-def test_plain_design_npz_minimal(tmp_path):
+def test_plain_npz_minimal(tmp_path):
     f = tmp_path / "m.npz"
     np.savez(f, frames=np.zeros((4, 8, 8, 3), np.uint8), actions=np.arange(4), env_id="worldsim/Tiny-v0",
              action_meanings=np.array(META0["action_meanings"]), start=np.int64(9))
