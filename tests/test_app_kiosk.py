@@ -204,6 +204,7 @@ def test_kiosk_memory_stays_flat(spy):
     from worldsim.app.synthetic import InputInjector
 
     k, log = kiosk(spy, idle_timeout_s=0.5, max_session_s=2.0, attract_reset_s=1.0)
+    k.cfg.max_seconds = 0  # the hook ends the run (a 120 s deadline fails it)
     k.meter.keep = 200  # small bounds so that a leak past them would show within seconds
     k.meter.reset()
     snaps = {}
@@ -222,9 +223,11 @@ def test_kiosk_memory_stays_flat(spy):
                 inj["x"], inj["next"] = None, t + 0.8
         if "a" not in snaps and t - t0 > 4:
             snaps["a"] = tracemalloc.take_snapshot()
-        if t - t0 > 14:
+        if t - t0 > 14 and k.visitors >= 5:  # ten seconds after warm-up, and four visitor sessions ended
             snaps["b"] = tracemalloc.take_snapshot()
             k.request_quit("done")
+        elif t - t0 > 120:
+            k.request_quit("test timeout")
 
     tracemalloc.start()
     try:
@@ -235,6 +238,7 @@ def test_kiosk_memory_stays_flat(spy):
         if inj["x"] is not None:
             inj["x"].stop()
         tracemalloc.stop()
+    assert k.quit_reason == "done", f"{k.visitors} visitors in 120 s"
     growth = sum(s.size_diff for s in snaps["b"].compare_to(snaps["a"], "filename"))
     sessions = [r for r in lines(log) if r["event"] == "session"]
     assert len(sessions) >= 4
