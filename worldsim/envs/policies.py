@@ -213,23 +213,33 @@ class BreakoutScript(ScriptedPolicy):
 
 
 class PongScript(ScriptedPolicy):
-    """Pong: move our (right, green) paddle toward the ball's height. In Pong RIGHT moves up, LEFT down."""
+    """Pong: serve (FIRE) while no ball is in play, else move our (right, green) paddle toward the ball's
+    height plus an aim offset drawn per point, so the ball leaves the paddle at varied angles. In Pong
+    RIGHT moves the paddle up and LEFT down."""
 
     game = "pong"
     PADDLE, BALL = (92, 186, 92), (236, 236, 236)
     FIELD_ROWS, PADDLE_COLS = (0.17, 0.915), (0.85, 0.92)
 
+    def reset(self, seed=None):
+        super().reset(seed)
+        self.offset = 0.0
+
     def act(self, frame):
         paddle = centroid(frame, self.PADDLE, rows=self.FIELD_ROWS, cols=self.PADDLE_COLS)
         ball = centroid(frame, self.BALL, tol=40, rows=self.FIELD_ROWS)
-        if ball is None or paddle is None:
+        if ball is None:
+            self.offset = float(self.rng.uniform(-0.03, 0.03))  # where on the paddle the next ball lands
+            return self.pick("FIRE")
+        if paddle is None:
             return self.pick("NOOP")
-        dy = ball[0] - paddle[0]
+        dy = ball[0] + self.offset - paddle[0]
         return self.pick("RIGHT" if dy < -0.02 else "LEFT" if dy > 0.02 else "NOOP")
 
 
 class MsPacmanScript(ScriptedPolicy):
-    """MsPacman: wander the maze: hold a direction, turn at random now and then or when stuck."""
+    """MsPacman: wander the maze: hold a direction, turn at random now and then or when a wall stops her
+    (a direction held into a wall keeps her going the way she went until a corridor opens that way)."""
 
     game = "mspacman"
     PACMAN = (210, 164, 74)
@@ -248,7 +258,9 @@ class MsPacmanScript(ScriptedPolicy):
 
     def act(self, frame):
         pos = centroid(frame, self.PACMAN, tol=30, rows=self.MAZE_ROWS, min_pixels=3)
-        moved = pos is None or self.prev is None or abs(pos[0] - self.prev[0]) + abs(pos[1] - self.prev[1]) > 1e-3
+        # Her mouth opening and closing shifts the centroid by up to ~1 native pixel (0.005 of the frame)
+        # in place; a step of travel is 2-3 pixels at frameskip 4.
+        moved = pos is None or self.prev is None or abs(pos[0] - self.prev[0]) + abs(pos[1] - self.prev[1]) > 0.008
         self.stuck = 0 if moved else self.stuck + 1
         self.prev = pos
         if self.stuck >= 2 or self.rng.random() < self.turn_prob:

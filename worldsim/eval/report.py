@@ -226,7 +226,8 @@ def evaluate(model, episodes: Sequence[EvalEpisode], settings: Sequence[tuple[st
     import torch
 
     from worldsim.engine import Engine
-    from worldsim.eval.response import action_response, format_response, real_held_displacement, real_step_displacement
+    from worldsim.eval.response import (action_response, format_response, held_keys, real_held_displacement,
+                                        real_step_displacement)
 
     cfg.validate()
     R, no_action = model.cfg.resolution, model.cfg.num_actions
@@ -249,9 +250,10 @@ def evaluate(model, episodes: Sequence[EvalEpisode], settings: Sequence[tuple[st
         if cfg.free_play else None
     real_moves = real_held = real_cf = None
     if sprite is not None and cfg.action_response > 0:
-        real_moves = real_step_displacement(episodes, sprite, action_meanings)
-        real_held = real_held_displacement(episodes, sprite, action_meanings, cfg.action_response)
-        real_cf, report.counterfactual = real_counterfactuals(episodes, plan, cfg, action_meanings, say)
+        keys = held_keys(action_meanings, env_id)  # label -> action: Pong's UP is its RIGHT
+        real_moves = real_step_displacement(episodes, sprite, action_meanings, keys)
+        real_held = real_held_displacement(episodes, sprite, action_meanings, cfg.action_response, keys)
+        real_cf, report.counterfactual = real_counterfactuals(episodes, plan, cfg, action_meanings, say, keys)
         report.real_action_displacement, report.real_held_displacement = real_moves, real_held
 
     real_frames = [e.frames for e in episodes]
@@ -280,7 +282,7 @@ def evaluate(model, episodes: Sequence[EvalEpisode], settings: Sequence[tuple[st
         report.settings.append(entry)
         if real_moves:
             entry.action_response = action_response(engine, episodes, plan, cfg, sprite, action_meanings, no_action,
-                                                    cfg.action_response, real_moves, real_held, real_cf)
+                                                    cfg.action_response, real_moves, real_held, real_cf, keys)
             say(format_response(name, entry.action_response))
         if cfg.free_play:
             keeper = free_play_realism_frames(cfg) if realism_skip is None else None
@@ -341,15 +343,15 @@ def stability_figures(fp: dict, first: dict | None, last: dict | None, window: i
             "window": window, "realism_first": first, "realism_last": last}
 
 
-def real_counterfactuals(episodes, plan, cfg: EvalConfig, meanings, say):
+def real_counterfactuals(episodes, plan, cfg: EvalConfig, meanings, say, keys: dict[str, str] | None = None):
     """The real game's frames under each held key from the action response's contexts (replayed from
     the episodes' seeds), and what the report says about them; (None, reason) when the episodes cannot
     be replayed (plain .npz files, sticky actions, another emulator)."""
     from worldsim.eval.counterfactual import NotReplayable, held_frames
-    from worldsim.eval.response import DIRECTIONS, response_items
+    from worldsim.eval.response import held_keys, response_items
 
     items = response_items(plan, cfg)
-    keys = {a: meanings.index(a) for a in ("NOOP", *DIRECTIONS) if a in meanings}
+    keys = {label: meanings.index(a) for label, a in (keys or held_keys(meanings)).items()}  # label -> index
     t0 = time.perf_counter()
     try:
         frames_by_key = held_frames(episodes, items, cfg.context, keys, cfg.action_response)

@@ -36,18 +36,34 @@ DIRECTIONS = ("UP", "DOWN", "LEFT", "RIGHT")
 MIN_REAL_PX_PER_FRAME = 0.05  # directions the real player barely moves in are not scored
 
 
+def held_keys(meanings: Sequence[str], env_id: str | None = None) -> dict[str, str]:
+    """The keys the action response holds, label -> the game's action name: NOOP and the game's directions.
+    With ``env_id`` the directions are the player's arrows as the game maps them
+    (``worldsim.envs.games.control_directions``: Pong's UP is its RIGHT); without, the actions named
+    UP / DOWN / LEFT / RIGHT that ``meanings`` has."""
+    if env_id is not None:
+        from worldsim.envs.games import control_directions
+
+        dirs = control_directions(env_id, meanings)
+    else:
+        dirs = {d: d for d in DIRECTIONS if d in meanings}
+    return {**({"NOOP": "NOOP"} if "NOOP" in meanings else {}), **dirs}
+
+
 def real_step_displacement(episodes: Sequence[EvalEpisode], sprite: SpriteSpec,
-                           meanings: Sequence[str]) -> dict[str, dict]:
-    """Mean one-frame sprite displacement (row, col) in pixels after each of NOOP and the directions."""
+                           meanings: Sequence[str], keys: dict[str, str] | None = None) -> dict[str, dict]:
+    """Mean one-frame sprite displacement (row, col) in pixels after each of NOOP and the directions
+    (``keys``: label -> action name, ``held_keys``)."""
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    names = [n for n in ("NOOP", *DIRECTIONS) if n in meanings]
+    keys = keys or held_keys(meanings)
+    names = list(keys)
     for ep in episodes:
         pos, found = find_sprites(ep.frames, sprite)
         both = found[:-1] & found[1:]
         step = pos[1:] - pos[:-1]  # (T-1, 2)
         for name in names:
-            sel = both & (ep.actions[:-1] == meanings.index(name))
+            sel = both & (ep.actions[:-1] == meanings.index(keys[name]))
             if sel.any():
                 sums[name] = sums.get(name, np.zeros(2)) + step[sel].sum(0)
                 counts[name] = counts.get(name, 0) + int(sel.sum())
@@ -55,10 +71,11 @@ def real_step_displacement(episodes: Sequence[EvalEpisode], sprite: SpriteSpec,
 
 
 def real_held_displacement(episodes: Sequence[EvalEpisode], sprite: SpriteSpec, meanings: Sequence[str],
-                           frames: int) -> dict[str, dict]:
+                           frames: int, keys: dict[str, str] | None = None) -> dict[str, dict]:
     """Mean sprite displacement (row, col) in pixels over the runs where NOOP or a direction was held
     ``frames`` frames in a row (every start of such a run counts; the sprite found at both ends)."""
-    names = [n for n in ("NOOP", *DIRECTIONS) if n in meanings]
+    keys = keys or held_keys(meanings)
+    names = list(keys)
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     for ep in episodes:
@@ -71,7 +88,7 @@ def real_held_displacement(episodes: Sequence[EvalEpisode], sprite: SpriteSpec, 
         ok = found[:T - frames] & found[frames:T]
         move = pos[frames:T] - pos[:T - frames]  # (T - frames, 2)
         for name in names:
-            sel = ok & (windows == meanings.index(name)).all(1)
+            sel = ok & (windows == meanings.index(keys[name])).all(1)
             if sel.any():
                 sums[name] = sums.get(name, np.zeros(2)) + move[sel].sum(0)
                 counts[name] = counts.get(name, 0) + int(sel.sum())
@@ -81,18 +98,20 @@ def real_held_displacement(episodes: Sequence[EvalEpisode], sprite: SpriteSpec, 
 def action_response(engine, episodes: Sequence[EvalEpisode], plan: Sequence[tuple[int, int]], cfg: EvalConfig,
                     sprite: SpriteSpec, meanings: Sequence[str], no_action: int, frames: int,
                     real: dict[str, dict], real_held: dict[str, dict] | None = None,
-                    real_cf: dict[str, np.ndarray] | None = None) -> dict:
+                    real_cf: dict[str, np.ndarray] | None = None, keys: dict[str, str] | None = None) -> dict:
     """Hold each direction for ``frames`` frames from the first ``cfg.batch`` contexts of ``plan``
     (``response_items``); compare the sprite's displacement (minus the NOOP rollout's) with the real
     game's (``real_step_displacement``, ``real_held_displacement`` and, per context, the real game's
-    frames under the same keys ``real_cf`` (name -> (B, frames, R, R, 3)), where given)."""
+    frames under the same keys ``real_cf`` (label -> (B, frames, R, R, 3)), where given). ``keys``: label
+    -> action name (``held_keys``); results are keyed by label."""
     items = response_items(plan, cfg)
+    keys = keys or held_keys(meanings)
     ctx, prev, _, _ = batch_inputs(episodes, items, EvalConfig(context=cfg.context, horizon=1), no_action)
     start_pos, start_found = find_sprites(ctx[:, -1], sprite)
     model_end: dict[str, np.ndarray] = {}
 
     def displacement(name: str) -> np.ndarray:  # (B, 2), NaN where the sprite is lost
-        acts = np.full((len(items), frames), meanings.index(name), np.int64)
+        acts = np.full((len(items), frames), meanings.index(keys[name]), np.int64)
         out = rollout(engine, ctx, prev, acts, seed=cfg.seed)
         pos, found = find_sprites(out[:, -1], sprite)  # NaN where not found
         model_end[name] = pos
@@ -100,12 +119,12 @@ def action_response(engine, episodes: Sequence[EvalEpisode], plan: Sequence[tupl
         d[~(found & start_found)] = np.nan
         return d
 
-    base = displacement("NOOP") if "NOOP" in meanings else np.zeros((len(items), 2))
+    base = displacement("NOOP") if "NOOP" in keys else np.zeros((len(items), 2))
     real_base = np.asarray(real.get("NOOP", {}).get("px_per_frame", [0.0, 0.0]))
     held_base = np.asarray((real_held or {}).get("NOOP", {}).get("px", [0.0, 0.0]))
     per_action, ratios, held_ratios = {}, [], []
-    for name in DIRECTIONS:
-        if name not in meanings or name not in real:
+    for name in keys:
+        if name == "NOOP" or name not in real:
             continue
         effect = displacement(name) - base
         ok = ~np.isnan(effect).any(1)
@@ -113,8 +132,8 @@ def action_response(engine, episodes: Sequence[EvalEpisode], plan: Sequence[tupl
         real_px = (np.asarray(real[name]["px_per_frame"]) - real_base) * frames
         scored = float(np.linalg.norm(real_px)) >= MIN_REAL_PX_PER_FRAME * frames and ok.any()
         ratio = float(model_px @ real_px / (real_px @ real_px)) if scored else None
-        per_action[name] = {"model_px": model_px.tolist(), "real_px": real_px.tolist(), "ratio": ratio,
-                            "rollouts_with_sprite": int(ok.sum())}
+        per_action[name] = {"action": keys[name], "model_px": model_px.tolist(), "real_px": real_px.tolist(),
+                            "ratio": ratio, "rollouts_with_sprite": int(ok.sum())}
         if ratio is not None:
             ratios.append(ratio)
         if real_held and name in real_held and ok.any():

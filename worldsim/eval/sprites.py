@@ -19,6 +19,22 @@ How the entries were chosen (inspecting real frames):
   ``tol`` 150 keeps pixels that are mostly boxer; the centroid there is within 0.2 px (mean) of the
   native-resolution centroid scaled down, and the boxer covers about 45 of 4096 pixels with an RMS
   radius of at most 5.8 px (0.09 of the frame); uniform noise matches ~490 pixels spread ~0.4.
+- ``ALE/Pong-v5``: the player is the right paddle, green (92, 186, 92), 4 x 16 pixels in columns
+  140-143 on the brown field (144, 72, 17) between the white borders (rows 24-33 and 194-209); the
+  player's score is green too, above the field, so the region is the field's rows and the paddle's
+  columns. At the top and bottom the paddle slides under the borders (down to 4 of its 16 rows show),
+  so ``min_frac`` keeps one pixel at 64x64; at 64x64 the 4-pixel paddle is 1.6 columns wide and a
+  pixel half paddle, half field is 121 from green: ``tol`` 120. Its centre row is RAM[51] - 5.5 (+-1)
+  while the whole paddle shows. The opponent is the left paddle, orange (213, 130, 74).
+- ``ALE/Breakout-v5``: the paddle is red (200, 72, 72), 16 x 4 pixels in rows 189-192, on black; the
+  ball is the same red but only passes through those rows, and the walls' red feet (columns 0-7 and
+  152-159) are cut off by the region. Its centre column is RAM[72] - 38.5 while it is clear of the walls.
+- ``ALE/MsPacman-v5``: Ms. Pac-Man is yellow (210, 164, 74), about 7 x 10 pixels, in the maze (rows
+  0-171; the lives below her are yellow too). The nearest other colours in the maze are the orange
+  ghost (180, 122, 48), 98 away in L1, and the walls (228, 111, 111), 108 away: ``tol`` 60. At 64x64
+  she covers about 9 pixels, mostly blended with the blue corridor, so she is found in about 9 of
+  10 real frames there (every native frame) and a lone orange-ghost pixel can stand in for her when
+  she is not; at the native resolution her centre is (RAM[16] + 5.9, RAM[10] - 8) within 2 pixels.
 - ``worldsim/Tiny-v0``: the square takes one of the three ``PALETTE`` colours (FIRE cycles them),
   all far from the floor and the wall; any of them counts.
 """
@@ -54,14 +70,23 @@ class SpriteSpec:
 BOXING = SpriteSpec("white boxer (the player)", ((214, 214, 214),), tol=150, rows=(0.1, 0.95), min_frac=0.002)
 TINY = SpriteSpec("the square (any palette colour)", tuple(tuple(int(v) for v in c) for c in PALETTE),
                   tol=100, min_frac=0.01)
+PONG = SpriteSpec("right paddle, green (the player)", ((92, 186, 92),), tol=120, rows=(34 / 210, 194 / 210),
+                  cols=(0.85, 0.92), min_frac=0.00025)
+BREAKOUT = SpriteSpec("paddle, red (the player)", ((200, 72, 72),), tol=150, rows=(0.895, 0.93), cols=(0.05, 0.95),
+                      min_frac=0.0005)
+MSPACMAN = SpriteSpec("Ms. Pac-Man, yellow (the player)", ((210, 164, 74),), tol=60, rows=(0.0, 0.815),
+                      min_frac=0.00025, max_spread=0.04)
 # Keyed by the bare game name, so ALE/Boxing-v5, BoxingNoFrameskip-v4, Boxing-v4 all find Boxing.
-SPRITES: dict[str, SpriteSpec] = {"boxing": BOXING, "tiny": TINY}
+SPRITES: dict[str, SpriteSpec] = {"boxing": BOXING, "pong": PONG, "breakout": BREAKOUT, "mspacman": MSPACMAN,
+                                  "tiny": TINY}
 # The other body on the screen, where a game has one: the eval's opponent metric, the error budget's
 # opponent region, the predictability yardstick's second track. Boxing's opponent is
 # black (0, 0, 0), like ALE's blank strip at the left edge (8 of 160 columns, 3 px at 64x64): cols >= 0.06.
 BOXING_OPPONENT = SpriteSpec("black boxer (the opponent)", ((0, 0, 0),), tol=150, rows=(0.1, 0.95),
                              cols=(0.06, 1.0), min_frac=0.002)
-OPPONENTS: dict[str, SpriteSpec] = {"boxing": BOXING_OPPONENT}
+PONG_OPPONENT = SpriteSpec("left paddle, orange (the opponent)", ((213, 130, 74),), tol=120,
+                           rows=(34 / 210, 194 / 210), cols=(0.08, 0.15), min_frac=0.00025)
+OPPONENTS: dict[str, SpriteSpec] = {"boxing": BOXING_OPPONENT, "pong": PONG_OPPONENT}
 
 
 def game_key(env_id: str) -> str:
