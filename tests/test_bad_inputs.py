@@ -193,6 +193,15 @@ def test_bad_context_is_refused_at_load(ckpt, tmp_path, make, match):
     assert "\n" not in str(e.value)
 
 
+def test_importing_an_empty_npz_is_refused(tmp_path):
+    from worldsim.data.npz import import_npz
+
+    p = npz(tmp_path / "empty.npz", frames=np.zeros((0, 16, 16, 3), np.uint8), actions=np.zeros(0, np.int64))
+    with pytest.raises(DataError, match="has no frames"):
+        import_npz(p, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_object_arrays_are_named_not_unpickled(tmp_path):
     p = npz(tmp_path / "obj.npz", extra_names=np.array([{"a": 1}], dtype=object))
     assert read_episode(p).env_id == TINY_ENV_ID  # an object array beside the episode is skipped

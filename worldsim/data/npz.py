@@ -63,6 +63,8 @@ def import_npz(npz_path: str | Path, out_dir: str | Path, name: str | None = Non
     """Turn a plain ``.npz`` into an episode directory ``out_dir/<name or npz stem>``; returns its path."""
     src = Path(npz_path)
     ep = read_episode(src)
+    if len(ep) == 0:
+        raise DataError(f"'{src}' has no frames; there is nothing to import (export a non-empty episode)")
     dest = Path(out_dir) / (name or src.stem)
     if dest.exists():
         raise DataError(f"'{dest}' already exists; import into another --out directory or delete it")
