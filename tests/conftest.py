@@ -34,3 +34,15 @@ class ManualClock:
 @pytest.fixture
 def manual_clock():
     return ManualClock()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """As play.py does on 2 cores: one torch thread for the module's tests, so a busy machine does not stall
+    every op (the count before is restored after). Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -21,10 +21,11 @@ EPILOG = """keys while playing: arrows/WASD move, space fires, R reset, P pause,
 C frame-wise <-> chunk-wise, H HUD, F12 screenshot, Esc/Q quit.
 examples:
   python play.py                                   # the default model in assets/
+  python play.py --game pong                       # another game's shipped model (assets/pong.safetensors)
   python play.py --checkpoint runs/student.safetensors --steps 1
   python play.py --record data/human               # record what you play (dataset format)
   python play.py --replay data/human               # watch it again
-  python play.py --play-real ALE/Boxing-v5 --record data/human_real
+  python play.py --play-real boxing --record data/human_real   # or ALE/Boxing-v5
   python play.py --kiosk                           # demo booth (configs/kiosk.yaml)
   python play.py --headless --max-seconds 10 --synthetic-input 6 --json out/play.json"""
 
@@ -35,12 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("overrides", nargs="*", metavar="key=value",
                     help="config overrides, e.g. speed=0.5 hud=false (kiosk: idle_timeout_s=30 play.speed=1)")
     ap.add_argument("--checkpoint", help="model file (default: assets/default.safetensors)")
+    ap.add_argument("--game", help="play this game's shipped model: boxing, pong, breakout, mspacman "
+                                   "(worldsim.envs.games; the start screen offers every shipped one)")
     ap.add_argument("--config", help="YAML config (default: configs/play.yaml, or configs/kiosk.yaml with --kiosk)")
     ap.add_argument("--headless", action="store_true", help="no window (SDL dummy video driver): tests, benchmarks")
     ap.add_argument("--kiosk", action="store_true", help="demo-booth mode: fullscreen, attract loop, self-healing")
     ap.add_argument("--record", metavar="DIR", help="record the session as episodes in DIR (dataset format)")
     ap.add_argument("--replay", metavar="PATH", help="replay recorded episodes (a directory or one episode)")
-    ap.add_argument("--play-real", metavar="ENV_ID", help="play the real game (e.g. ALE/Boxing-v5) through the same loop")
+    ap.add_argument("--play-real", metavar="GAME",
+                    help="play the real game (pong, or any id such as ALE/Boxing-v5) through the same loop")
     ap.add_argument("--steps", type=int, choices=[1, 2, 4], help="sampling steps per chunk (default: the checkpoint's)")
     ap.add_argument("--chunk", type=int, help="frames per chunk, 1 = frame-wise (default: the checkpoint's)")
     ap.add_argument("--speed", type=float,
@@ -98,7 +102,7 @@ def load_configs(args):
         path = args.config or ("configs/play.yaml" if Path("configs/play.yaml").is_file() else None)
         check_removed_keys(path, args.overrides, kiosk=False)
         kcfg, play = None, load_config(PlayConfig, path, args.overrides)
-    flags = {"checkpoint": args.checkpoint, "steps": args.steps, "chunk": args.chunk, "speed": args.speed,
+    flags = {"checkpoint": args.checkpoint, "game": args.game, "steps": args.steps, "chunk": args.chunk, "speed": args.speed,
              "seed": args.seed, "context": args.context, "device": args.device, "dtype": args.dtype,
              "threads": args.threads, "record": args.record, "max_seconds": args.max_seconds}
     play = dataclasses.replace(play, **{k: v for k, v in flags.items() if v is not None})
@@ -110,6 +114,8 @@ def load_configs(args):
     from worldsim.gametime import check_speed
 
     check_values(play, "the flags and config of play.py")
+    play = resolve_game(play, given_checkpoint=args.checkpoint is not None or any(
+        o.split("=")[0] in ("checkpoint", "play.checkpoint") for o in args.overrides))
     check_speed(play.speed)
     # WORLDSIM_COMPILE sets the default of compile= (a key=value override still wins): the test suite
     # sets it to 'off' so that no play it runs starts a background build. YAML reads a bare off/on as a
@@ -120,6 +126,48 @@ def load_configs(args):
     if kcfg is not None:
         kcfg = dataclasses.replace(kcfg, play=play)
     return play, kcfg
+
+
+def resolve_game(play, given_checkpoint: bool):
+    """``game=`` (or --game) -> that game's shipped model as the checkpoint; one line when it does not ship
+    (what does, and how to train it) or when a checkpoint is named too."""
+    if not play.game:
+        return play
+    from worldsim.envs.games import shipped_model
+
+    if given_checkpoint:
+        raise WorldsimError(f"--game {play.game} and a checkpoint ({play.checkpoint}) name two models; pass one of them")
+    game, path = shipped_model(play.game)
+    return dataclasses.replace(play, game=game.name, checkpoint=str(path))
+
+
+def build_arcade(play, first_env_id: str):
+    """(Arcade of every shipped game, the playing game's name) when more than one ships and the model
+    playing is one of them; (None, its game name or '') otherwise (another checkpoint, a recording, a
+    context file: one game only)."""
+    from worldsim.app.arcade import Arcade
+    from worldsim.envs.games import find_game, shipped_games
+    from worldsim.runtime import SessionConfig
+
+    g = find_game(first_env_id)
+    name = g.name if g is not None else ""
+    shipped = shipped_games()
+    if (g is None or play.record or play.context or len(shipped) < 2
+            or Path(play.checkpoint).resolve() != g.asset_path().resolve()):
+        return None, name
+
+    def opener(game):
+        def open_game():
+            backend, label, meta, pace = build_model_session(dataclasses.replace(play, checkpoint=game.asset))
+            backend = in_worker_process(backend, play)
+            return backend, label, meta, pace
+        return open_game
+
+    def session_config(pace):
+        return SessionConfig(seed=play.seed, fps=pace.rate, stall_timeout_s=play.stall_timeout_s,
+                             start_timeout_s=play.start_timeout_s)
+
+    return Arcade({x.name: opener(x) for x in shipped}, session_config, {x.name: x.title for x in shipped}), name
 
 
 def compile_mode(value) -> str:
@@ -148,12 +196,13 @@ def build_model_session(play):
                       context_path=play.context or None)
     if p.note:
         print(f"play.py: note: {p.note}", file=sys.stderr)
-    from worldsim.gametime import Pace, checkpoint_period, game_name
+    from worldsim.app.arcade import game_title
+    from worldsim.gametime import Pace, checkpoint_period
 
     period = checkpoint_period(p.meta, Path(p.path).name)
     if period.note:
         print(f"play.py: note: {period.note}", file=sys.stderr)
-    pace = Pace(period.period, play.speed, game_name(p.env_id))
+    pace = Pace(period.period, play.speed, game_title(p.env_id))
     # compiled forwards on the CPU (worldsim.engine.aot); a background build loads the same file and dtype
     from worldsim.device import dtype_name
 
@@ -193,13 +242,17 @@ def torch_device_type(backend) -> str:
 def build_real_session(env_id: str, play):
     """(backend, label, recording meta, pace) for the real game: one step spans ``frameskip`` emulator
     frames, so the game's own speed is its ``frame_period`` (60/frameskip steps/s on Atari)."""
+    from worldsim.app.arcade import game_title
     from worldsim.envs import make_env
-    from worldsim.gametime import Pace, game_name
+    from worldsim.envs.games import find_game
+    from worldsim.gametime import Pace
     from worldsim.runtime import EnvBackend
 
+    game = find_game(env_id) if "/" not in env_id else None  # a short name: 'pong'
+    env_id = game.env_id if game is not None else env_id
     backend = EnvBackend(lambda: make_env(env_id))
     env = backend.env
-    pace = Pace(env.frame_period, play.speed, game_name(env_id))
+    pace = Pace(env.frame_period, play.speed, game_title(env_id))
     meta = {**env.describe(), "source": "play-real", "policy": "human", **pace.to_meta()}
     return backend, env_id, meta, pace
 
@@ -247,21 +300,28 @@ def run(args) -> int:
     if play.worker not in ("process", "thread"):
         raise WorldsimError(f"worker must be 'process' or 'thread' (got {play.worker!r})")
     set_generation_threads(play.threads)
+    arcade, game = None, ""
     if args.play_real:
         backend, label, meta, pace = build_real_session(args.play_real, play)
     else:
         backend, label, meta, pace = build_model_session(play)
         backend = in_worker_process(backend, play)
         meta["worker"] = "process" if isinstance(backend, ProcessBackend) else "thread"
+        arcade, game = build_arcade(play, meta["env_id"])
+        if game:
+            meta["game"] = game
     print(f"play.py: {pace.announce()}", file=sys.stderr)
     # The session starts one generation per tick of game time (0: uncapped): frames per second = rate.
     session = Session(backend, SessionConfig(seed=play.seed, fps=pace.rate, stall_timeout_s=play.stall_timeout_s,
                                              start_timeout_s=play.start_timeout_s))
     keymap = Keymap(backend.action_meanings)
+    from worldsim.app.arcade import game_bindings, game_title
+
+    bindings = game_bindings(meta["env_id"])  # Pong's UP arrow is its RIGHT action
     recorder = Recorder(play.record, meta) if play.record else None
     frame_hw = _frame_hw(backend)
     screen = Screen(frame_hw, scale=play.scale if frame_hw[0] <= 96 else max(1, play.scale // 3),
-                    fullscreen=play.fullscreen, title=f"worldsim - {label}",
+                    fullscreen=play.fullscreen, title=f"worldsim - {game_title(meta['env_id'])} ({label})",
                     hide_cursor=bool(kcfg and kcfg.hide_cursor))
     if kcfg is not None:
         from worldsim.app.kiosk import Kiosk
@@ -269,7 +329,8 @@ def run(args) -> int:
         stream = open(kcfg.log, "a") if kcfg.log else None
         try:
             player = Kiosk(session, keymap, screen, kcfg, env_id=meta["env_id"], model_label=label,
-                           recorder=recorder, log_stream=stream, pace=pace)
+                           recorder=recorder, log_stream=stream, pace=pace, bindings=bindings, arcade=arcade,
+                           game=game)
             summary = player.run()
         finally:
             if stream is not None:
@@ -277,7 +338,8 @@ def run(args) -> int:
     else:
         from worldsim.app.player import Player
 
-        player = Player(session, keymap, screen, play, recorder=recorder, model_label=label, pace=pace)
+        player = Player(session, keymap, screen, play, recorder=recorder, model_label=label, pace=pace,
+                        bindings=bindings, arcade=arcade, game=game)
         injector = _start_injector(args.synthetic_input, args.seed or 0)
         try:
             summary = player.run()

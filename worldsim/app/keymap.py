@@ -119,11 +119,14 @@ def default_bindings() -> dict[int, str]:
             pygame.K_SPACE: "FIRE", pygame.K_RETURN: "FIRE"}
 
 
-def controls_text(keymap: Keymap) -> list[str]:
-    """Lines for the start screen (``key\tdescription``): which parts this game has."""
+def controls_text(keymap: Keymap, arrows: dict[str, str] | None = None) -> list[str]:
+    """Lines for the start screen (``key\tdescription``): which parts this game has. ``arrows``: arrow ->
+    the part the game gives it, where it differs (Pong's UP arrow is its RIGHT: "move (up, down)")."""
     have = set().union(*keymap.table.keys()) if keymap.table else set()
+    arrows = arrows or {}
     lines = []
-    moves = [p for p in ("UP", "DOWN", "LEFT", "RIGHT") if p in have]
+    moves = [p for p in ("UP", "DOWN", "LEFT", "RIGHT") if arrows.get(p, p) in have
+             and (p in arrows or p not in arrows.values())]
     if moves:
         lines.append("arrows / WASD\tmove (" + ", ".join(m.lower() for m in moves) + ")")
     if "FIRE" in have:

@@ -6,8 +6,14 @@ logic. States:
     attract  -- the model plays itself (a scripted policy reading the generated frames, sticky
                 random for games without a script) under a pulsing "press any key" banner; the
                 context is refreshed every ``attract_reset_s`` so self-play never drifts for hours
+    pick     -- with more than one game shipped, a key press shows the games; arrows choose, any other
+                key starts the chosen one (``idle_timeout_s`` without a choice: back to attract)
     visitor  -- a key press starts a session on a fresh context; it ends after ``idle_timeout_s``
                 without input or ``max_session_s`` in all, and the booth returns to attract
+
+With several games (``worldsim.app.arcade.Arcade``) the attract loop plays each for ``attract_game_s``
+in turn, and a game whose model will not open, or whose worker fails ``game_faults`` times in a row,
+is taken out of the rotation (one ``game_fault`` line) while the others play on.
 
 Esc, window close (Alt+F4) and the usual quit keys do nothing; the operator leaves with the key
 chord in ``configs/kiosk.yaml`` or SIGTERM/SIGINT, cleanly (open recording closed, log line written).
@@ -41,6 +47,8 @@ class KioskConfig:
     max_session_s: float = 300.0  # longest visitor session, so a queue keeps moving
     attract_policy: str = "scripted"  # scripted | sticky | random (scripted falls back to sticky)
     attract_reset_s: float = 120.0  # fresh context this often while attracting
+    attract_game_s: float = 60.0  # with several games shipped, the attract loop plays each this long (0: stay)
+    game_faults: int = 3  # a game whose worker fails this many times in a row leaves the rotation
     banner: str = "PRESS ANY KEY TO PLAY"
     # All keys held together quit. 'ctrl', 'alt', 'shift', 'meta' match either side; other names
     # are pygame key names ('q', 'f12', 'escape', ...).
@@ -84,10 +92,17 @@ class Kiosk(Player):
     mode = "kiosk"
 
     def __init__(self, session, keymap, screen, kcfg: KioskConfig, *, env_id: str = "", model_label: str = "",
-                 recorder=None, bindings=None, log_stream=None, pace=None):
+                 recorder=None, bindings=None, log_stream=None, pace=None, arcade=None, game: str = ""):
         self.kcfg = kcfg
+        if kcfg.attract_game_s < 0 or kcfg.game_faults < 1:
+            from worldsim.errors import ConfigError
+
+            raise ConfigError(f"kiosk attract_game_s must be >= 0 (0: no rotation) and game_faults >= 1 "
+                              f"(got {kcfg.attract_game_s:g} and {kcfg.game_faults})")
         super().__init__(session, keymap, screen, kcfg.play, recorder=recorder, model_label=model_label,
-                         bindings=bindings, log=self._log_json, pace=pace)
+                         bindings=bindings, log=self._log_json, pace=pace, arcade=arcade, game=game)
+        self.game_since_ns = 0
+        self.pick_since_ns = 0
         self.log_stream = log_stream
         self.env_id = env_id
         self.chord = chord_keys(kcfg.operator_chord)
@@ -125,8 +140,9 @@ class Kiosk(Player):
 
     # -- lifecycle -------------------------------------------------------------------------------
     def on_start(self) -> None:
-        self.attract_since_ns = time.perf_counter_ns()
-        self.log({"event": "kiosk_start", "model": self.model_label, "settings": self.session.settings,
+        self.attract_since_ns = self.game_since_ns = time.perf_counter_ns()
+        games = {"game": self.game, "games": self.arcade.playable} if self.arcade is not None else {}
+        self.log({"event": "kiosk_start", **games, "model": self.model_label, "settings": self.session.settings,
                   "pace": self.pace.label(), "idle_timeout_s": self.kcfg.idle_timeout_s,
                   "max_session_s": self.kcfg.max_session_s})
 
@@ -146,6 +162,17 @@ class Kiosk(Player):
             self.keys_down.add(ev.key)
             if all(alts & self.keys_down for alts in self.chord):
                 self.request_quit("operator chord")
+                return
+            if self.state == "attract" and self.choosing():
+                self.state, self.picked, self.pick_since_ns = "pick", self.game, now
+                return
+            if self.state == "pick":
+                self.pick_since_ns = now
+                if self.pick_key(ev.key):
+                    return
+                if self.picked != self.game:
+                    self.switch_game(self.picked)
+                self.start_visitor(now)
                 return
             if self.state == "attract":
                 self.start_visitor(now)
@@ -183,7 +210,7 @@ class Kiosk(Player):
         if self.recorder is not None:
             self.recorder.close()
         s = self.meter.summary()
-        self.log({"event": "session", "start": v["start"], "end": iso_now(),
+        self.log({"event": "session", **({"game": self.game} if self.game else {}), "start": v["start"], "end": iso_now(),
                   "duration_s": round((now - v["start_ns"]) / NS, 2),
                   "frames": self.frames_presented - v["frames_at_start"], "inputs": v["inputs"],
                   "latency_p50_ms": _round(s["latency_ms"]["p50"]), "latency_p95_ms": _round(s["latency_ms"]["p95"]),
@@ -198,6 +225,15 @@ class Kiosk(Player):
 
     def tick(self, now: int) -> None:
         k = self.kcfg
+        if self.state == "pick" and now - self.pick_since_ns >= k.idle_timeout_s * NS:
+            self.state = "attract"  # nobody chose: the self-play under the list goes on
+        if (self.state == "attract" and k.attract_game_s > 0 and self.choosing()
+                and now - self.game_since_ns >= k.attract_game_s * NS):
+            nxt = self.arcade.next_after(self.game)
+            self.game_since_ns = now
+            if nxt is not None:
+                self.switch_game(nxt)
+            return
         if self.visitor is not None:
             if now - self.visitor["last_input_ns"] >= k.idle_timeout_s * NS:
                 self.end_visitor("idle", now)
@@ -210,7 +246,7 @@ class Kiosk(Player):
     def on_presented(self, frame, chunk, index: int, t: int) -> None:
         if chunk.kind == "gen":
             self.frame_presented(t)
-        if self.state != "attract":
+        if self.state not in ("attract", "pick"):
             return
         if chunk.kind == "context":
             self.policy.reset()
@@ -231,9 +267,37 @@ class Kiosk(Player):
 
     def overlay(self, now: int) -> dict:
         out = super().overlay(now)
+        if self.state == "pick" and "panel" not in out:
+            out["panel"] = ("worldsim", self.game_lines())
         if self.state == "attract" and "panel" not in out:
             out["banner"] = self.kcfg.banner
         return out
+
+    # -- games -----------------------------------------------------------------------------------
+    def on_game(self, entry) -> None:
+        """A new game plays: its attract policy reads its frames and takes its actions; one log line."""
+        now = time.perf_counter_ns()
+        self.env_id = str(entry.meta.get("env_id", ""))
+        self.policy = self._make_policy(self.kcfg.attract_policy)
+        self.attract_since_ns = self.game_since_ns = now
+        self.log({"event": "game", "game": entry.name, "model": entry.label, "mode": self.state})
+
+    def supervise(self, now: int) -> None:
+        """The player's watchdog; past ``game_faults`` faults in a row the game leaves the rotation (a
+        visitor on it is ended) and the next game plays."""
+        super().supervise(now)
+        if self.arcade is None or self.consecutive_faults < self.kcfg.game_faults or self.quit_requested:
+            return
+        nxt = self.arcade.next_after(self.game)
+        if nxt is None:
+            return  # the last game standing keeps restarting
+        why = f"{self.consecutive_faults} worker faults in a row"
+        self.arcade.mark_broken(self.game, why)
+        self.log({"event": "game_fault", "game": self.game, "error": why, "next": nxt})
+        if self.visitor is not None:
+            self.end_visitor("fault", now)
+        self.state = "attract"
+        self.switch_game(nxt)
 
 
 def _round(x: float, n: int = 1):

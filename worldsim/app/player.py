@@ -48,6 +48,9 @@ HUD_STATS_HZ = 4.0  # the FPS/latency line of the HUD is recomputed this often (
 @dataclass
 class PlayConfig:
     checkpoint: str = "assets/default.safetensors"  # the model to play
+    # A game by short name (boxing, pong, breakout, mspacman: worldsim.envs.games) plays its shipped model
+    # instead of ``checkpoint``; '' = the checkpoint's game. With several shipped, the start screen offers them all.
+    game: str = ""
     context: str = ""  # optional plain .npz episode to start from instead of the checkpoint's context
     device: str = "auto"  # auto | cpu | cuda (worldsim.device policy)
     dtype: str = "auto"  # auto | fp32 | bf16 (auto: bf16 where the CPU has native bf16)
@@ -101,7 +104,7 @@ class Player:
     def __init__(self, session, keymap: Keymap, screen: Screen, cfg: PlayConfig | None = None, *,
                  meter: LatencyMeter | None = None, recorder=None, model_label: str = "",
                  bindings: dict[int, str] | None = None, log: Callable[[dict], None] | None = None,
-                 pace: Pace | None = None):
+                 pace: Pace | None = None, arcade=None, game: str = ""):
         import pygame
 
         self.pg = pygame
@@ -114,6 +117,10 @@ class Player:
         self.recorder = recorder
         self.model_label = model_label
         self.held = HeldKeys(bindings if bindings is not None else default_bindings())
+        # The games the start screen offers (worldsim.app.arcade.Arcade; None: this model only) and the
+        # one playing; ``picked`` is the one the arrows point at on the start screen.
+        self.arcade, self.game = arcade, game
+        self.picked = game
         self.log = log or self._log_stderr
         self.tick_hook: Callable[["Player", int], None] | None = None  # tests/benchmarks: runs every loop turn
         self.hud_on = self.cfg.hud
@@ -238,6 +245,10 @@ class Player:
     def key_down(self, key: int, stamp: int) -> None:
         pg = self.pg
         if self.state == "start":
+            if self.pick_key(key):
+                return
+            if self.picked and self.picked != self.game:
+                self.switch_game(self.picked)
             self.state = "play"
             self.session.pause(False)
             self.meter.gap()
@@ -274,6 +285,64 @@ class Player:
         want = {**self.session.settings, **settings}
         self.note(f"switching to {settings_label(want)}")
         self.meter.gap()
+
+    # -- games ---------------------------------------------------------------------------------------
+    def choosing(self) -> bool:
+        """Whether the start screen offers a choice of games (more than one plays)."""
+        return self.arcade is not None and len(self.arcade.playable) > 1
+
+    def pick_key(self, key: int) -> bool:
+        """On the start screen: an arrow (or WASD) moves the choice of game; True if it did."""
+        pg = self.pg
+        if not self.choosing():
+            return False
+        step = {pg.K_UP: -1, pg.K_w: -1, pg.K_LEFT: -1, pg.K_a: -1,
+                pg.K_DOWN: 1, pg.K_s: 1, pg.K_RIGHT: 1, pg.K_d: 1}.get(key)
+        if step is None:
+            return False
+        names = self.arcade.playable
+        i = names.index(self.picked) if self.picked in names else 0
+        self.picked = names[(i + step) % len(names)]
+        return True
+
+    def game_lines(self) -> list[str]:
+        """The start screen's list of games, the chosen one marked."""
+        return ["choose a game: arrows, then any other key"] + [
+            f"{'>' if n == self.picked else ' '}\t{self.arcade.title(n)}" for n in self.arcade.playable] + [""]
+
+    def switch_game(self, name: str) -> bool:
+        """Stop this game's session and start ``name``'s (its model, keys, pace, title). A game whose model
+        will not open is logged, taken out of the arcade, and this one plays on; returns whether it switched."""
+        from worldsim.errors import WorldsimError
+
+        try:
+            entry = self.arcade.open(name)
+        except WorldsimError as e:
+            self.arcade.mark_broken(name, str(e))
+            self.log({"event": "game_fault", "game": name, "error": str(e), "playing": self.game})
+            self.picked = self.game
+            self.note(f"{self.arcade.title(name)} is unavailable")
+            return False
+        paused = self.session.paused
+        self.session.stop()
+        self.session, self.keymap, self.pace = entry.session, entry.keymap, entry.pace
+        self.held = HeldKeys(entry.bindings)
+        self.model_label, self.game, self.picked = entry.label, name, name
+        self.schedule.clear()
+        self.current = None
+        self.meter.gap()
+        self.consecutive_faults = 0
+        self.restart_at_ns = None
+        self.restarting = False
+        self.session.pause(paused)
+        self.worker_started_ns = time.perf_counter_ns()
+        self.session.start()
+        self.pg.display.set_caption(f"worldsim - {entry.title}")
+        self.on_game(entry)
+        return True
+
+    def on_game(self, entry) -> None:
+        """After ``switch_game`` (subclasses: the kiosk's log and policy)."""
 
     def note(self, text: str, seconds: float = 2.0) -> None:
         self.messages.append((text, time.perf_counter_ns() + int(seconds * NS)))
@@ -403,7 +472,12 @@ class Player:
         if self.state == "start":
             from worldsim.app.keymap import controls_text
 
-            out["panel"] = ("worldsim", [self.model_label, ""] + controls_text(self.keymap) + [
+            games = self.game_lines() if self.choosing() else []
+            pg, bound = self.pg, self.held.bindings
+            arrows = {name: bound.get(key, name) for name, key in (("UP", pg.K_UP), ("DOWN", pg.K_DOWN),
+                                                                   ("LEFT", pg.K_LEFT), ("RIGHT", pg.K_RIGHT))}
+            arrows = {k: v for k, v in arrows.items() if k != v}
+            out["panel"] = ("worldsim", games + [self.model_label, ""] + controls_text(self.keymap, arrows) + [
                 "R\tfresh context", "P\tpause", "1 / 2 / 4\tsampling steps", "C\tframe-wise / chunk-wise",
                 "H\tHUD", "F12\tscreenshot", "Esc / Q\tquit", "", "press any key to start"])
             return out
