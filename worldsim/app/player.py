@@ -121,6 +121,7 @@ class Player:
         # one playing; ``picked`` is the one the arrows point at on the start screen.
         self.arcade, self.game = arcade, game
         self.picked = game
+        self.loading = ""  # the game being loaded after a switch (its title), for the "One moment" screen
         self.log = log or self._log_stderr
         self.tick_hook: Callable[["Player", int], None] | None = None  # tests/benchmarks: runs every loop turn
         self.hud_on = self.cfg.hud
@@ -333,7 +334,8 @@ class Player:
         self.meter.gap()
         self.consecutive_faults = 0
         self.restart_at_ns = None
-        self.restarting = False
+        self.restarting = True  # "One moment" until the new game's first context is on screen
+        self.loading = entry.title
         self.session.pause(paused)
         self.worker_started_ns = time.perf_counter_ns()
         self.session.start()
@@ -441,6 +443,7 @@ class Player:
         self.current = (frame, chunk)
         if chunk.kind == "context":
             self.restarting = False
+            self.loading = ""
         t = self.draw(frame)
         latency = float("nan")
         if chunk.kind == "gen":
@@ -467,7 +470,7 @@ class Player:
         """What goes over the frame: HUD lines, warnings, banner, panel."""
         out: dict = {}
         if self.restarting:
-            out["panel"] = ("One moment", ["the world is restarting"])
+            out["panel"] = ("One moment", [f"loading {self.loading}" if self.loading else "the world is restarting"])
             return out
         if self.state == "start":
             from worldsim.app.keymap import controls_text
