@@ -163,3 +163,28 @@ def test_kiosk_a_game_whose_worker_keeps_failing_leaves_the_rotation(ckpts):
     assert [r["game"] for r in recs if r["event"] == "game_fault"] == ["faulty"]
     assert len([r for r in recs if r["event"] == "fault"]) == 2
     assert "faulty" in games.broken and games.playable == ["one", "two"]
+
+
+def test_play_py_names_what_ships_for_a_game_that_does_not(capsys, tmp_path, monkeypatch):
+    from worldsim.app import cli
+
+    monkeypatch.chdir(tmp_path)  # a clone where only Boxing ships
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "assets" / "default.safetensors").write_bytes(b"")
+    assert cli.main(["--game", "pong", "--headless"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no model of Pong ships" in err[0] and "shipped: boxing" in err[0]
+    assert "configs/collect_pong.yaml" in err[0] and "assets/pong.safetensors" in err[0]
+    assert cli.main(["--game", "tetris", "--headless"]) == 2
+    assert "unknown game 'tetris'; games: boxing, pong, breakout, mspacman" in capsys.readouterr().err
+    assert cli.main(["--game", "boxing", "--checkpoint", "x.safetensors", "--headless"]) == 2
+    assert "name two models" in capsys.readouterr().err
+
+
+def test_play_real_takes_the_short_name():
+    pytest.importorskip("ale_py")
+    from worldsim.app import cli
+
+    backend, label, meta, pace = cli.build_real_session("pong", PlayConfig())
+    assert label == meta["env_id"] == "ALE/Pong-v5" and pace.label().startswith("Pong, 15 steps/s")
+    backend.env.close()
