@@ -188,3 +188,20 @@ def test_play_real_takes_the_short_name():
     backend, label, meta, pace = cli.build_real_session("pong", PlayConfig())
     assert label == meta["env_id"] == "ALE/Pong-v5" and pace.label().startswith("Pong, 15 steps/s")
     backend.env.close()
+
+
+def test_a_booth_whose_first_model_will_not_open_plays_the_next_shipped_game(ckpts, tmp_path, monkeypatch):
+    import shutil
+
+    from worldsim.app import cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "assets" / "default.safetensors").write_bytes(b"not a checkpoint")
+    shutil.copy(ckpts["two"], tmp_path / "assets" / "pong.safetensors")
+    play = PlayConfig(checkpoint="assets/default.safetensors", dtype="fp32")
+    with pytest.raises(CheckpointError):  # a player: the one line, as ever
+        cli.open_first_game(play, booth=False)
+    play2, (backend, label, meta, pace), broken = cli.open_first_game(play, booth=True)
+    assert play2.checkpoint == "assets/pong.safetensors" and play2.game == "pong" and label.startswith("pong.")
+    assert broken[0] == "boxing" and "default.safetensors" in broken[1]

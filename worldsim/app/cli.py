@@ -141,6 +141,29 @@ def resolve_game(play, given_checkpoint: bool):
     return dataclasses.replace(play, game=game.name, checkpoint=str(path))
 
 
+def open_first_game(play, booth: bool):
+    """(play, the model session, (game, why) or None): the configured model; in a booth (``--kiosk``) whose
+    model will not open, the next shipped game that does, with one line saying so, so that one game's
+    broken file does not keep the booth dark."""
+    try:
+        return play, build_model_session(play), None
+    except WorldsimError as e:
+        from worldsim.envs.games import shipped_games
+
+        others = [g for g in shipped_games() if Path(g.asset).resolve() != Path(play.checkpoint).resolve()]
+        if not booth or not others:
+            raise
+        failed = next((g.name for g in shipped_games() if g not in others), Path(play.checkpoint).name)
+        for g in others:
+            try:
+                session = build_model_session(dataclasses.replace(play, checkpoint=g.asset, game=g.name))
+            except WorldsimError:
+                continue
+            print(f"play.py: kiosk: {failed} will not open ({e}); playing {g.name}", file=sys.stderr)
+            return dataclasses.replace(play, checkpoint=g.asset, game=g.name), session, (failed, str(e))
+        raise
+
+
 def build_arcade(play, first_env_id: str):
     """(Arcade of every shipped game, the playing game's name) when more than one ships and the model
     playing is one of them; (None, its game name or '') otherwise (another checkpoint, a recording, a
@@ -304,12 +327,14 @@ def run(args) -> int:
     if args.play_real:
         backend, label, meta, pace = build_real_session(args.play_real, play)
     else:
-        backend, label, meta, pace = build_model_session(play)
+        play, (backend, label, meta, pace), broken = open_first_game(play, booth=kcfg is not None)
         backend = in_worker_process(backend, play)
         meta["worker"] = "process" if isinstance(backend, ProcessBackend) else "thread"
         arcade, game = build_arcade(play, meta["env_id"])
         if game:
             meta["game"] = game
+        if arcade is not None and broken:
+            arcade.mark_broken(*broken)
     print(f"play.py: {pace.announce()}", file=sys.stderr)
     # The session starts one generation per tick of game time (0: uncapped): frames per second = rate.
     session = Session(backend, SessionConfig(seed=play.seed, fps=pace.rate, stall_timeout_s=play.stall_timeout_s,

@@ -142,6 +142,8 @@ class Kiosk(Player):
     def on_start(self) -> None:
         self.attract_since_ns = self.game_since_ns = time.perf_counter_ns()
         games = {"game": self.game, "games": self.arcade.playable} if self.arcade is not None else {}
+        if self.arcade is not None and self.arcade.broken:
+            games["broken"] = dict(self.arcade.broken)  # games whose model would not open, and why
         self.log({"event": "kiosk_start", **games, "model": self.model_label, "settings": self.session.settings,
                   "pace": self.pace.label(), "idle_timeout_s": self.kcfg.idle_timeout_s,
                   "max_session_s": self.kcfg.max_session_s})
