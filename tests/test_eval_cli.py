@@ -159,11 +159,13 @@ def test_wrong_game_is_one_line_through_the_cli(setup, capsys):
 
 
 def test_game_without_sprite_entry_skips_the_metric_with_a_reason(tmp_path):
-    pong = ["NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE"]
-    ckpt = make_checkpoint(tmp_path / "pong.safetensors", "ALE/Pong-v5", pong)
-    ep = make_episode(tmp_path / "pong.npz", seed=0, env_id="ALE/Pong-v5", meanings=pong)
+    from worldsim.runtime.testing import ALE_ACTIONS  # Tennis plays all 18
+
+    # Tennis has no player locator (worldsim.eval.sprites)
+    ckpt = make_checkpoint(tmp_path / "tennis.safetensors", "ALE/Tennis-v5", ALE_ACTIONS)
+    ep = make_episode(tmp_path / "tennis.npz", seed=0, env_id="ALE/Tennis-v5", meanings=ALE_ACTIONS)
     res = run(ckpt, [ep], tmp_path / "p.json", "--free-play", "3")
-    assert res["sprite"]["available"] is False and "ALE/Pong-v5" in res["sprite"]["reason"]
+    assert res["sprite"]["available"] is False and "ALE/Tennis-v5" in res["sprite"]["reason"]
     s = res["settings"][0]
     assert "sprite_err_px" not in s["per_horizon"] and s["summary"]["sprite_err_h8"] is None
     assert "sprite_found_rate" not in s["free_play"]["windows"][0]
