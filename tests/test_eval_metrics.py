@@ -177,8 +177,8 @@ def test_tiny_sprite_on_the_real_game_resized():
 def test_sprite_table_lookup():
     assert game_key("ALE/Boxing-v5") == game_key("BoxingNoFrameskip-v4") == "boxing"
     assert sprite_spec("worldsim/Tiny-v0") is TINY
-    with pytest.raises(NoSpriteSpec, match="ALE/Pong-v5.*boxing"):
-        sprite_spec("ALE/Pong-v5")
+    with pytest.raises(NoSpriteSpec, match="ALE/Tennis-v5.*boxing"):
+        sprite_spec("ALE/Tennis-v5")
 
 
 def test_sprite_errors_penalty_and_missing_reference():
