@@ -62,8 +62,8 @@ def test_unknown_games_name_the_table_to_extend():
     assert opponent_spec("ALE/Boxing-v5") is BOXING_OPPONENT
     with pytest.raises(NoSpriteSpec, match="OPPONENTS"):
         opponent_spec("worldsim/Tiny-v0")
-    with pytest.raises(NoSpriteSpec, match="'ALE/Pong-v5'.*SPRITES"):
-        sprite_spec("ALE/Pong-v5")
+    with pytest.raises(NoSpriteSpec, match="'ALE/Tennis-v5'.*SPRITES"):
+        sprite_spec("ALE/Tennis-v5")
 
 
 def test_sample_spread_tells_bias_from_uncertainty():
