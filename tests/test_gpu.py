@@ -177,3 +177,132 @@ def test_shipped_model_on_cuda_triton_vs_reference(monkeypatch):
     assert torch.isfinite(a16).all()
     err_t, err_r = float((a16 - ref).abs().mean()), float((r16 - ref).abs().mean())
     assert err_t <= 2 * err_r + 1e-3, f"bf16 Triton mean |diff| to fp32 {err_t:.4f} > 2 x torch bf16's {err_r:.4f}"
+
+
+# -- CUDA graphs of the steady-state forwards (worldsim.engine.cuda_graphs) --------------------------------
+def _graph_pair(model, cfg, seed=3, context=8):
+    """(eager engine, engine on CUDA graphs) on the same context and noise seed."""
+    from worldsim.engine import Engine, aot
+    from worldsim.engine.cuda_graphs import GraphForwards
+
+    mc = model.cfg
+    ctx = torch.rand(1, context, mc.channels, mc.resolution, mc.resolution, generator=torch.Generator().manual_seed(0))
+    out = []
+    for graphs in (False, True):
+        eng = Engine(model, cfg, device=CUDA, dtype=torch.float32)
+        if graphs:
+            aot.attach(eng, GraphForwards(model, cfg.window, cfg.sink, cfg.chunk))
+        eng.reset(1, seed=seed)
+        eng.prefill(ctx * 2 - 1)
+        out.append(eng)
+    return out
+
+
+def _play(eng, n_chunks, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    C, A = eng.cfg.chunk, eng.model.cfg.num_actions
+    out = torch.cat([eng.step(torch.randint(0, A, (1, C), generator=g)) for _ in range(n_chunks)], 1)
+    torch.cuda.synchronize()
+    return out.cpu()
+
+
+GRAPH_SETTINGS = [(1, 1), (1, 2), (1, 4), (3, 2), (3, 4)]
+
+
+@pytest.mark.parametrize("kernels_mode", ["triton", "torch"])
+@pytest.mark.parametrize("anchor", ANCHORS, ids=ANCHOR_IDS)
+@pytest.mark.parametrize("chunk,steps", GRAPH_SETTINGS, ids=lambda v: str(v))
+def test_cuda_graph_replay_equals_eager_past_the_cache_wrap(chunk, steps, anchor, kernels_mode, monkeypatch):
+    """Real CUDA graphs, the Triton kernels (or the torch references) inside them: the frames are the eager
+    engine's through the ring's wrap and the sinks' re-rotation, every steady forward a replay."""
+    from worldsim.engine import EngineConfig
+
+    monkeypatch.setenv("WORLDSIM_KERNELS", kernels_mode)
+    m = _tiny(chunk, anchor)
+    cfg = EngineConfig(chunk=chunk, steps=steps, shift=2.0, window=6, sink=1)
+    eager, graph = _graph_pair(m, cfg)
+    fw = graph.compiled
+    before = fw.replays  # (the context's last frame may already replay one: the cache was full before it)
+    n = 24 // chunk  # 24 frames: the window of 6 wraps four times
+    want, got = _play(eager, n), _play(graph, n)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert fw.state == "ready" and fw.replays - before == n * steps and len(fw.runners) == 2
+
+
+def test_cuda_graphs_are_dropped_when_the_weights_change():
+    from worldsim.engine import EngineConfig
+
+    m = _tiny(1, "input")
+    eager, graph = _graph_pair(m, EngineConfig(steps=2, window=6, sink=1))
+    _play(eager, 3), _play(graph, 3)
+    fw = graph.compiled
+    captured = fw.captures
+    with torch.no_grad():
+        m.out.bias.add_(0.5)
+    torch.testing.assert_close(_play(graph, 4, seed=2), _play(eager, 4, seed=2), atol=1e-4, rtol=1e-4)
+    assert fw.captures == captured + 2  # both graphs captured again, over the new weights
+
+
+def test_cuda_graph_frame_path_allocates_nothing():
+    """After the first steady steps the frame path neither grows the caching allocator (a cudaMalloc
+    synchronises the device) nor captures: a 2-step frame-wise session of 200 frames."""
+    from worldsim.engine import EngineConfig
+
+    m = _tiny(1, "input2")
+    _, graph = _graph_pair(m, EngineConfig(steps=2, window=6, sink=1))
+    _play(graph, 10)
+    reserved, captured = torch.cuda.memory_reserved(CUDA), graph.compiled.captures
+    _play(graph, 200)
+    assert torch.cuda.memory_reserved(CUDA) == reserved and graph.compiled.captures == captured
+
+
+def test_shipped_model_on_cuda_graphs_vs_eager_bf16():
+    """The shipped model as play runs it (bf16 weights, 2 steps): graph frames stay within bf16 rounding
+    of the eager frames over 64 frames of free play."""
+    from pathlib import Path
+
+    from worldsim.checkpoint import load_checkpoint, load_weights
+    from worldsim.config import from_dict
+    from worldsim.engine import EngineConfig
+
+    path = Path(__file__).resolve().parent.parent / "assets" / "default.safetensors"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    tensors, meta = load_checkpoint(str(path), "model.")
+    model = load_weights(tensors, meta, str(path)).eval().to(CUDA, torch.bfloat16)
+    base = from_dict(EngineConfig, meta.get("engine", {}), "shipped engine settings")
+    eager, graph = _graph_pair(model, dataclasses.replace(base, chunk=1, steps=2, timesteps=[]))
+    before = graph.compiled.replays
+    want, got = _play(eager, 64), _play(graph, 64)
+    assert graph.compiled.replays - before == 128
+    err = float((got - want).abs().mean())
+    assert err < 2e-2, f"graph vs eager mean |diff| {err:.4f} over 64 bf16 frames"
+
+
+def test_backend_captures_before_the_first_frame_and_on_a_settings_switch():
+    """play.py's backend on CUDA: ``prepare`` (the worker's start, outside the stall clock) warms up and
+    captures; the played frames then only replay, also after a switch to 4 steps and to chunk-wise."""
+    import numpy as np
+
+    from worldsim.engine import EngineConfig
+    from worldsim.runtime.backend import Context, ModelBackend
+
+    m = _tiny(1, "input2")
+    ctx = Context(np.random.default_rng(0).integers(0, 255, (8, 16, 16, 3), dtype=np.uint8), np.zeros(8, np.int64))
+    b = ModelBackend(m, EngineConfig(steps=2, window=6, sink=1), ctx, device=CUDA, compiled="auto")
+    b.prepare()
+    fw = b.engine.compiled
+    captured = fw.captures
+    assert fw.ready and captured >= 2
+    b.reset(5)
+    for t in range(10):
+        b.step(t % 5)
+    assert fw.captures == captured and fw.replays > 0 and b.settings["compiled"]
+    for steps, chunk in ((4, None), (None, 3)):
+        b.configure(steps=steps, chunk=chunk)
+        fw = b.engine.compiled
+        captured = fw.captures
+        assert len(fw.runners) == 2
+        frames, _ = b.step(1)
+        assert frames.shape[0] == b.cfg.chunk and fw.captures == captured

@@ -12,6 +12,8 @@ weight on every forward and is slower); ``fp32`` is plain fp32.
 
 ``--device cuda`` times the CUDA path (Triton kernels; ``--kernels torch`` times the torch references
 there instead, for comparison); every timer then waits for the GPU, so the figures are real latencies.
+There the steady-state forwards replay as CUDA graphs, as play runs them (``worldsim.engine.cuda_graphs``;
+captured in the untimed warm-up step); ``--graphs off`` times the eager launches instead.
 """
 
 from __future__ import annotations
@@ -87,18 +89,14 @@ def _flops_per_step(engine: Engine) -> float:
 
 def bench_setting(model, base: EngineConfig, chunk: int, steps: int, dtype: torch.dtype, iters: int,
                   warmup: int, context: int = 8, first_reps: int = 5, device=torch.device("cpu"),
-                  pack: bool = True, compiled=None) -> dict:
+                  pack: bool = True, compiled=None, graphs: bool = False) -> dict:
     m = model.to(device, dtype)
     if pack and device.type == "cpu":  # as play.py runs it (worldsim.engine.cpu_pack)
         pack_linears(m)
     else:
         unpack_linears(m)
     cfg = replace(base, chunk=chunk, steps=steps, sampler="renoise", timesteps=[])
-    eng = Engine(m, cfg, device=device, dtype=torch.float32)
-    if compiled is not None:  # worldsim.engine.aot: the steady-state forwards, compiled
-        from worldsim.engine.aot import attach
-
-        attach(eng, compiled)
+    eng = _engine(m, cfg, device, compiled, graphs)
     mc = model.cfg
     ctx = torch.zeros(1, context, mc.channels, mc.resolution, mc.resolution)
     eng.reset(1, seed=0)  # one untimed frame first: CUDA compiles the Triton kernels on first launch
@@ -126,25 +124,42 @@ def bench_setting(model, base: EngineConfig, chunk: int, steps: int, dtype: torc
         sync(device)
         per_frame.append((time.perf_counter() - t) * 1e3 / chunk)
     wall = time.perf_counter() - t_all
+    replayed = _replays(eng)
     flops = _flops_per_step(eng) / chunk
     pf = percentiles(per_frame)
     return {
         "chunk": chunk, "steps": steps, "dtype": "bf16" if dtype == torch.bfloat16 else "fp32",
-        "compiled": eng.compiled is not None,
+        "compiled": eng.compiled is not None and not graphs, "graphs": replayed,
         "fps": iters * chunk / wall, "ms_per_frame_p50": pf["p50"], "ms_per_frame_p95": pf["p95"],
         "first_frame_ms": percentiles(first)["p50"], "gflop_per_frame": flops / 1e9,
         "gflops_achieved": flops / 1e9 / (pf["mean"] / 1e3),
     }
 
 
-def long_run(model, base: EngineConfig, frames: int, dtype=torch.bfloat16, device=torch.device("cpu"),
-             compiled=None) -> dict:
-    """Cost and memory at the start and end of a long session (flat if the cache rolls)."""
-    eng = Engine(model.to(device, dtype), replace(base, chunk=1, steps=2), device=device, dtype=torch.float32)
-    if compiled is not None:
-        from worldsim.engine.aot import attach
+def _engine(model, cfg: EngineConfig, device, compiled=None, graphs: bool = False) -> Engine:
+    """An engine with its fast forwards: ``compiled`` (worldsim.engine.aot, CPU), or on CUDA the CUDA graphs
+    of its steady-state forwards (worldsim.engine.cuda_graphs) with ``graphs``."""
+    from worldsim.engine.aot import attach
 
+    eng = Engine(model, cfg, device=device, dtype=torch.float32)
+    if graphs:
+        from worldsim.engine.cuda_graphs import GraphForwards
+
+        compiled = GraphForwards(model, cfg.window, cfg.sink, cfg.chunk)
+    if compiled is not None:
         attach(eng, compiled)
+    return eng
+
+
+def _replays(eng: Engine) -> bool:
+    """Whether the engine's forwards replayed CUDA graphs (none: eager, or a capture failed)."""
+    return getattr(eng.compiled, "replays", 0) > 0
+
+
+def long_run(model, base: EngineConfig, frames: int, dtype=torch.bfloat16, device=torch.device("cpu"),
+             compiled=None, graphs: bool = False) -> dict:
+    """Cost and memory at the start and end of a long session (flat if the cache rolls)."""
+    eng = _engine(model.to(device, dtype), replace(base, chunk=1, steps=2), device, compiled, graphs)
     mc = model.cfg
     eng.reset(1)
     eng.prefill(torch.zeros(1, 8, mc.channels, mc.resolution, mc.resolution))
@@ -160,7 +175,7 @@ def long_run(model, base: EngineConfig, frames: int, dtype=torch.bfloat16, devic
                 gpu.append(torch.cuda.memory_allocated(device) / 2**20)
     first = percentiles(times[:100])["p50"]
     last = percentiles(times[-100:])["p50"]
-    out = {"frames": frames, "compiled": eng.compiled is not None,
+    out = {"frames": frames, "compiled": eng.compiled is not None and not graphs, "graphs": _replays(eng),
            "ms_per_frame_p50_first100": first, "ms_per_frame_p50_last100": last,
            "max_rss_mb_at_100": rss[0], "max_rss_mb_at_end": rss[-1], "kv_cache_bytes": eng.cache.nbytes()}
     if gpu:
@@ -209,6 +224,8 @@ def main(argv=None) -> int:
                     help="CPU: plain linears instead of the oneDNN-packed ones play.py uses, to compare")
     ap.add_argument("--compiled", action="store_true",
                     help="CPU: frame-wise rows through the compiled forwards 'worldsim compile' built (worldsim.engine.aot)")
+    ap.add_argument("--graphs", choices=["auto", "on", "off"], default="auto",
+                    help="CUDA: steady-state forwards replayed as CUDA graphs (auto: on, as play runs them) or off (eager)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     from worldsim.device import pick_device
@@ -227,12 +244,15 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.compiled and device.type != "cpu":
-        ap.error("--compiled times the CPU's compiled forwards; on CUDA the engine runs its Triton kernels")
+        ap.error("--compiled times the CPU's compiled forwards; on CUDA use --graphs on|off")
+    if args.graphs == "on" and device.type != "cuda":
+        ap.error("--graphs on needs --device cuda (CUDA graphs); on the CPU use --compiled")
+    graphs = device.type == "cuda" and args.graphs != "off"
     model, source, base = load_bench_model(args.checkpoint)
     iters = 40 if args.quick else args.iters
     dtypes = ["bf16"] if args.quick else [d.strip() for d in args.dtypes.split(",")]
     peak = matmul_peak_gflops(n=1024 if args.quick else (8192 if device.type == "cuda" else 2048), device=device)
-    kernels_used = _kernels_label(device)
+    kernels_used = _kernels_label(device) + (", CUDA graphs" if graphs else "")
     if device.type == "cpu":
         kernels_used += ", plain linears" if args.no_pack or not packing_available() else ", packed linears"
     where = (torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, threads {torch.get_num_threads()}")
@@ -248,20 +268,24 @@ def main(argv=None) -> int:
             if args.compiled else {}
         for chunk, steps in SETTINGS:
             row = bench_setting(model, base, chunk, steps, dtype, iters, warmup=10 if args.quick else 20,
-                                device=device, pack=not args.no_pack, compiled=compiled.get(chunk))
+                                device=device, pack=not args.no_pack, compiled=compiled.get(chunk), graphs=graphs)
             row["fraction_of_bf16_peak"] = row["gflops_achieved"] / peak
             rows.append(row)
             print(f"{chunk:>5} {steps:>5} {dname:>5} {row['fps']:>7.1f} {row['ms_per_frame_p50']:>12.2f} "
                   f"{row['ms_per_frame_p95']:>7.2f} {row['first_frame_ms']:>14.2f} {row['gflops_achieved']:>8.1f} "
-                  f"{100 * row['fraction_of_bf16_peak']:>5.1f}%{'  compiled' if row['compiled'] else ''}")
+                  f"{100 * row['fraction_of_bf16_peak']:>5.1f}%{'  compiled' if row['compiled'] else ''}"
+                  f"{'  graphs' if row['graphs'] else ''}")
     result = {"rows": rows, "model": source, "params": model.num_params(), "bf16_matmul_peak_gflops": peak,
+              "graphs": graphs,
               "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
               "cpu_count": os.cpu_count(), "device": where, "kernels": kernels_used}
     if args.long:
         lr = long_run(model, base, args.long, device=device,
-                      compiled=_compiled_for(model, base, torch.bfloat16, source) if args.compiled else None)
+                      compiled=_compiled_for(model, base, torch.bfloat16, source) if args.compiled else None,
+                      graphs=graphs)
         result["long_run"] = lr
-        print(f"long run {lr['frames']} frames (frame-wise 2-step bf16{', compiled' if lr['compiled'] else ''}): "
+        print(f"long run {lr['frames']} frames (frame-wise 2-step bf16{', compiled' if lr['compiled'] else ''}"
+              f"{', graphs' if lr['graphs'] else ''}): "
               f"ms/frame p50 first 100 "
               f"{lr['ms_per_frame_p50_first100']:.2f}, last 100 {lr['ms_per_frame_p50_last100']:.2f}; max RSS "
               f"{lr['max_rss_mb_at_100']:.0f} MB at 100 -> {lr['max_rss_mb_at_end']:.0f} MB at end; KV cache "

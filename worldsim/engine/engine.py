@@ -120,7 +120,10 @@ class Engine:
         self.batch = batch_size
         self._pending = None
         self._recent = None
-        self._gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed if seed is None else seed)
+        seed = self.cfg.seed if seed is None else seed
+        self._gen = torch.Generator(device=self.device).manual_seed(seed)
+        # The re-noising seeds come from the host: reading one back from a GPU waits for the forward before it.
+        self._seed_gen = self._gen if self.device.type == "cpu" else torch.Generator().manual_seed(seed)
 
     @property
     def frames_generated(self) -> int:
@@ -213,7 +216,7 @@ class Engine:
             if s_next == 0.0:
                 x = x0
                 break
-            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self._gen, device=self.device))
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self._seed_gen))
             x = noise_update(x.flatten(0, 1), x0.flatten(0, 1), s, s_next, self.cfg.sampler,
                              seed=seed).view(shape)
         x = x.clamp(-1, 1)
@@ -234,7 +237,7 @@ class Engine:
             raise ValueError(f"context batch {frames.shape[0]} != session batch {self.batch}; call reset(batch_size)")
 
     def _check_actions(self, actions, n: int) -> torch.Tensor:
-        a = torch.as_tensor(actions, dtype=torch.long, device=self.device)
+        a = torch.as_tensor(actions, dtype=torch.long)  # checked where given (on the host: no GPU read-back)
         if a.dim() == 0:
             a = a.view(1, 1).expand(self.batch, n)
         elif a.dim() == 1:
@@ -243,4 +246,4 @@ class Engine:
             raise ValueError(f"actions have shape {tuple(a.shape)}; expected ({self.batch}, {n})")
         if bool(((a < 0) | (a > self.no_action)).any()):
             raise ValueError(f"action index out of range [0, {self.no_action}] (the model has {self.no_action} actions)")
-        return a.contiguous()
+        return a.to(self.device).contiguous()

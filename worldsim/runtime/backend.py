@@ -16,12 +16,17 @@ seeing: play continues instead of jumping back to the shipped context.
 
 On the CPU it creates the compiled forwards of each cache layout it plays
 (``worldsim.engine.aot.CompiledForwards``, per ``compiled=``) and hands them to every engine it makes;
-finding, building, loading and switching to them is theirs.
+finding, building, loading and switching to them is theirs. On CUDA the same place creates the CUDA
+graphs of those forwards (``worldsim.engine.cuda_graphs.GraphForwards``; ``compiled="off"``: eager),
+generation runs on a stream of its own (nothing else in the process queues behind it or before it), and
+``prepare`` plays a short untimed session first, so that kernel compiles, library set-up, allocator
+growth and graph captures all happen before the first frame.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import sys
 from dataclasses import dataclass
@@ -31,7 +36,7 @@ import numpy as np
 import torch
 
 from worldsim.data.frames import to_model, to_uint8
-from worldsim.engine import Engine, EngineConfig, aot
+from worldsim.engine import Engine, EngineConfig, aot, cuda_graphs
 from worldsim.engine.cpu_pack import pack_linears
 
 
@@ -69,26 +74,41 @@ class ModelBackend:
         # what a background build loads: {"checkpoint": path, "dtype": "bf16"}.
         self.compiled_mode, self.source = compiled, source
         # per (window, sink, chunk): one package each, kept across settings switches
-        self._compiled: dict[tuple[int, int, int], aot.CompiledForwards] = {}
+        self._compiled: dict[tuple[int, int, int], aot.CompiledForwards | cuda_graphs.GraphForwards] = {}
+        self._stream = None  # CUDA: the generation stream (created by the worker that generates)
 
     def __getstate__(self):  # to a process worker: loaded graphs, threads and processes stay behind
         state = dict(self.__dict__)
         state["_compiled"] = {}
         state["engine"] = None
+        state["_stream"] = None
         return state
 
     @property
-    def compiled_forwards(self) -> "aot.CompiledForwards | None":
-        """The compiled forwards of the current settings' cache layout and chunk size (None: off, or not
-        the CPU); created on first use, its life cycle its own (``worldsim.engine.aot.CompiledForwards``)."""
-        if self.compiled_mode == "off" or torch.device(self.device).type != "cpu":
+    def compiled_forwards(self) -> "aot.CompiledForwards | cuda_graphs.GraphForwards | None":
+        """The fast forwards of the current settings' cache layout and chunk size (None: off, or neither the
+        CPU nor CUDA): compiled on the CPU (``worldsim.engine.aot.CompiledForwards``), CUDA graphs on a GPU
+        (``worldsim.engine.cuda_graphs.GraphForwards``); created on first use, their life cycle their own."""
+        kind = torch.device(self.device).type
+        if self.compiled_mode == "off" or kind not in ("cpu", "cuda"):
             return None
         layout = (self.cfg.window, self.cfg.sink, self.cfg.chunk)
         fw = self._compiled.get(layout)
-        if fw is None:
+        if fw is None and kind == "cuda":  # captured in this worker, over its engines' caches
+            fw = self._compiled[layout] = cuda_graphs.GraphForwards(self.model, *layout)
+        elif fw is None:
             build_from = self.source if self.compiled_mode == "auto" else None
             fw = self._compiled[layout] = aot.CompiledForwards(self.model, *layout, build_from=build_from, log=_warn)
         return fw
+
+    def _on_stream(self):
+        """CUDA: run on the generation stream, a high-priority stream that does not synchronise with the
+        default one (nothing else the process queues there waits on generation, or generation on it)."""
+        if torch.device(self.device).type != "cuda":
+            return contextlib.nullcontext()
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device, priority=-1)
+        return torch.cuda.stream(self._stream)
 
     def _history_len(self, cfg: EngineConfig) -> int:
         return max(len(self.context.actions), cfg.sink + cfg.window)
@@ -140,12 +160,29 @@ class ModelBackend:
     def prepare(self) -> None:
         """Load the compiled forwards if they are built (~10 ms, and ~10 ms to hash the weights for their key; a
         worker calls this as it starts, outside the stall clock); with ``compiled="auto"`` start building them
-        in the background if not."""
+        in the background if not. On CUDA: warm up instead (``_warm_up``)."""
+        if torch.device(self.device).type == "cuda":
+            with self._on_stream():
+                self._warm_up()
+            return
         fw = self.compiled_forwards
         if fw is not None:
             fw.poll(wait=True)
 
+    def _warm_up(self) -> None:
+        """A short untimed session on the current settings before the first frame: the first launches compile
+        the Triton kernels, cuBLAS and the caching allocator set up, the steady-state CUDA graphs are captured
+        (the engine's next reset keeps the cache buffers they read). Nothing of it is shown or kept."""
+        self.reset(self._seed)
+        C = self.cfg.chunk
+        for _ in range((self.cfg.sink + self.cfg.window) // C + 3):  # fills the cache from any context, then replays
+            to_uint8(self.engine.step(torch.zeros((1, C), dtype=torch.long))[0])
+
     def reset(self, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        with self._on_stream():  # the cache is allocated and written on the stream that reads it
+            return self._reset(seed)
+
+    def _reset(self, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
         self._seed = self.cfg.seed if seed is None else int(seed)
         if self.engine is None:
             self.engine = self._new_engine()
@@ -162,14 +199,20 @@ class ModelBackend:
 
     def step(self, action: int) -> tuple[np.ndarray, dict]:
         C = self.cfg.chunk
-        x = self.engine.step(torch.full((1, C), int(action), dtype=torch.long))  # (1, C, 3, H, W)
-        for f in x[0]:
-            self._history.append((f, int(action)))
+        with self._on_stream():
+            x = self.engine.step(torch.full((1, C), int(action), dtype=torch.long))  # (1, C, 3, H, W)
+            for f in x[0]:
+                self._history.append((f, int(action)))
+            frames = to_uint8(x[0])
         # The engine's own time for the chunk: the player's breakdown tells it from the transfer around it.
-        return to_uint8(x[0]), {"model_ms": self.engine.last_step_ms}
+        return frames, {"model_ms": self.engine.last_step_ms}
 
     def configure(self, steps: int | None = None, chunk: int | None = None) -> None:
         """New sampling settings: a new engine on the same weights, re-prefilled with the recent frames."""
+        with self._on_stream():
+            self._configure(steps, chunk)
+
+    def _configure(self, steps: int | None, chunk: int | None) -> None:
         cfg = self.with_settings(steps, chunk).cfg  # explicit sigmas are dropped: they would override steps
         if cfg == self.cfg and self.engine is not None:
             return
@@ -180,9 +223,11 @@ class ModelBackend:
         self._seed += 1  # a new noise stream; the same one would repeat the last frames' noise
         self.engine.reset(1, seed=self._seed)
         if history:
-            x = torch.stack([f for f, _ in history])[None]  # (1, n, 3, H, W)
+            x = torch.stack([f.to(self.device) for f, _ in history])[None]  # (1, n, 3, H, W): context frames are on the host
             a = torch.tensor([[a for _, a in history]], dtype=torch.long)  # (1, n)
             self.engine.prefill(x, a)
+            if isinstance(self.engine.compiled, cuda_graphs.GraphForwards):  # captured now, not on the next frame
+                self.engine.compiled.capture(self.engine.cache)
 
 
 COMPILED_MODES = ("off", "cached", "auto")
