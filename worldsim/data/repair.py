@@ -10,7 +10,8 @@ It acts on exactly what ``worldsim data validate`` reports about the directory's
 - when the chunk of step 0 itself is damaged, the episode is rewritten from its first intact run;
 - every byte cut from ``steps.bin`` or ``frames.bin`` is first copied into ``<name>.cut/`` beside the
   episode, with the metadata as it was (``meta.json.before``) and ``cut.json``, which says which file
-  and byte range each piece came from and which ranges were damaged and why;
+  and byte range each piece came from and which ranges were damaged and why (an episode that only
+  needed closing has nothing cut and no such directory);
 - the episode is marked closed with its readable step count; ``repaired`` in its metadata records what
   was done and where the cut bytes went.
 
@@ -148,11 +149,14 @@ def repair_episode(path: str | Path) -> RepairReport:
            "kept_as": kept_desc,
            "note": "pieces are byte ranges copied from the episode's files before they were cut; intact runs "
                    "among them were also written as the episodes in kept_as"}
-    (tmp / "cut.json").write_text(json.dumps(cut, indent=1) + "\n")
-    fsync_dir(tmp)
-    os.replace(tmp, aside)
-    fsync_dir(p.parent)
-    rep.aside = aside
+    if pieces:
+        (tmp / "cut.json").write_text(json.dumps(cut, indent=1) + "\n")
+        fsync_dir(tmp)
+        os.replace(tmp, aside)
+        fsync_dir(p.parent)
+        rep.aside = aside
+    else:  # only the metadata changes (closed, its step count): nothing to keep aside
+        shutil.rmtree(tmp)
 
     # 3. the episode itself: cut its tail in place, or rewrite it from its first intact run
     if in_place:
@@ -167,7 +171,8 @@ def repair_episode(path: str | Path) -> RepairReport:
         os.replace(ts, sp)
     was_complete = bool(meta.get("complete"))
     meta.update(complete=True, num_steps=n0,
-                repaired={"unix": stamp, "problems": problems, "was_complete": was_complete, "aside": str(aside),
+                repaired={"unix": stamp, "problems": problems, "was_complete": was_complete,
+                          "aside": str(rep.aside) if rep.aside else None,
                           "first_step": first[0].start, "parts": [str(d) for d, _, _ in parts]})
     meta.pop("aborted", None)
     if not in_place and isinstance(meta.get("context_frames"), int):
@@ -181,6 +186,7 @@ def repair_episode(path: str | Path) -> RepairReport:
     for d, s, n in parts:
         rep.kept[str(d)] = n
         rep.done.append(f"{d}: new episode of the {n} intact steps from step {s} on")
-    rep.done.append(f"{aside}: {rep.cut_bytes} bytes cut from {STEPS}/{FRAMES} kept here (cut.json lists them)"
-                    + (f"; damaged: {', '.join(lost)}" if lost else ""))
+    if rep.aside is not None:
+        rep.done.append(f"{aside}: {rep.cut_bytes} bytes cut from {STEPS}/{FRAMES} kept here (cut.json lists "
+                        f"them)" + (f"; damaged: {', '.join(lost)}" if lost else ""))
     return rep
