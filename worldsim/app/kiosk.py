@@ -222,7 +222,7 @@ class Kiosk(Player):
         self.session.slot.reset(self.keymap.noop)
         if not self.quit_requested:
             self.session.reset()
-            self.attract_since_ns = now
+            self.attract_since_ns = self.game_since_ns = now  # the visitor's game attracts a full turn
         self.policy.reset()
 
     def tick(self, now: int) -> None:
