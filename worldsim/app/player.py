@@ -61,7 +61,8 @@ class PlayConfig:
     threads: int = 0  # torch threads for generation (0: every core in a process worker; all but one in a thread)
     # Compiled forwards for this CPU (worldsim.engine.aot; frame-wise play ~1.5x faster): 'auto' uses them
     # if built and else builds them in the background (low priority) and switches when ready; 'cached'
-    # uses them only if built ('worldsim compile'); 'off' never.
+    # uses them only if built ('worldsim compile'); 'off' never. On CUDA: 'auto' and 'cached' replay the
+    # steady-state forwards as CUDA graphs (worldsim.engine.cuda_graphs), 'off' launches them eagerly.
     compile: str = "auto"
     steps: int = 0  # sampling steps per chunk (0: the checkpoint's recommendation); 1, 2 or 4
     chunk: int = 0  # frames per chunk (0: the checkpoint's; 1: frame-wise)

@@ -7,14 +7,14 @@ though, every step of a session runs the same forwards with the same shapes over
 buffers (``worldsim.engine.aot.graphs``: the fused cache write (2C, C) and a later step (C, 0)). Each
 is captured once as a CUDA graph and replayed: one launch per forward, the Triton kernels inside.
 
-What a graph holds (``GraphRunner``). Static inputs, filled before each replay on the GPU (copies
-between device tensors and one fill: no host transfer, no synchronisation): ``x``, ``sigma``,
-``actions``, the anchor and the first frame's position. Inside: the adaLN terms
-(``model.conditioning``), the rotary tables of the positions (computed on the device from the
-position: no host table is copied in), and the model's forward over the engine's own KV cache buffers
-(``aot.SteadyCache``: the frames' keys are written at the one fixed scratch offset, attention reads the
-same addresses). Output: x0 in a static buffer, cloned per call (the engine keeps a result past the next
-replay). Everything between forwards (noise, the re-noising update, the cache commit and the sinks'
+What a graph holds (``GraphRunner``). Static inputs, filled before each replay by copies between
+device tensors: ``x``, ``sigma``, ``actions``, the anchor and the rotations of the frames' positions
+(``rope.rotations``: memoised per position, so only a new position's tables come from the host, as in
+an eager forward). Inside: the adaLN terms (``model.conditioning``) and the model's forward over the
+engine's own KV cache buffers (``aot.SteadyCache``: the frames' keys are written at the one fixed
+scratch offset, attention reads the same addresses). Output: x0 in a static buffer, cloned per call
+(the engine keeps a result past the next replay). A replay computes what the eager forward computes,
+bit for bit where the kernels are deterministic. Everything between forwards (noise, the re-noising update, the cache commit and the sinks'
 re-rotation) stays eager, as in ``worldsim.engine.aot``.
 
 Life cycle (``GraphForwards``, the engine's optional fast forward, with the same ``accepts`` /
@@ -35,7 +35,6 @@ the bookkeeping runs on the CPU with one that records the callable and calls it 
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 from typing import Callable
 
@@ -43,7 +42,6 @@ import torch
 
 from worldsim.engine.aot import SteadyForward, graphs
 from worldsim.model.dit import param_slots, weights_stamp
-from worldsim.model.rope import complex_rotations
 
 Replay = Callable[[], None]
 WARMUP_RUNS = 3  # eager runs on the capture stream before a capture (lazy initialisation happens outside it)
@@ -97,32 +95,16 @@ class GraphRunner:
         self.actions = torch.zeros(B, frames, dtype=torch.long, device=dev)  # (B, T)
         self.anchor = (torch.zeros(B, frames, mc.channels * mc.anchor_history, mc.resolution, mc.resolution, device=dev)
                        if mc.anchor else None)  # (B, T, 3 * history, H, W)
-        self.pos = torch.zeros((), dtype=torch.long, device=dev)  # absolute position of the first frame
-        rope = model.rope
-        self._offsets = torch.arange(frames, device=dev)
-        # the rope's temporal frequencies (rope.angles), on the device once: a graph cannot copy from the host
-        self._freqs = 1.0 / (rope.theta_time ** (torch.arange(0, rope.dt, 2, dtype=torch.float64, device=dev) / rope.dt))
+        self.rot = torch.zeros(frames * N, 1, mc.head_dim // 2, dtype=torch.complex64, device=dev)  # rope.rotations
         steady = SteadyForward(model, frames, drop, (cache.S + cache.W) * N, chunk)
         k, v = list(cache.k), list(cache.v)
         anchor = [self.anchor] if self.anchor is not None else []
 
         def forward() -> torch.Tensor:
             cond = model.conditioning(self.actions, self.sigma)  # (B, T, 6 * depth + 2, dim)
-            rot = _rotations(rope, self.pos + self._offsets, self._freqs)  # (T * N, 1, d/2) complex
-            return steady(self.x, cond, rot, *anchor, *k, *v)
+            return steady(self.x, cond, self.rot, *anchor, *k, *v)
 
         self.replay, self.out = capture(forward)
-
-
-def _rotations(rope, pos: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """``rope.rotations`` of device positions ``pos`` (F,), from device tensors only (capturable): the same
-    float64 angles reduced modulo 2 pi, then the rope's spatial tables beside them."""
-    t = torch.remainder(pos.to(torch.float64)[:, None] * freqs, 2 * math.pi)  # (F, dt/2)
-    F, N = t.shape[0], rope.tokens
-    parts = []
-    for time_part, space in ((t.cos().float(), rope.space_cos), (t.sin().float(), rope.space_sin)):
-        parts.append(torch.cat([time_part[:, None, :].expand(F, N, -1), space[None].expand(F, N, -1)], -1).reshape(F * N, -1))
-    return complex_rotations(*parts)
 
 
 def cache_buffers(cache) -> tuple[int, ...]:
@@ -228,11 +210,10 @@ class GraphForwards:
         r.actions.copy_(actions)
         if r.anchor is not None:
             r.anchor.copy_(anchor) if anchor is not None else r.anchor.zero_()
-        r.pos.fill_(int(pos[0]))  # host positions (KVCache.next_positions): one fill kernel, no copy
-        # The rotary tables of these positions into the rope's host-keyed memo, as an eager forward leaves
-        # them: the sinks' re-rotation reads them a window later (KVCache.commit), and a miss there would copy
-        # them to the device, waiting for the forward just replayed; here, before it, the GPU has nothing queued.
-        self.model.rope.tables(pos)
+        # host positions (KVCache.next_positions): memoised rotations, a new position's tables copied to the
+        # device here, before the replay, while the GPU has next to nothing queued; the sinks' re-rotation
+        # (KVCache.commit) reads the same memo a window later
+        r.rot.copy_(self.model.rope.rotations(pos))
         r.replay()
         self.replays += 1
         cache.pending = x.shape[1]  # as write_scratch leaves it: the engine commits the clean frames next
