@@ -43,7 +43,7 @@ from worldsim.eval.sprites import SpriteSpec, find_sprites
 class Track:
     pos: np.ndarray  # (T, 2 * bodies) float (y, x) px per body, the player first; NaN where not found
     found: np.ndarray  # (T,) bool: every body found
-    actions: np.ndarray  # (T,) int, DESIGN alignment: actions[t] is chosen after frame t, moves it to t+1
+    actions: np.ndarray  # (T,) int, step alignment: actions[t] is chosen after frame t, moves it to t+1
 
 
 def sprite_tracks(paths: Sequence[str], split: str | None, resolution: int, sprite: SpriteSpec,

@@ -279,3 +279,18 @@ def test_paired_comparison_of_two_evaluations(setup, tmp_path, capsys):
         assert worldsim_main(["eval", "compare", *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and msg in err[0]
+
+
+def test_refuses_episodes_of_another_frame_period(setup, capsys):
+    """A model that records its time step is judged only on episodes of that step (Tiny-v0: 66.7 ms)."""
+    from worldsim.cli import main as worldsim_main
+
+    d, ckpt, eps = setup
+    ep = make_episode(d / "fast.npz", seed=3)
+    with np.load(ep) as z:
+        arrays = dict(z)
+    np.savez(ep, **arrays, frameskip=np.int64(2))  # 2 frames at 60 Hz: 33.3 ms a step
+    assert worldsim_main(["eval", "--checkpoint", str(ckpt), "--episodes", str(ep), "--json", str(d / "p.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fast.npz" in err[0] and "frameskip 2" in err[0], err
+    assert not (d / "p.json").exists()

@@ -181,6 +181,23 @@ def test_training_records_the_datas_period_and_refuses_a_mix(boxing, tmp_path, c
     assert "mixes frame periods" in err and "\n" not in err
 
 
+def test_continuing_a_student_on_data_of_another_period_is_refused(boxing, tmp_path, capsys):
+    from worldsim.cli import main as worldsim
+
+    micro = ["data.resolution=16", "model.resolution=16", "model.dim=32", "model.depth=2", "model.num_actions=18",
+             "data.clip_len=4", "optim.steps=2", "optim.batch_size=2", "run.bf16=false", "run.sample_every=-1",
+             "run.progress=false", f"data.cache_dir={tmp_path / 'cache'}", "data.split=null"]
+    first = tmp_path / "s2"
+    assert worldsim(["train", "stage1", "configs/stage1_teacher_forcing.yaml", f"out_dir={first}",
+                     f"data.paths=[{boxing[2]}]", *micro]) == 0
+    capsys.readouterr()
+    assert worldsim(["train", "stage1", "configs/stage1_teacher_forcing.yaml", f"out_dir={tmp_path / 's1'}",
+                     f"data.paths=[{boxing[1]}]", f"init.student={first / 'final.safetensors'}", *micro]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "frameskip 2" in err and "frameskip 1" in err, err
+    assert not (tmp_path / "s1" / "final.safetensors").exists()
+
+
 # -- checkpoints ----------------------------------------------------------------------------------
 def test_checkpoint_period_recorded_from_its_data_or_the_default(tmp_path):
     assert checkpoint_period({"frame_period": FramePeriod(1).to_meta()}).period == FramePeriod(1)

@@ -77,7 +77,7 @@ def record_episode(env: GameEnv, policy: Policy, path: Path, *, env_seed: int, p
                    codec: str = "zlib", on_step: Callable[[], None] | None = None) -> tuple[int, str]:
     """Play one episode into ``path``; returns (frames recorded, end reason).
 
-    Each step records the frame and the action the policy chose after seeing it (DESIGN alignment),
+    Each step records the frame and the action the policy chose after seeing it (step alignment),
     with the reward that action earned. The game's final frame is recorded too (reward 0; its action
     is never executed). ``claim()`` is asked before each frame is recorded (a shared step budget);
     when it says no, the episode ends there (``end: budget``). Returns (0, 'budget') without creating

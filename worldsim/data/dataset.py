@@ -52,7 +52,7 @@ def available_memory() -> int | None:
 
 
 def to_model_actions(actions: torch.Tensor, num_actions: int) -> torch.Tensor:
-    """DESIGN actions (chosen after each frame) -> model actions (that produced each frame).
+    """Recorded actions (chosen after each frame) -> model actions (that produced each frame).
 
     (..., L) -> (..., L): ``[NULL, a_0, ..., a_{L-2}]`` with NULL = ``num_actions``.
     """
@@ -122,7 +122,7 @@ class ClipDataset(torch.utils.data.Dataset):
     on a GPU machine, ~0.5-1 s for a batch of 64: the whole training step on a GPU).
 
     ``ds[i]`` -> ``{"frames": uint8 (L, 3, R, R), "actions": int64 (L,), "episode": int, "start": int}``
-    (DESIGN alignment: ``actions[t]`` chosen after ``frames[t]``; see ``to_model_actions``).
+    (step alignment: ``actions[t]`` chosen after ``frames[t]``; see ``to_model_actions``).
     """
 
     def __init__(self, paths: str | Path | Sequence[str | Path], clip_len: int, resolution: int | Sequence[int],

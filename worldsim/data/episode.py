@@ -29,7 +29,7 @@ that last second. The reader trusts a chunk only when its index record is whole,
 ``frames.bin`` holds its frames (CRC-checked when decoded); a torn tail is reported in
 ``Episode.problems`` and ``complete`` is False unless ``close()`` ran, never read as complete.
 
-A plain ``.npz`` (DESIGN interchange form: ``frames``, ``actions``, ``env_id``, ``action_meanings``;
+A plain ``.npz`` (the interchange form: ``frames``, ``actions``, ``env_id``, ``action_meanings``;
 optional ``rewards``, ``terminated``, ``timestamps_ns``, ``latency_ms``, ``meta_json``) is read by the
 same ``read_episode`` and accepted everywhere an episode path is.
 """
@@ -78,7 +78,7 @@ _CRC = struct.Struct("<I")
 
 @dataclass
 class Episode:
-    """One episode in memory (DESIGN alignment: ``actions[t]`` chosen after ``frames[t]``)."""
+    """One episode in memory (step alignment: ``actions[t]`` chosen after ``frames[t]``)."""
 
     frames: np.ndarray | None  # (T, H, W, 3) uint8; None when read with load_frames=False
     actions: np.ndarray  # (T,) int64
@@ -264,7 +264,7 @@ class EpisodeWriter:
 
     def append(self, frame: np.ndarray, action: int, reward: float = 0.0, terminated: bool = False,
                timestamp_ns: int | None = None, latency_ms: float | None = None, **extra_scalars: float) -> None:
-        """Record one step: the frame shown and the action chosen after it (DESIGN alignment)."""
+        """Record one step: the frame shown and the action chosen after it (step alignment)."""
         if self.closed:
             raise DataError(f"episode '{self.path}' is closed; open a new EpisodeWriter to record more")
         self._raise_background_error()
@@ -955,7 +955,7 @@ def _read_npz(p: Path, load_frames: bool = True) -> Episode:
                             f"convert with frames.astype(np.uint8) in HWC order")
         if len(frames) != T:
             raise DataError(f"'{p}': {len(frames)} frames but {T} actions; each frame needs the action chosen "
-                            f"after it (DESIGN alignment)")
+                            f"after it (step alignment)")
         meta["frame_shape"] = list(frames.shape[1:])
 
     def opt(key, dtype, default):

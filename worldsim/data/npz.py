@@ -48,7 +48,7 @@ def export_npz(episode: Episode | str | Path, out_path: str | Path, compress: bo
         arrays["latency_ms"] = ep.latency_ms.astype(np.float32)
     for k, v in ep.extras.items():
         if k in arrays:
-            raise DataError(f"extra field '{k}' clashes with a DESIGN key; rename it before exporting")
+            raise DataError(f"extra field '{k}' clashes with a key of the .npz form; rename it before exporting")
         arrays[k] = v.astype(np.float64)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:  # a file object keeps numpy from appending another '.npz'

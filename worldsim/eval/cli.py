@@ -27,6 +27,7 @@ import numpy as np
 from worldsim.errors import CheckpointError, ConfigError, WorldsimError
 from worldsim.eval.report import EvalReport, evaluate, table_rows
 from worldsim.eval.rollout import EvalConfig, load_eval_episodes
+from worldsim.gametime import checkpoint_period
 
 DEFAULT_CHECKPOINT = Path("assets/default.safetensors")
 
@@ -265,7 +266,9 @@ def main(argv=None) -> int:
     model, meta, base = load_for_eval(ckpt, device, dtype, args.engine)
     settings = parse_settings(args, base)
     env_id, meanings = checkpoint_game(ckpt, meta, model.cfg.num_actions)
-    episodes = load_eval_episodes(args.episodes, model.cfg.resolution, env_id, meanings, args.split, args.max_episodes)
+    period = checkpoint_period(meta, ckpt.name)  # a model that records none is not held to the default
+    episodes = load_eval_episodes(args.episodes, model.cfg.resolution, env_id, meanings, args.split, args.max_episodes,
+                                  frame_period=None if period.is_default else period.period)
     fps_table = bench_fps(args.bench_json, dtype_name(dtype))
     save_dir = Path(args.save_rollouts) if args.save_rollouts else None
     header = {"command": "worldsim eval", "argv": argv, "device": str(device), "dtype": dtype_name(dtype),

@@ -128,10 +128,13 @@ def unique_names(paths: Sequence[Path]) -> list[str]:
 
 
 def load_eval_episodes(paths: Sequence[str | Path], resolution: int, env_id: str, action_meanings: Sequence[str],
-                       split: str | None = None, max_episodes: int = 0) -> list[EvalEpisode]:
+                       split: str | None = None, max_episodes: int = 0,
+                       frame_period=None) -> list[EvalEpisode]:
     """Every episode under ``paths`` (datasets, episode directories, ``.npz``), checked against the
-    model's game and resized to ``resolution``."""
+    model's game (and, given the model's ``frame_period``, its time step: a model of frameskip 4 judged
+    on frameskip-2 episodes would be judged against a game twice as slow) and resized to ``resolution``."""
     from worldsim.data.episode import list_episodes, read_episode
+    from worldsim.gametime import episode_period
 
     found: list[Path] = []
     for p in paths:
@@ -148,6 +151,11 @@ def load_eval_episodes(paths: Sequence[str | Path], resolution: int, env_id: str
     for path, name in zip(found, unique_names(found)):
         ep = read_episode(path)
         check_game(path, ep.env_id, ep.action_meanings, env_id, action_meanings)
+        ep_period = episode_period(ep.meta)  # None: an episode that records none is not held to a guess
+        if frame_period is not None and ep_period is not None and abs(ep_period.ms - frame_period.ms) > 1e-6:
+            raise DataError(f"episode '{path}' steps {ep_period.describe()}, the model "
+                            f"{frame_period.describe()}; evaluate it on episodes collected at its frameskip "
+                            f"(worldsim collect --frameskip {frame_period.frameskip})")
         acts = np.asarray(ep.actions, np.int64)
         if len(acts) and (acts.min() < 0 or acts.max() >= len(action_meanings)):
             raise DataError(f"episode '{path}' has actions outside [0, {len(action_meanings)}); "

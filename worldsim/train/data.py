@@ -91,13 +91,13 @@ def draw_indices(n: int, global_batch: int, generator: torch.Generator, rank: in
 
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
     return {"frames": torch.stack([it["frames"] for it in items]),  # (B, L, 3, R, R) uint8
-            "actions": torch.stack([torch.as_tensor(it["actions"]) for it in items]),  # (B, L) DESIGN alignment
+            "actions": torch.stack([torch.as_tensor(it["actions"]) for it in items]),  # (B, L) recorded alignment: the action after each frame
             "episode": torch.tensor([int(it["episode"]) for it in items]),
             "start": torch.tensor([int(it["start"]) for it in items])}
 
 
 def to_model_inputs(batch: dict[str, torch.Tensor], num_actions: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 frames (B, L, 3, R, R) -> float in [-1, 1]; DESIGN actions -> the actions that produced each frame."""
+    """uint8 frames (B, L, 3, R, R) -> float in [-1, 1]; recorded actions (chosen after each frame) -> the actions that produced each frame."""
     x0 = batch["frames"].to(device=device, dtype=torch.float32) / 127.5 - 1.0  # (B, L, 3, R, R)
     acts = to_model_actions(batch["actions"].long(), num_actions).to(device)  # (B, L)
     return x0, acts
@@ -116,7 +116,7 @@ def check_dataset_fits(ds, model_cfg, where: str) -> None:
 class InMemoryClips:
     """A clip source over arrays in memory with the ``ClipDataset`` interface the trainers use.
 
-    ``episodes``: list of (frames uint8 (T, 3, R, R), actions int64 (T,)) in DESIGN alignment.
+    ``episodes``: list of (frames uint8 (T, 3, R, R), actions int64 (T,)) in recorded alignment (``actions[t]`` chosen after ``frames[t]``).
     """
 
     def __init__(self, episodes: Sequence[tuple[np.ndarray, np.ndarray]], clip_len: int,
@@ -158,7 +158,7 @@ class InMemoryClips:
 
 def synthetic_episodes(n: int = 4, T: int = 48, resolution: int = 16, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """A toy world for tests: a bright square on a dark striped floor, moved by 5 actions
-    (NOOP, UP, RIGHT, LEFT, DOWN), deterministic dynamics; DESIGN alignment."""
+    (NOOP, UP, RIGHT, LEFT, DOWN), deterministic dynamics; recorded alignment."""
     rng = np.random.default_rng(seed)
     R = resolution
     side, speed = max(2, R // 5), max(1, R // 16)

@@ -240,7 +240,7 @@ def write_playable(cfg: PipelineConfig, student_final: Path, episodes, out_path:
         raise ConfigError(f"ship.dtype '{cfg.ship.dtype}' is not one of {', '.join(dtypes)}")
     out = {f"model.{k}": (v.to(dtypes[cfg.ship.dtype]) if v.is_floating_point() else v) for k, v in tensors.items()}
     out["context.frames"] = torch.from_numpy(np.ascontiguousarray(ep.frames[:K]))  # (K, R, R, 3) uint8
-    out["context.actions"] = torch.from_numpy(np.ascontiguousarray(ep.actions[:K]))  # (K,) DESIGN alignment
+    out["context.actions"] = torch.from_numpy(np.ascontiguousarray(ep.actions[:K]))  # (K,) recorded alignment: the action after each frame
     meta = {k: v for k, v in meta.items() if k not in ("format", "code_version", "_path", "_hash")}
     meta.update({"engine": to_dict(cfg.ship.engine), "shipped_from": str(student_final),
                  "context_source": str(ep.path)})

@@ -40,7 +40,7 @@ def fixed_clips(ds, n: int, length: int, seed: int = 0) -> dict[str, torch.Tenso
 def engine_rollout(model, engine_cfg: EngineConfig, ctx: torch.Tensor, prev: torch.Tensor, actions: torch.Tensor,
                    seed: int, dtype=torch.float32) -> torch.Tensor:
     """Causal student through the inference engine: prefill ``ctx`` (B, K, 3, R, R) with ``prev`` (B, K),
-    then one chunk at a time under ``actions`` (B, H) (DESIGN alignment): (B, H, 3, R, R)."""
+    then one chunk at a time under ``actions`` (B, H) (step alignment): (B, H, 3, R, R)."""
     B, H = actions.shape
     C = engine_cfg.chunk
     n = -(-H // C) * C

@@ -299,6 +299,14 @@ def check_same_game(meta: dict, ds, path: str, needed_by: str) -> None:
         raise CheckpointError(f"{needed_by}: '{path}' was trained on {meta.get('env_id')} "
                               f"({len(meta['action_meanings'])} actions) but the data is {ds.env_id} "
                               f"({ds.num_actions} actions); pass a checkpoint of the same game")
+    if meta.get("frame_period") is not None:  # a model continued on data of another time step learns another game speed
+        from worldsim.gametime import FramePeriod
+
+        theirs, ours = FramePeriod.from_meta(meta["frame_period"], f"checkpoint '{path}'"), data_frame_period(ds)
+        if ours is not None and abs(theirs.ms - ours.ms) > 1e-6:
+            raise CheckpointError(f"{needed_by}: '{path}' was trained at {theirs.describe()} but the data steps "
+                                  f"{ours.describe()}; collect the data at frameskip {theirs.frameskip} "
+                                  f"or train from scratch")
     R = meta.get("resolution")
     if R is not None and int(R) != int(ds.resolution[0]):
         raise CheckpointError(f"{needed_by}: '{path}' works at resolution {R} but data.resolution is "
@@ -357,7 +365,7 @@ class Trainer:
 
     def sample_frames(self, ctx: torch.Tensor, prev: torch.Tensor, actions: torch.Tensor, seed: int) -> torch.Tensor:
         """Rollout for the sample video: context (B, K, 3, R, R) in [-1, 1] with the actions that produced it
-        (B, K), then frames under ``actions`` (B, H) (DESIGN: the action after each frame): (B, H, 3, R, R)."""
+        (B, K), then frames under ``actions`` (B, H) (recorded alignment: the action after each frame): (B, H, 3, R, R)."""
         raise NotImplementedError
 
     def output_meta(self) -> dict[str, Any]:
