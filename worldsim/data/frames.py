@@ -48,9 +48,20 @@ def to_model(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     if x.dtype != torch.uint8 or x.dim() < 3 or x.shape[-1] != 3:
         raise DataError(f"frames have shape {tuple(x.shape)} and dtype {x.dtype}; expected uint8 (..., H, W, 3) "
                         f"pictures (RGB, channels last)")
-    return x.movedim(-1, -3).float().div_(127.5).sub_(1.0)
+    return scale_to_model(x.movedim(-1, -3))
+
+
+def scale_to_model(x: torch.Tensor) -> torch.Tensor:
+    """uint8 -> float32 in [-1, 1], layout and device kept: for frames already channels first (the clip
+    datasets store (..., 3, R, R), moved to the device as uint8, a quarter of the bytes)."""
+    return x.float().div_(127.5).sub_(1.0)
+
+
+def scale_to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float in [-1, 1] -> uint8 (rounded; values outside clipped), layout and device kept."""
+    return ((x.detach().float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """float (..., 3, H, W) in [-1, 1] -> uint8 (..., H, W, 3) (rounded; values outside [-1, 1] clipped)."""
-    return ((x.detach().float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8).movedim(-3, -1).cpu().numpy()
+    return scale_to_uint8(x).movedim(-3, -1).cpu().numpy()

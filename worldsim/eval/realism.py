@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from worldsim.data.frames import to_model
 from worldsim.errors import WorldsimError
 
 
@@ -131,7 +132,7 @@ def split_sample(sample, n: int, rng: np.random.Generator) -> tuple[np.ndarray, 
 
 
 def _to_input(frames: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (N, 3, H, W)
+    return to_model(frames)  # (N, 3, H, W) in [-1, 1], as the model sees frames
 
 
 def two_sample_accuracy(real, other, cfg: RealismConfig | None = None, view: str = "full") -> RealismResult:

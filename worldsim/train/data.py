@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from worldsim.data.dataset import to_model_actions
+from worldsim.data.frames import scale_to_model
 from worldsim.errors import ConfigError, DataError
 
 
@@ -98,7 +99,7 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
 
 def to_model_inputs(batch: dict[str, torch.Tensor], num_actions: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 frames (B, L, 3, R, R) -> float in [-1, 1]; recorded actions (chosen after each frame) -> the actions that produced each frame."""
-    x0 = batch["frames"].to(device=device, dtype=torch.float32) / 127.5 - 1.0  # (B, L, 3, R, R)
+    x0 = scale_to_model(batch["frames"].to(device=device))  # (B, L, 3, R, R)
     acts = to_model_actions(batch["actions"].long(), num_actions).to(device)  # (B, L)
     return x0, acts
 

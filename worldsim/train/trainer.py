@@ -46,6 +46,7 @@ import torch.distributed as dist
 
 from worldsim.checkpoint import file_hash, load_checkpoint, read_meta, save_checkpoint
 from worldsim.config import to_dict, to_yaml
+from worldsim.data.frames import scale_to_uint8
 from worldsim.device import autocast, pick_device, pick_dtype
 from worldsim.errors import CheckpointError, ConfigError
 from worldsim.train.data import (DataConfig, check_dataset_fits, collate, data_frame_period, draw_indices, open_clips,
@@ -657,7 +658,7 @@ class Trainer:
                                       seed=self.cfg.run.seed)
         for n, m in self.nets.items():
             m.train(nets_mode[n])
-        fake_u8 = ((fake.float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        fake_u8 = scale_to_uint8(fake.cpu())
         return write_media(self.out / "samples", f"step_{self.step:06d}", x, fake_u8, K)
 
     # -- the loop --------------------------------------------------------------------------
