@@ -152,14 +152,19 @@ def test_collect_at_frameskip_1_and_2_writes_that_period(boxing):
             assert e.frame_period == FramePeriod(fs) and e.meta["frame_period"]["period_ms"] == round(1000 * fs / 60, 3)
 
 
+def micro_training(tmp_path) -> list[str]:
+    """Overrides that train a micro Boxing model for two steps on the collections above."""
+    return ["data.resolution=16", "model.resolution=16", "model.dim=32", "model.depth=2", "model.num_actions=18",
+            "data.clip_len=4", "optim.steps=2", "optim.batch_size=2", "run.bf16=false", "run.sample_every=-1",
+            "run.progress=false", f"data.cache_dir={tmp_path / 'cache'}", "data.split=null"]
+
+
 def test_training_records_the_datas_period_and_refuses_a_mix(boxing, tmp_path, capsys):
     from worldsim.checkpoint import read_meta
     from worldsim.cli import main as worldsim
     from worldsim.train.data import DataConfig, open_clips
 
-    micro = ["data.resolution=16", "model.resolution=16", "model.dim=32", "model.depth=2", "model.num_actions=18",
-             "data.clip_len=4", "optim.steps=2", "optim.batch_size=2", "run.bf16=false", "run.sample_every=-1",
-             "run.progress=false", f"data.cache_dir={tmp_path / 'cache'}", "data.split=null"]
+    micro = micro_training(tmp_path)
     out = tmp_path / "teacher"
     assert worldsim(["train", "stage0", "configs/stage0_teacher.yaml", f"out_dir={out}",
                      f"data.paths=[{boxing[2]}]", *micro]) == 0
@@ -184,9 +189,7 @@ def test_training_records_the_datas_period_and_refuses_a_mix(boxing, tmp_path, c
 def test_continuing_a_student_on_data_of_another_period_is_refused(boxing, tmp_path, capsys):
     from worldsim.cli import main as worldsim
 
-    micro = ["data.resolution=16", "model.resolution=16", "model.dim=32", "model.depth=2", "model.num_actions=18",
-             "data.clip_len=4", "optim.steps=2", "optim.batch_size=2", "run.bf16=false", "run.sample_every=-1",
-             "run.progress=false", f"data.cache_dir={tmp_path / 'cache'}", "data.split=null"]
+    micro = micro_training(tmp_path)
     first = tmp_path / "s2"
     assert worldsim(["train", "stage1", "configs/stage1_teacher_forcing.yaml", f"out_dir={first}",
                      f"data.paths=[{boxing[2]}]", *micro]) == 0
