@@ -5,6 +5,8 @@ its output, and wrong or mismatched checkpoints are refused with a one-line mess
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from pathlib import Path
 
 import pytest
@@ -192,10 +194,76 @@ def test_stage3_continues_from_a_stage3_student_with_a_longer_rollout(chain, tmp
     out = t.fit()
     meta = read_meta(out)
     assert meta["stage"] == 3 and meta["init"]["from"] == "stage3" and meta["init"]["student"] == str(first)
-    # a stage-1 model is still refused as the generator's init
-    with pytest.raises(CheckpointError, match="stage 2 or 3"):
-        DMDTrainer(stage3_cfg(tmp_path / "c", str(chain["s1"]), str(chain["s0"]), steps=2),
+    # the teacher is no generator
+    with pytest.raises(CheckpointError, match="stage 1 or 2 or 3"):
+        DMDTrainer(stage3_cfg(tmp_path / "c", str(chain["s0"]), str(chain["s0"]), steps=2),
                    data=clips(6), heldout=clips(6)).fit()
+
+
+def adversarial_cfg(out: Path, student: str, dmd_weight: float = 0.0, steps: int = 6, **run) -> Stage3Config:
+    cfg = stage3_cfg(out, student, "", steps=steps, **run)
+    cfg.dmd_weight, cfg.gen_every = dmd_weight, 1
+    cfg.adversarial = dataclasses.replace(cfg.adversarial, weight=1.0, width=8)
+    return cfg
+
+
+def test_stage3_adversarial_alone_needs_no_teacher_and_moves_each_net_by_its_own_loss(chain, tmp_path):
+    """The critic's loss reaches only the critic, the generator's adversarial loss the generator (through
+    its self-rollout); with dmd_weight 0 a stage-1 student trains without any teacher."""
+    from worldsim.train.discriminator import critic_loss, critic_pairs, generator_adv_loss
+
+    t = DMDTrainer(adversarial_cfg(tmp_path / "adv", str(chain["s1"])), data=clips(6), heldout=clips(6))
+    t.setup()
+    assert set(t.nets) == {"model", "critic"}
+    x0, acts = t.model_inputs(t.next_batch())
+    gen = t.rollout(x0[:, :2], acts[:, :2], acts[:, 2:], grad=True, exit_step=1)
+    full = torch.cat([x0[:, :2], gen], 1)
+    fake = critic_pairs(full, acts, 2)
+    assert fake[0].shape[0] == x0.shape[0] * 4 and torch.equal(fake[0][0], x0[0, 1])  # frame 2's previous: real
+    generator_adv_loss(t.nets["critic"], fake).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in t.nets["model"].parameters())
+    for net in t.nets.values():
+        net.zero_grad(set_to_none=True)
+    loss, m = critic_loss(t.nets["critic"], critic_pairs(x0, acts, 2), fake, r1=1.0)
+    loss.backward()
+    assert m["critic_r1"] > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in t.nets["critic"].parameters())
+    assert all(p.grad is None for p in t.nets["model"].parameters())
+    out = t.fit()
+    meta = read_meta(out)
+    assert meta["stage"] == 3 and meta["init"]["from"] == "stage1" and "teacher" not in meta["init"]
+
+
+def test_stage3_adversarial_critic_learns_to_tell_frames_apart(chain, tmp_path):
+    """With the generator nearly still (one update) the critic's loss falls below chance (2 log 2)."""
+    cfg = adversarial_cfg(tmp_path / "crit", str(chain["s1"]), steps=40)
+    cfg.gen_every = 10_000
+    cfg.adversarial = dataclasses.replace(cfg.adversarial, lr_ratio=3.0)
+    DMDTrainer(cfg, data=clips(6), heldout=clips(6)).fit()
+    crit = losses(tmp_path / "crit", "critic_loss")
+    assert sum(crit[-5:]) / 5 < 0.9 * 2 * math.log(2)
+
+
+def test_stage3_adversarial_with_dmd_and_streams_resumes_exactly(chain, tmp_path):
+    """Streams of 12 frames (three 4-frame rollouts each); the stop falls inside a stream, whose KV cache
+    and last frames are part of the checkpoint."""
+    def cfg_of(name, **run):
+        cfg = adversarial_cfg(tmp_path / name, str(chain["s2"]), dmd_weight=1.0, steps=7, **run)
+        cfg.init.teacher = str(chain["s0"])
+        cfg.rollout = dataclasses.replace(cfg.rollout, stream=12)
+        return cfg
+
+    for name, run in (("whole", {}), ("cut", {"stop_after": 4})):
+        out = DMDTrainer(cfg_of(name, **run), data=clips(6), heldout=clips(6)).fit()
+    assert out is None
+    t = DMDTrainer(cfg_of("cut"), data=clips(6), heldout=clips(6))
+    resumed = t.fit()
+    rows = [json.loads(ln) for ln in (tmp_path / "whole" / METRICS).read_text().splitlines() if ln.strip()]
+    fresh = [r["step"] for r in rows if "rollout_mse_real" in r]
+    assert fresh == [1, 4, 7]  # a stream starts from real frames every third rollout (steps logged from 1)
+    a, b = _weights(tmp_path / "whole" / FINAL), _weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert losses(tmp_path / "whole") == losses(tmp_path / "cut")
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:

@@ -48,10 +48,47 @@ def make_cache(model, batch: int, *, chunk: int, window: int, sink: int, device,
                         scratch_frames=max(2 * chunk, sink + window), rope=model.rope, device=device, dtype=dtype)
 
 
+class RolloutState:
+    """Where a rollout stopped: its KV cache and its latest clean frames (the anchor of the next chunk), so
+    that the next call goes on exactly as endless play would (``self_rollout(..., state=)``)."""
+
+    def __init__(self, cache: TrainKVCache, recent):
+        self.cache, self.recent = cache, recent
+
+    _INTS = ("frames", "valid", "ring_next", "pending")
+
+    def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        c = self.cache
+        out = {f"{prefix}k{i}": k for i, k in enumerate(c.k)}
+        out.update({f"{prefix}v{i}": v for i, v in enumerate(c.v)})
+        out[f"{prefix}sink_raw"] = c._sink_raw_all
+        if self.recent is not None:
+            out[f"{prefix}recent"] = self.recent
+        return out
+
+    def meta(self) -> dict:
+        return {**{k: getattr(self.cache, k) for k in self._INTS}, "slot_pos": list(self.cache.slot_pos)}
+
+    @classmethod
+    def restore(cls, model, meta: dict, tensors: dict[str, torch.Tensor], prefix: str, *, chunk: int, window: int,
+                sink: int, device) -> "RolloutState":
+        k0 = tensors[f"{prefix}k0"]
+        cache = make_cache(model, k0.shape[0], chunk=chunk, window=window, sink=sink, device=device)
+        cache.k = [tensors[f"{prefix}k{i}"].to(device).clone() for i in range(cache.L)]
+        cache.v = [tensors[f"{prefix}v{i}"].to(device).clone() for i in range(cache.L)]
+        cache._sink_raw_all.copy_(tensors[f"{prefix}sink_raw"])
+        for k in cls._INTS:
+            setattr(cache, k, int(meta[k]))
+        cache.slot_pos = [int(p) for p in meta["slot_pos"]]
+        recent = tensors.get(f"{prefix}recent")
+        return cls(cache, None if recent is None else recent.to(device).clone())
+
+
 def self_rollout(model, ctx: torch.Tensor, prev: torch.Tensor, actions: torch.Tensor, *, chunk: int, steps: int,
                  shift: float, window: int, sink: int, exit_step, noise: torch.Tensor,
-                 renoise: torch.Tensor, grad: bool, context_sigma: float = 0.0, autocast=None) -> torch.Tensor:
-    """Generate ``H = actions.shape[1]`` frames after the real context.
+                 renoise: torch.Tensor, grad: bool, context_sigma: float = 0.0, autocast=None,
+                 state: RolloutState | None = None, keep_state: bool = False):
+    """Generate ``H = actions.shape[1]`` frames after the real context (or after where ``state`` stopped).
 
     ctx (B, K, 3, R, R) in [-1, 1] with ``prev`` (B, K) the actions that produced it; ``actions`` (B, H) the
     actions that produce the generated frames (model alignment); ``noise`` (B, H, 3, R, R) the initial noise of
@@ -71,9 +108,12 @@ def self_rollout(model, ctx: torch.Tensor, prev: torch.Tensor, actions: torch.Te
         raise ValueError(f"{len(exits)} exit steps for {n_chunks} chunks")
     if any(not 0 <= e < steps for e in exits):
         raise ValueError(f"exit steps {exits} outside [0, {steps})")
-    cache = make_cache(model, B, chunk=chunk, window=window, sink=sink, device=ctx.device)
     anchored, hist = model.cfg.anchor, model.cfg.anchor_history
-    recent = None  # the latest clean frame(s): anchor of the next chunk (anchored models)
+    if state is None:
+        cache = make_cache(model, B, chunk=chunk, window=window, sink=sink, device=ctx.device)
+        recent = None  # the latest clean frame(s): anchor of the next chunk (anchored models)
+    else:
+        cache, recent, K = state.cache, state.recent, 0
     with torch.no_grad():  # prefill, in pieces that fit the scratch area (as Engine.prefill)
         piece = max(chunk, (cache.scratch_frames // chunk) * chunk)
         for a in range(0, K, piece):
@@ -108,4 +148,5 @@ def self_rollout(model, ctx: torch.Tensor, prev: torch.Tensor, actions: torch.Te
                   chunk=chunk, cache=cache, anchor=anc)
         cache.commit(n)
         recent = keep_recent(recent, x0.detach().clamp(-1, 1), hist)
-    return torch.cat(out, 1)
+    frames = torch.cat(out, 1)
+    return (frames, RolloutState(cache, recent)) if keep_state else frames

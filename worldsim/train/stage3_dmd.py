@@ -39,7 +39,8 @@ import torch
 from worldsim.engine import EngineConfig
 from worldsim.engine.schedule import add_noise, shift_sigma
 from worldsim.train.data import DataConfig
-from worldsim.train.self_rollout import self_rollout
+from worldsim.train.discriminator import FrameCritic, critic_loss, critic_pairs, generator_adv_loss
+from worldsim.train.self_rollout import RolloutState, self_rollout
 from worldsim.train.stage2_consistency import StudentStageMixin, fewstep_engine
 from worldsim.train.trainer import (OptimConfig, RunConfig, Trainer, bell_weight, check_same_game, load_stage_output,
                                     masked_mean, v_loss)
@@ -52,8 +53,20 @@ def dmd_optim() -> OptimConfig:
 
 @dataclass
 class Stage3Init:
-    student: str = ""  # stage-2 final.safetensors (or a stage-3 student, to continue): the generator's initialisation
-    teacher: str = ""  # stage-0 final.safetensors: the real score, and the fake score's initialisation
+    student: str = ""  # stage-2 final.safetensors (a stage-1 student, or a stage-3 one to continue): the generator
+    teacher: str = ""  # stage-0 final.safetensors: the real score, and the fake score's initialisation (dmd_weight > 0)
+
+
+@dataclass
+class AdversarialConfig:
+    """DMD2's adversarial term: a critic learns to tell the game's next frames from the student's, and the
+    student learns to fool it. It sees real data, so it can take the student past its teacher."""
+
+    weight: float = 0.0  # generator loss weight of the critic's verdict (0: plain DMD)
+    width: int = 32  # channels of the critic's first layer
+    lr_ratio: float = 1.0  # critic lr = ratio x generator lr
+    r1: float = 1.0  # R1 penalty on real frames
+    critic_warmup: int = 0  # steps the critic trains alone first, so the generator's first updates follow a verdict
 
 
 @dataclass
@@ -66,6 +79,11 @@ class RolloutConfig:
     window: int = 8  # KV cache window (frames)
     sink: int = 1  # sink frames
     context_sigma: float = 0.0  # level of the cache-refresh forward (the engine's context_sigma)
+    # > 0: each rollout continues the previous step's (same KV cache, its own last frames as context, the
+    # next clip's recorded keys) until the stream has played this many frames, then starts again from
+    # real frames: the student trains on the states of long play, where drift shows, at the cost of short
+    # rollouts. 0: every rollout starts from real frames.
+    stream: int = 0
 
 
 @dataclass
@@ -75,7 +93,9 @@ class Stage3Config:
     optim: OptimConfig = field(default_factory=dmd_optim)  # the generator's; AdamW betas (0, 0.999)
     run: RunConfig = field(default_factory=RunConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    gen_every: int = 5  # generator update every N steps; the fake score updates every step
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    dmd_weight: float = 1.0  # 0: no distribution matching (no teacher, no fake score): the critic alone
+    gen_every: int = 5  # generator update every N steps; the fake score and the critic update every step
     fake_lr_ratio: float = 5.0  # fake-score lr = ratio x generator lr
     real_guidance: float = 3.0  # action guidance w of the real score, u + w (c - u)
     shift: float = 3.0  # shift of the DMD noise level
@@ -114,42 +134,96 @@ class DMDTrainer(StudentStageMixin, Trainer):
 
     def setup(self) -> None:
         cfg = self.cfg
-        r = cfg.rollout
+        r, adv = cfg.rollout, cfg.adversarial
         if r.context < 1 or r.frames < 1:
             raise ValueError("rollout.context and rollout.frames must be >= 1")
-        # A stage-3 student is accepted too: DMD continued with another rollout (e.g. longer than the cache).
-        gen, gmeta = load_stage_output(cfg.init.student, role="student", stages=(2, 3),
-                                       what="the stage-2 few-step student (or a stage-3 one, to continue)",
+        if r.stream and (r.stream < r.frames or r.frames < r.context):
+            raise ValueError(f"rollout.stream {r.stream} needs rollout.stream >= rollout.frames >= rollout.context "
+                             f"(got frames {r.frames}, context {r.context}); or rollout.stream=0")
+        if cfg.dmd_weight < 0 or adv.weight < 0 or not (cfg.dmd_weight > 0 or adv.weight > 0):
+            raise ValueError(f"stage 3 needs dmd_weight > 0 or adversarial.weight > 0, neither negative (got "
+                             f"{cfg.dmd_weight} and {adv.weight})")
+        # A stage-1 student starts the generator directly (its few-step sampling is then the renoise sampler's);
+        # a stage-3 student is accepted too: DMD continued with another rollout (e.g. longer than the cache).
+        gen, gmeta = load_stage_output(cfg.init.student, role="student", stages=(1, 2, 3),
+                                       what="the stage-2 few-step student (or a stage-1 or stage-3 one)",
                                        needed_by="stage 3 (init.student)",
                                        hint="the stage-2 output, e.g. OUT/stage2_consistency/final.safetensors")
         check_same_game(gmeta, self.data, cfg.init.student, "stage 3")
-        real, tmeta = load_stage_output(cfg.init.teacher, role="teacher", stages=(0,), what="the stage-0 teacher",
-                                        needed_by="stage 3 (init.teacher)",
-                                        hint="the stage-0 output, e.g. OUT/stage0_teacher/final.safetensors")
-        check_same_game(tmeta, self.data, cfg.init.teacher, "stage 3")
-        if not gen.cfg.causal or real.cfg.causal:
-            raise ValueError("stage 3 needs a causal student and a bidirectional teacher")
+        if not gen.cfg.causal:
+            raise ValueError("stage 3 needs a causal student")
         if r.window < r.chunk:
             raise ValueError(f"rollout.window {r.window} must be >= rollout.chunk {r.chunk}")
-        fake = type(real)(real.cfg)
-        fake.load_state_dict(real.state_dict())
-        self.score_len = cfg.score_len or int(tmeta.get("train_config", {}).get("data", {}).get("clip_len", 0)) \
-            or self.clip_len
-        self.add_net("real", real, trainable=False)
+        self.init_info = {"from": f"stage{int(gmeta.get('stage', 2))}", "student": gmeta["_path"],
+                          "student_hash": gmeta["_hash"]}
+        self.score_len = cfg.score_len or self.clip_len
+        if cfg.dmd_weight > 0:
+            real, tmeta = load_stage_output(cfg.init.teacher, role="teacher", stages=(0,), what="the stage-0 teacher",
+                                            needed_by="stage 3 (init.teacher)",
+                                            hint="the stage-0 output, e.g. OUT/stage0_teacher/final.safetensors")
+            check_same_game(tmeta, self.data, cfg.init.teacher, "stage 3")
+            if real.cfg.causal:
+                raise ValueError("stage 3 needs a bidirectional teacher (the real score)")
+            fake = type(real)(real.cfg)
+            fake.load_state_dict(real.state_dict())
+            self.score_len = cfg.score_len or int(tmeta.get("train_config", {}).get("data", {}).get("clip_len", 0)) \
+                or self.clip_len
+            self.add_net("real", real, trainable=False)
+            self.init_info.update(teacher=tmeta["_path"], teacher_hash=tmeta["_hash"])
         self.add_net("model", gen, ema_decay=cfg.optim.ema_decay)
-        self.add_net("fake", fake, lr=cfg.optim.lr * cfg.fake_lr_ratio)
-        self.init_info = {"from": f"stage{int(gmeta.get('stage', 2))}", "student": gmeta["_path"], "student_hash": gmeta["_hash"],
-                          "teacher": tmeta["_path"], "teacher_hash": tmeta["_hash"]}
+        if cfg.dmd_weight > 0:
+            self.add_net("fake", fake, lr=cfg.optim.lr * cfg.fake_lr_ratio)
+        if adv.weight > 0:
+            critic = FrameCritic(gen.cfg.num_actions, adv.width, gen.cfg.resolution)
+            self.add_net("critic", critic, lr=cfg.optim.lr * adv.lr_ratio)
 
     # -- pieces (the tests call them one by one) ---------------------------------------------
-    def rollout(self, ctx, prev, gen_acts, grad: bool, exit_step) -> torch.Tensor:
+    def rollout(self, ctx, prev, gen_acts, grad: bool, exit_step, state=None, keep_state: bool = False):
         r = self.cfg.rollout
         H = gen_acts.shape[1]
         noise = self.randn_b(H, *ctx.shape[2:])  # (B, H, 3, R, R)
         renoise = self.randn_b(r.steps, H, *ctx.shape[2:])  # (B, steps, H, 3, R, R)
         return self_rollout(self.nets["model"], ctx, prev, gen_acts, chunk=r.chunk, steps=r.steps, shift=r.shift,
                             window=r.window, sink=r.sink, exit_step=exit_step, noise=noise, renoise=renoise,
-                            grad=grad, context_sigma=r.context_sigma, autocast=self.autocast)
+                            grad=grad, context_sigma=r.context_sigma, autocast=self.autocast, state=state,
+                            keep_state=keep_state)
+
+    # -- streams: rollouts that go on where the last one stopped -------------------------------
+    stream: RolloutState | None = None
+    stream_frames = 0  # frames the current stream has played
+    stream_ctx: torch.Tensor | None = None  # its last K frames (B, K, 3, R, R) and their actions (B, K)
+    stream_acts: torch.Tensor | None = None
+
+    def rollout_context(self, x0, acts):
+        """The context of this step's rollout: the real clip's first K frames, or the running stream's last
+        K frames. Returns (context frames, their actions, the stream state or None)."""
+        r = self.cfg.rollout
+        K = r.context
+        if r.stream > 0 and self.stream is not None and self.stream_frames + r.frames <= r.stream:
+            return self.stream_ctx, self.stream_acts, self.stream
+        self.stream, self.stream_frames = None, 0
+        return x0[:, :K], acts[:, :K], None
+
+    def extra_state(self):
+        if self.stream is None:
+            return {"stream": None}
+        return {"stream": {**self.stream.meta(), "played": self.stream_frames}}
+
+    def extra_tensors(self):
+        if self.stream is None:
+            return {}
+        return {**self.stream.tensors("stream."), "stream.ctx": self.stream_ctx, "stream.acts": self.stream_acts}
+
+    def load_extra(self, meta, tensors):
+        st = meta.get("extra_state", {}).get("stream")
+        if not st:
+            return
+        r = self.cfg.rollout
+        self.stream = RolloutState.restore(self.nets["model"], st, tensors, "stream.", chunk=r.chunk, window=r.window,
+                                           sink=r.sink, device=self.device)
+        self.stream_frames = int(st["played"])
+        self.stream_ctx = tensors["stream.ctx"].to(self.device).clone()
+        self.stream_acts = tensors["stream.acts"].to(self.device).clone()
 
     def score_window(self, full: torch.Tensor, acts: torch.Tensor):
         """A window of ``score_len`` frames of the clip (B, L, ...) and its generated-frame mask (B, L)."""
@@ -200,23 +274,49 @@ class DMDTrainer(StudentStageMixin, Trainer):
         c, r = self.cfg, self.cfg.rollout
         x0, acts = self.model_inputs(batch)  # (B, K+H, 3, R, R), (B, K+H) actions that produced each frame
         K = r.context
-        gen_step = self.step % c.gen_every == 0
+        gen_step = self.step % c.gen_every == 0 and self.step >= c.adversarial.critic_warmup
         n_chunks = -(-r.frames // r.chunk)
         exits = [self.randint(r.steps) for _ in range(n_chunks)]  # one exit step per chunk (same on every rank)
-        gen = self.rollout(x0[:, :K], acts[:, :K], acts[:, K:], grad=gen_step, exit_step=exits)  # (B, H, ...)
+        ctx, ctx_acts, state = self.rollout_context(x0, acts)
+        fresh = state is None
+        gen, state = self.rollout(ctx, ctx_acts, acts[:, K:], grad=gen_step, exit_step=exits, state=state,
+                                  keep_state=True)  # (B, H, ...)
+        run_acts = torch.cat([ctx_acts, acts[:, K:]], 1)  # the actions of the rolled-out clip
+        if r.stream > 0:
+            self.stream, self.stream_frames = state, self.stream_frames + r.frames
+            self.stream_ctx, self.stream_acts = gen[:, -K:].detach().clamp(-1, 1), run_acts[:, -K:]
         # forwards per chunk: exit + 1 denoising, 1 cache refresh (each over the chunk's frames)
         self.cost["student_nfe"] += c.optim.batch_size * sum(
             min(r.chunk, r.frames - j * r.chunk) * (e + 2) for j, e in enumerate(exits))
-        full = torch.cat([x0[:, :K], gen], 1)  # (B, K+H, 3, R, R)
-        full_w, acts_w, gen_mask = self.score_window(full, acts)
+        full = torch.cat([ctx, gen], 1)  # (B, K+H, 3, R, R)
         metrics = {}
+        dmd = c.dmd_weight > 0
+        if dmd:
+            full_w, acts_w, gen_mask = self.score_window(full, run_acts)
         if gen_step:
-            loss_g, extra = self.generator_loss(full_w, acts_w, gen_mask)
-            metrics.update(extra, gen_loss=float(loss_g.detach()), gen_grad_norm=self.optimize("model", loss_g))
-        loss_f = self.fake_loss(full_w, acts_w, gen_mask)
-        metrics.update(loss=float(loss_f.detach()), fake_grad_norm=self.optimize("fake", loss_f))
-        with torch.no_grad():  # how far the rollout drifts from the recorded frames (a health figure, not a loss)
-            metrics["rollout_mse_real"] = float((gen.detach() - x0[:, K:]).pow(2).mean())
+            loss_g = torch.zeros((), device=full.device)
+            if dmd:
+                loss_dmd, extra = self.generator_loss(full_w, acts_w, gen_mask)
+                loss_g = loss_g + c.dmd_weight * loss_dmd
+                metrics.update(extra, dmd_loss=float(loss_dmd.detach()))
+            if c.adversarial.weight > 0:
+                with self.autocast():
+                    loss_adv = generator_adv_loss(self.nets["critic"], critic_pairs(full, run_acts, K))
+                loss_g = loss_g + c.adversarial.weight * loss_adv.float()
+                metrics["adv_loss"] = float(loss_adv.detach())
+            metrics.update(gen_loss=float(loss_g.detach()), gen_grad_norm=self.optimize("model", loss_g))
+        if dmd:
+            loss_f = self.fake_loss(full_w, acts_w, gen_mask)
+            metrics.update(loss=float(loss_f.detach()), fake_grad_norm=self.optimize("fake", loss_f))
+        if c.adversarial.weight > 0:
+            # the critic in float32: the R1 penalty's double backward is where bf16 loses it
+            loss_c, extra = critic_loss(self.nets["critic"], critic_pairs(x0, acts, K),
+                                        critic_pairs(full.detach(), run_acts, K), c.adversarial.r1)
+            metrics.update(extra, critic_loss=float(loss_c.detach()), critic_grad_norm=self.optimize("critic", loss_c))
+            metrics.setdefault("loss", float(loss_c.detach()))
+        if fresh:
+            with torch.no_grad():  # how far a rollout from real frames drifts from the recorded ones (health figure)
+                metrics["rollout_mse_real"] = float((gen.detach() - x0[:, K:]).pow(2).mean())
         return metrics
 
     def output_meta(self):
