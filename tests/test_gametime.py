@@ -186,7 +186,8 @@ def test_training_records_the_datas_period_and_refuses_a_mix(boxing, tmp_path, c
     assert "mixes frame periods" in err and "\n" not in err
 
 
-def test_continuing_a_student_on_data_of_another_period_is_refused(boxing, tmp_path, capsys):
+def test_continuing_a_student_on_data_of_another_period_is_refused_unless_retimed(boxing, tmp_path, capsys):
+    from worldsim.checkpoint import read_meta
     from worldsim.cli import main as worldsim
 
     micro = micro_training(tmp_path)
@@ -197,8 +198,13 @@ def test_continuing_a_student_on_data_of_another_period_is_refused(boxing, tmp_p
     assert worldsim(["train", "stage1", "configs/stage1_teacher_forcing.yaml", f"out_dir={tmp_path / 's1'}",
                      f"data.paths=[{boxing[1]}]", f"init.student={first / 'final.safetensors'}", *micro]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "frameskip 2" in err and "frameskip 1" in err, err
+    assert "\n" not in err and "frameskip 2" in err and "frameskip 1" in err and "init.retime=true" in err, err
     assert not (tmp_path / "s1" / "final.safetensors").exists()
+    # init.retime=true: the frameskip-2 student continues on frameskip-1 data and records the new period
+    assert worldsim(["train", "stage1", "configs/stage1_teacher_forcing.yaml", f"out_dir={tmp_path / 's1'}",
+                     f"data.paths=[{boxing[1]}]", f"init.student={first / 'final.safetensors'}", "init.retime=true",
+                     *micro]) == 0
+    assert read_meta(tmp_path / "s1" / "final.safetensors")["frame_period"] == FramePeriod(1).to_meta()
 
 
 # -- checkpoints ----------------------------------------------------------------------------------

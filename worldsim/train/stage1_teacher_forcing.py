@@ -57,6 +57,9 @@ class Stage1Init:
     # with init.student: re-draw the action embedding at ACTION_INIT_STD (seeded by run.seed), for a
     # student that learned to ignore its keys from the old 0.02 start (assets/README.md)
     redraw_actions: bool = False
+    # with init.student: accept a student of another frame period (e.g. frameskip 4 continued on frameskip 2
+    # data): its drawing carries over and it learns the new game speed; the output records the data's period
+    retime: bool = False
 
 
 @dataclass
@@ -168,7 +171,7 @@ class TeacherForcingTrainer(Trainer):
             prev, meta = load_stage_output(cfg.init.student, role="student", stages=(1,), what="a stage-1 student",
                                            needed_by="stage 1 (init.student)",
                                            hint="a stage-1 output, e.g. OUT/stage1_teacher_forcing/final.safetensors")
-            check_same_game(meta, self.data, cfg.init.student, "stage 1")
+            check_same_game(meta, self.data, cfg.init.student, "stage 1", same_period=not cfg.init.retime)
             # temporal_every may change: the weights are the same shapes, only which blocks attend
             # across frames differs (fewer temporal blocks: a cheaper student fine-tuned from this one);
             # so may anchor_history grow: the added anchor frames' weights start at zero (same function)

@@ -295,19 +295,19 @@ def load_stage_output(path: str | Path, *, role: str, stages: tuple[int, ...], w
     return model.to(device), meta
 
 
-def check_same_game(meta: dict, ds, path: str, needed_by: str) -> None:
+def check_same_game(meta: dict, ds, path: str, needed_by: str, same_period: bool = True) -> None:
     if meta.get("action_meanings") is not None and list(meta["action_meanings"]) != list(ds.action_meanings):
         raise CheckpointError(f"{needed_by}: '{path}' was trained on {meta.get('env_id')} "
                               f"({len(meta['action_meanings'])} actions) but the data is {ds.env_id} "
                               f"({ds.num_actions} actions); pass a checkpoint of the same game")
-    if meta.get("frame_period") is not None:  # a model continued on data of another time step learns another game speed
+    if same_period and meta.get("frame_period") is not None:  # continued on data of another time step, a model learns another game speed
         from worldsim.gametime import FramePeriod
 
         theirs, ours = FramePeriod.from_meta(meta["frame_period"], f"checkpoint '{path}'"), data_frame_period(ds)
         if ours is not None and abs(theirs.ms - ours.ms) > 1e-6:
             raise CheckpointError(f"{needed_by}: '{path}' was trained at {theirs.describe()} but the data steps "
-                                  f"{ours.describe()}; collect the data at frameskip {theirs.frameskip} "
-                                  f"or train from scratch")
+                                  f"{ours.describe()}; collect the data at frameskip {theirs.frameskip}, "
+                                  f"train from scratch or set init.retime=true")
     R = meta.get("resolution")
     if R is not None and int(R) != int(ds.resolution[0]):
         raise CheckpointError(f"{needed_by}: '{path}' works at resolution {R} but data.resolution is "
