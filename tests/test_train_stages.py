@@ -229,9 +229,16 @@ def test_stage3_adversarial_alone_needs_no_teacher_and_moves_each_net_by_its_own
     assert m["critic_r1"] > 0
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in t.nets["critic"].parameters())
     assert all(p.grad is None for p in t.nets["model"].parameters())
+    t.cfg.tf_weight = 1.0  # with the teacher-forcing anchor: it reaches the generator too
+    for net in t.nets.values():
+        net.zero_grad(set_to_none=True)
+    t.teacher_forcing_loss(x0, acts).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in t.nets["model"].parameters())
+    assert all(p.grad is None for p in t.nets["critic"].parameters())
     out = t.fit()
     meta = read_meta(out)
     assert meta["stage"] == 3 and meta["init"]["from"] == "stage1" and "teacher" not in meta["init"]
+    assert "tf_loss" in json.loads((tmp_path / "adv" / METRICS).read_text().splitlines()[-1])
 
 
 def test_stage3_adversarial_critic_learns_to_tell_frames_apart(chain, tmp_path):

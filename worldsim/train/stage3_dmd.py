@@ -37,10 +37,11 @@ from dataclasses import dataclass, field
 import torch
 
 from worldsim.engine import EngineConfig
-from worldsim.engine.schedule import add_noise, shift_sigma
+from worldsim.engine.schedule import add_noise, shift_sigma, student_sigmas
 from worldsim.train.data import DataConfig
 from worldsim.train.discriminator import FrameCritic, critic_loss, critic_pairs, generator_adv_loss
 from worldsim.train.self_rollout import RolloutState, self_rollout
+from worldsim.train.stage1_teacher_forcing import tf_forward
 from worldsim.train.stage2_consistency import StudentStageMixin, fewstep_engine
 from worldsim.train.trainer import (OptimConfig, RunConfig, Trainer, bell_weight, check_same_game, load_stage_output,
                                     masked_mean, v_loss)
@@ -95,6 +96,9 @@ class Stage3Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     dmd_weight: float = 1.0  # 0: no distribution matching (no teacher, no fake score): the critic alone
+    # > 0: the generator also keeps stage 1's teacher forcing on the real clip, at the levels its few-step
+    # sampler decides at (x0 L2): an anchor to the recorded game that the adversarial term alone lacks
+    tf_weight: float = 0.0
     gen_every: int = 5  # generator update every N steps; the fake score and the critic update every step
     fake_lr_ratio: float = 5.0  # fake-score lr = ratio x generator lr
     real_guidance: float = 3.0  # action guidance w of the real score, u + w (c - u)
@@ -140,9 +144,9 @@ class DMDTrainer(StudentStageMixin, Trainer):
         if r.stream and (r.stream < r.frames or r.frames < r.context):
             raise ValueError(f"rollout.stream {r.stream} needs rollout.stream >= rollout.frames >= rollout.context "
                              f"(got frames {r.frames}, context {r.context}); or rollout.stream=0")
-        if cfg.dmd_weight < 0 or adv.weight < 0 or not (cfg.dmd_weight > 0 or adv.weight > 0):
-            raise ValueError(f"stage 3 needs dmd_weight > 0 or adversarial.weight > 0, neither negative (got "
-                             f"{cfg.dmd_weight} and {adv.weight})")
+        if min(cfg.dmd_weight, adv.weight, cfg.tf_weight) < 0 or not (cfg.dmd_weight > 0 or adv.weight > 0):
+            raise ValueError(f"stage 3 needs dmd_weight > 0 or adversarial.weight > 0, and no negative weight (got "
+                             f"dmd_weight {cfg.dmd_weight}, adversarial.weight {adv.weight}, tf_weight {cfg.tf_weight})")
         # A stage-1 student starts the generator directly (its few-step sampling is then the renoise sampler's);
         # a stage-3 student is accepted too: DMD continued with another rollout (e.g. longer than the cache).
         gen, gmeta = load_stage_output(cfg.init.student, role="student", stages=(1, 2, 3),
@@ -270,6 +274,17 @@ class DMDTrainer(StudentStageMixin, Trainer):
         per = v_loss(x0_hat, x, sigma, c.min_sigma) * bell_weight(sigma, c.bell_width)  # (B, L)
         return masked_mean(per, gen_mask.float())
 
+    def teacher_forcing_loss(self, x0, acts):
+        """x0 L2 of teacher forcing (stage 1's forward, chunk 1, real context) on the real clip, each frame at
+        one of the student's step levels."""
+        r = self.cfg.rollout
+        levels = torch.tensor(student_sigmas(r.steps, r.shift), device=x0.device)
+        sigma = levels[(self.rand_b(x0.shape[1]) * len(levels)).long().clamp_max(len(levels) - 1)]  # (B, L)
+        x_t = add_noise(x0, self.randn_b(*x0.shape[1:]), sigma)
+        with self.autocast():
+            x0_hat = tf_forward(self.nets["model"], x0, torch.zeros_like(sigma), x_t, sigma, acts, 1, anchor_src=x0)
+        return (x0_hat.float() - x0).pow(2).mean()
+
     def train_step(self, batch):
         c, r = self.cfg, self.cfg.rollout
         x0, acts = self.model_inputs(batch)  # (B, K+H, 3, R, R), (B, K+H) actions that produced each frame
@@ -299,6 +314,10 @@ class DMDTrainer(StudentStageMixin, Trainer):
                 loss_dmd, extra = self.generator_loss(full_w, acts_w, gen_mask)
                 loss_g = loss_g + c.dmd_weight * loss_dmd
                 metrics.update(extra, dmd_loss=float(loss_dmd.detach()))
+            if c.tf_weight > 0:
+                loss_tf = self.teacher_forcing_loss(x0, acts)
+                loss_g = loss_g + c.tf_weight * loss_tf
+                metrics["tf_loss"] = float(loss_tf.detach())
             if c.adversarial.weight > 0:
                 with self.autocast():
                     loss_adv = generator_adv_loss(self.nets["critic"], critic_pairs(full, run_acts, K))
