@@ -27,8 +27,11 @@ class FrameCritic(nn.Module):
         w = width
         chans = [6, w, 2 * w, 4 * w, 4 * w]
         self.convs = nn.ModuleList(nn.Conv2d(a, b, 4, stride=2, padding=1) for a, b in zip(chans[:-1], chans[1:]))
-        self.out = nn.Linear(chans[-1], 1)
-        self.embed = nn.Embedding(num_actions + 1, chans[-1])  # + "no action" (the trainer's dropout token)
+        # The last 4x4 map is read position by position, not pooled: the console draws things at fixed places
+        # (the bar at the left edge, the digits, the ring), and a pooled critic would accept them anywhere.
+        cells = chans[-1] * (resolution // 16) ** 2
+        self.out = nn.Linear(cells, 1)
+        self.embed = nn.Embedding(num_actions + 1, cells)  # + "no action" (the trainer's dropout token)
         nn.init.normal_(self.embed.weight, std=0.02)
 
     def forward(self, prev: torch.Tensor, frame: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
@@ -36,7 +39,7 @@ class FrameCritic(nn.Module):
         h = torch.cat([prev, frame - prev], 1)  # the change is what the action decides; give it directly
         for conv in self.convs:
             h = F.leaky_relu(conv(h), 0.2)
-        h = h.mean((2, 3))  # (N, C)
+        h = h.flatten(1)  # (N, C * 4 * 4)
         return self.out(h)[:, 0] + (self.embed(action) * h).sum(1)
 
 
