@@ -294,6 +294,14 @@ def test_resume_is_exact(chain, tmp_path, stage):
     assert losses(tmp_path / "whole") == losses(tmp_path / "cut")
 
 
+def test_cost_after_a_run_counts_its_time_once(tmp_path):
+    """The summary ``worldsim train`` prints after a run (``cost_now()``) equals the output's recorded cost."""
+    cfg = Stage0Config(data=data_cfg(), model=model_cfg(False), optim=optim(20), run=run_cfg(tmp_path / "s0"))
+    t = TeacherTrainer(cfg, data=clips(), heldout=clips())
+    wall = read_meta(t.fit())["cost"]["wall_s"]
+    assert wall > 0 and t.cost_now()["wall_s"] < 1.2 * wall + 0.05
+
+
 def test_finish_file_ends_a_stage_with_its_output(tmp_path):
     out = tmp_path / "s0"
     out.mkdir()

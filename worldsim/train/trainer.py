@@ -726,6 +726,7 @@ class Trainer:
             self.write_samples()
         out = self.export_final()
         self.cost["wall_s"] = self.cost_now()["wall_s"]
+        del self._t_start  # the clock is in cost now: a later cost_now() must not add the run's time again
         if self.world > 1:
             dist.barrier()
         return out
