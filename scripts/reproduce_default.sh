@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Rebuild the shipped model, assets/default.safetensors, from a clone: the three Boxing collections,
-# the eleven stage-1 legs of its student in order (each continues the one before, init.student), the
-# two weight averages, and the ship steps. Only committed configs and key=value overrides:
-#   configs/collect_boxing{,_scripted,_switchy}.yaml   the data
-#   configs/boxing_student.yaml                        every stage-1 leg (the last legs' config)
+# Rebuild the shipped model, assets/default.safetensors, from a clone: the three frameskip-4 Boxing
+# collections, the eleven stage-1 legs of the frameskip-4 student in order (each continues the one
+# before, init.student), the two weight averages, the ship steps, then the two frameskip-2 collections
+# and the leg that continues that student on them. Only committed configs and key=value overrides:
+#   configs/collect_boxing{,_scripted,_switchy}{,_fs2}.yaml   the data
+#   configs/boxing_student.yaml                        every frameskip-4 stage-1 leg (the last legs' config)
+#   configs/boxing_student_fs2.yaml                    the frameskip-2 leg (init.retime)
 #   configs/boxing_controllable.yaml                   the ship step (ship.stage: stage1, 2 Euler steps, cache 6 + 1)
 #
 #   scripts/reproduce_default.sh [OUT]       (OUT default runs/default; OUT and DATA are relative to the repo root)
 #
-# Result: OUT/student.safetensors (playable; compare it with the shipped file, e.g. worldsim eval
-# --checkpoint OUT/student.safetensors ..., before copying it to assets/default.safetensors).
-# About 10 CPU-hours on 2 cores (the legs' wall-clock is in the model card), the collection a few minutes.
+# Result: OUT/fs2/student.safetensors (playable; compare it with the shipped file, e.g. worldsim eval
+# --checkpoint OUT/fs2/student.safetensors ..., before copying it to assets/default.safetensors).
+# About 11 CPU-hours on 2 cores (the legs' wall-clock is in the model card), the collections a few minutes.
 #
 # Idempotent: a finished collection, leg, average or ship is skipped (its output exists), and an
 # interrupted leg resumes exactly from its checkpoint, so after a stop run the same command again.
@@ -58,7 +60,7 @@ leg() {  # NAME INIT [key=value ...]: one stage-1 leg into OUT/NAME from the stu
         echo "leg $name: done ($OUT/$name/final.safetensors)"
         return
     fi
-    "$WORLDSIM" train stage1 configs/boxing_student.yaml "out_dir=$OUT/$name" "$from" "$THREE" "$@" \
+    "$WORLDSIM" train stage1 "${LEG_CONFIG:-configs/boxing_student.yaml}" "out_dir=$OUT/$name" "$from" "$THREE" "$@" \
         ${train_args[@]+"${train_args[@]}"}
     if [[ ! -f $OUT/$name/final.safetensors ]]; then
         echo "leg $name stopped before its last step; run this script again to resume it" >&2
@@ -76,8 +78,9 @@ average() {  # OUT_FILE CHECKPOINT...: their uniform weight average
     "$WORLDSIM" train average "$@" --out "$out"
 }
 
-ship() {  # DIR STUDENT: the playable DIR/student.safetensors from the stage-1 student STUDENT
+ship() {  # DIR STUDENT [key=value ...]: the playable DIR/student.safetensors from the stage-1 student STUDENT
     local dir=$1 student=$2
+    shift 2
     if [[ -f $dir/student.safetensors ]]; then
         echo "ship: done ($dir/student.safetensors)"
         return
@@ -86,7 +89,7 @@ ship() {  # DIR STUDENT: the playable DIR/student.safetensors from the stage-1 s
         mkdir -p "$dir/stage1_teacher_forcing"
         cp "$student" "$dir/stage1_teacher_forcing/final.safetensors"
     fi
-    "$WORLDSIM" train ship configs/boxing_controllable.yaml "out_dir=$dir" "$THREE" ${ship_args[@]+"${ship_args[@]}"}
+    "$WORLDSIM" train ship configs/boxing_controllable.yaml "out_dir=$dir" "$THREE" "$@" ${ship_args[@]+"${ship_args[@]}"}
 }
 
 # -- data: sticky-random play, scripted close quarters, and keys that change often ----------------------
@@ -123,6 +126,12 @@ leg 1j "$OUT/ship_hi/student.safetensors" run.seed=1 optim.steps=4000
 leg 1k "$OUT/ship_hi/student.safetensors" run.seed=2 optim.lr=1e-4 optim.steps=4000
 average "$OUT/stage1_teacher_forcing/final.safetensors" "$OUT/1j/final.safetensors" "$OUT/1k/final.safetensors" \
     "$OUT/ship_hi/stage1_teacher_forcing/final.safetensors"
-# -- the shipped file: that average, its weights in bf16, 8 real context frames, 2 Euler steps, cache 6 + 1
+# -- the frameskip-4 student: that average, its weights in bf16, 8 real context frames, 2 Euler steps, cache 6 + 1
 ship "$OUT" "$OUT/stage1_teacher_forcing/final.safetensors"
-echo "done: $OUT/student.safetensors"
+# -- frameskip 2 (30 steps a second): two collections, that student continued on them (init.retime), shipped
+collect configs/collect_boxing_fs2.yaml boxing_fs2
+collect configs/collect_boxing_switchy_fs2.yaml boxing_switchy_fs2
+FS2="data.paths=[$DATA/boxing_fs2,$DATA/boxing_switchy_fs2]"
+LEG_CONFIG=configs/boxing_student_fs2.yaml leg 1l "$OUT/student.safetensors" "$FS2"
+ship "$OUT/fs2" "$OUT/1l/final.safetensors" "$FS2"
+echo "done: $OUT/fs2/student.safetensors"

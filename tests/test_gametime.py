@@ -223,8 +223,8 @@ def test_checkpoint_period_recorded_from_its_data_or_the_default(tmp_path):
     assert tiny.period == FramePeriod(1, 15.0) and not tiny.note
 
 
-def test_shipped_model_plays_at_15_steps_per_second():
-    """The shipped file (weights untouched) either records a period or gets the frameskip-4 default."""
+def test_shipped_model_plays_at_30_steps_per_second():
+    """The shipped file records its period: frameskip 2, Boxing at 30 steps a second."""
     from pathlib import Path
 
     from worldsim.checkpoint import read_meta
@@ -233,7 +233,7 @@ def test_shipped_model_plays_at_15_steps_per_second():
     if not path.is_file():
         pytest.skip("no shipped model")
     r = checkpoint_period(read_meta(path), path.name)
-    assert r.period.steps_per_s == 15
+    assert r.source == "checkpoint" and r.period.frameskip == 2 and r.period.steps_per_s == 30
 
 
 # -- play, recording, replay ----------------------------------------------------------------------

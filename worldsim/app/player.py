@@ -15,8 +15,8 @@ One loop on the main thread, never waiting on the model:
 
 Pacing is game time: the session starts one generation per tick, the model's frame period divided
 by ``speed`` (``worldsim.gametime.Pace``, which the builder gives both the session and the player),
-so Boxing trained at frameskip 4 plays at its own 15 steps/s; the HUD says so ("Boxing, 15 steps/s,
-speed 1.00x").
+so the shipped Boxing, trained at frameskip 2, plays at its own 30 steps/s; the HUD says so ("Boxing,
+30 steps/s, speed 1.00x").
 
 Keys while playing: arrows/WASD + space play; R reset to a fresh context; P pause; 1/2/4 sampling
 steps; C frame-wise <-> chunk-wise; H HUD; F12 (or F2) screenshot; Esc/Q quit. The kiosk
@@ -71,7 +71,7 @@ class PlayConfig:
     chunk_size: int = 3  # frames per chunk when C switches to chunk-wise during play
     # Pace of play relative to the game's own speed: the model's frame period (the game time one frame
     # spans, worldsim.gametime) / speed is the tick between generation starts. 1 = the game's own speed
-    # (Boxing at frameskip 4: 15 steps/s), 0.5 slow motion, 2 fast-forward, 0 = as fast as the model runs.
+    # (the shipped Boxing at frameskip 2: 30 steps/s), 0.5 slow motion, 2 fast-forward, 0 = as fast as the model runs.
     speed: float = 1.0
     seed: int = 0  # noise seed of the first context (each reset takes the next)
     scale: int = 10  # window = frame size x scale (clamped to the screen), resizable
