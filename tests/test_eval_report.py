@@ -65,6 +65,39 @@ def test_evaluate_reports_realism_control_and_stability(setup):
     assert "real vs real" in text and "first 30" in text and "%" in text
 
 
+def test_free_play_paths_pool_realism_over_paths_from_other_contexts(setup):
+    """Two paths: each from its own context and seed; realism and the first/last windows pool both (as
+    many frames as one path gives); frame statistics and snapshots stay the first path's."""
+    import dataclasses
+
+    _, _, _, model, base, episodes = setup
+    cfg = EvalConfig(**{**CFG, "action_response": 0})
+    one = evaluate(model, episodes, [("1x2", base)], cfg, TINY_ENV_ID, TINY_ACTIONS).settings[0]
+    snaps = {}
+    two = evaluate(model, episodes, [("1x2", base)], dataclasses.replace(cfg, free_play_paths=2), TINY_ENV_ID,
+                   TINY_ACTIONS, on_snapshots=lambda name, ctx, s: snaps.update(s) or {"n": len(s)}).settings[0]
+    paths = two.free_play["paths"]
+    assert len(paths) == 2 and paths[0]["seed"] == 0 and paths[1]["seed"] == 1
+    assert (paths[0]["episode"], paths[0]["context_start"]) != (paths[1]["episode"], paths[1]["context_start"])
+    assert two.free_play["windows"] == one.free_play["windows"] and sorted(snaps) == [1, 80]
+    assert two.realism["full"]["train_frames"] == one.realism["full"]["train_frames"]
+    # each path's window is split by time on its own: one frame of rounding per path
+    assert abs(two.stability["realism_first"]["test_frames"] - one.stability["realism_first"]["test_frames"]) <= 1
+    assert two.realism["full"]["accuracy"] >= 0.9  # random weights are still told apart
+
+
+def test_keepers_of_several_paths_share_the_frames_out():
+    from worldsim.eval.report import PathKeepers
+
+    k = PathKeepers(total=100, n=10, window=7, paths=3)
+    for p in range(3):
+        for i in range(1, 101):
+            k.path(p)(i, np.full((2, 2, 3), p, np.uint8))
+    spread, first = k.take("spread"), k.take("first")
+    assert [len(s) for s in spread] == [4, 3, 3] and [len(f) for f in first] == [3, 2, 2]
+    assert [int(s[0, 0, 0, 0]) for s in spread] == [0, 1, 2]  # each path's own frames, path after path
+
+
 def test_control_reads_the_counterfactual():
     from worldsim.eval.report import SettingReport
 

@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch", type=int, default=16, help="rollouts generated together (default 16)")
     ap.add_argument("--free-play", type=int, default=0, metavar="FRAMES",
                     help="frames of free play under sticky random actions (the model card uses 10000)")
+    ap.add_argument("--free-play-paths", type=int, default=1, metavar="N",
+                    help="free plays of --free-play frames each, from contexts spread over the episodes, each with "
+                         "its own seed; realism pools them (one free play is one path through the game, and the "
+                         "figure moves with it); default 1")
     ap.add_argument("--sticky", type=float, default=0.8, help="free play: probability of repeating an action")
     ap.add_argument("--compiled", action="store_true",
                     help="batch-1 generation (free play) through the compiled forwards 'worldsim compile' built, as "
@@ -256,6 +260,7 @@ def main(argv=None) -> int:
     t_all = time.perf_counter()
     cfg = EvalConfig(context=args.context, horizon=args.horizon, starts=args.starts, spacing=args.spacing,
                      batch=args.batch, seed=args.seed, free_play=args.free_play, sticky=args.sticky,
+                     free_play_paths=args.free_play_paths,
                      miss_penalty_px=args.miss_penalty, action_response=args.action_response,
                      realism_frames=args.realism_frames, realism_steps=args.realism_steps,
                      stability_window=args.stability_window)
@@ -348,7 +353,7 @@ def format_yardstick(report: EvalReport) -> str:
             ("player found", 13), ("opp found", 10), ("move ratio", 11), ("player px", 10)]
     lines = [f"realism: classifier accuracy on held-out frames (50% = indistinguishable); control: "
              f"{cfg.action_response} frames held from the real game's states; stability: {cfg.free_play} frames "
-             f"of free play", " ".join(f"{n:>{cw}}" for n, cw in cols)]
+             f"of free play" + (f", {cfg.free_play_paths} paths" if cfg.free_play_paths > 1 else ""), " ".join(f"{n:>{cw}}" for n, cw in cols)]
     for r in report.yardstick():
         cells = [r["setting"], pct(r.get("realism")), pct(r.get("realism_degraded")), pct(r.get("realism_first")),
                  pct(r.get("realism_last")), num(r.get("player_found_end"), ".2f"),

@@ -208,6 +208,23 @@ class FrameKeeper:
         return np.stack([self.frames[k] for k in keys])
 
 
+class PathKeepers:
+    """The realism frames of several free plays (paths): each path keeps its share of the spread frames and
+    of its first and last windows, so the pooled samples are as large as one path's would be. ``take``
+    returns them path after path, each in time order (the realism test splits each sequence by time)."""
+
+    def __init__(self, total: int, n: int, window: int, paths: int):
+        self.window = window
+        self.keepers = [FrameKeeper(total, n // paths + (p < n % paths), window // paths + (p < window % paths))
+                        for p in range(paths)]
+
+    def path(self, p: int) -> FrameKeeper:
+        return self.keepers[p]
+
+    def take(self, which: str) -> list[np.ndarray]:
+        return [k.take(which) for k in self.keepers]
+
+
 def evaluate(model, episodes: Sequence[EvalEpisode], settings: Sequence[tuple[str, Any]], cfg: EvalConfig,
              env_id: str, action_meanings: Sequence[str], *, device=None,
              prepare_engine: Callable[[Any], None] | None = None,
@@ -314,12 +331,13 @@ def realism_reason(cfg: EvalConfig, n_episodes: int) -> str | None:
     return None
 
 
-def free_play_realism_frames(cfg: EvalConfig) -> FrameKeeper:
+def free_play_realism_frames(cfg: EvalConfig) -> PathKeepers:
     window = min(cfg.stability_window, cfg.free_play // 2)
-    return FrameKeeper(cfg.free_play, min(cfg.realism_frames, cfg.free_play), window)
+    return PathKeepers(cfg.free_play, min(cfg.realism_frames, cfg.free_play * cfg.free_play_paths), window,
+                       cfg.free_play_paths)
 
 
-def model_realism(keeper: FrameKeeper, real, cfg: EvalConfig, fp: dict) -> tuple[dict, dict]:
+def model_realism(keeper: PathKeepers, real, cfg: EvalConfig, fp: dict) -> tuple[dict, dict]:
     """Realism of the free play (spread over all of it; full frame and degraded) and the stability
     figures (realism of its first and last window, each against the same real frames)."""
     rc = realism_config(cfg)
@@ -364,16 +382,30 @@ def real_counterfactuals(episodes, plan, cfg: EvalConfig, meanings, say, keys: d
 
 def run_free_play(engine, episodes, plan, cfg: EvalConfig, meanings, sprite, opponent, reference, no_action, name,
                   on_snapshots, keeper, progress) -> dict:
-    """Free play from the first rollout's context; the snapshots go to ``on_snapshots``."""
+    """Free play from the first rollout's context, and with ``cfg.free_play_paths`` > 1 more free plays from
+    contexts spread over the plan, each with its own seed (their frames go to ``keeper`` only). The first
+    path's frame statistics are returned; its snapshots go to ``on_snapshots``."""
+    import dataclasses
+
+    P = cfg.free_play_paths
+    starts = [plan[round(p * len(plan) / P) % len(plan)] for p in range(P)]
+    for p in range(1, P):
+        i, ctx_start = starts[p]
+        bar = progress(cfg.free_play, f"free play {name}, path {p + 1}/{P}")
+        free_play(engine, episodes[i], ctx_start, dataclasses.replace(cfg, seed=cfg.seed + p), meanings, sprite,
+                  reference, no_action, progress=bar, on_frame=None if keeper is None else keeper.path(p))
+        bar.close()
     i, ctx_start = plan[0]
     snaps: dict[int, np.ndarray] = {}
     at = sorted({n for n in SNAPSHOT_FRAMES if n <= cfg.free_play} | {cfg.free_play})
     bar = progress(cfg.free_play, f"free play {name}")
     out = free_play(engine, episodes[i], ctx_start, cfg, meanings, sprite, reference, no_action,
                     on_snapshot=lambda n, f: snaps.__setitem__(n, f.copy()), snapshot_at=at, progress=bar,
-                    on_frame=keeper, opponent=opponent)
+                    on_frame=None if keeper is None else keeper.path(0), opponent=opponent)
     bar.close()
     out["windows_edges"] = window_edges(cfg.free_play, cfg.windows).tolist()
+    out["paths"] = [{"episode": episodes[e].name, "context_start": int(c), "seed": cfg.seed + p}
+                    for p, (e, c) in enumerate(starts)]
     if on_snapshots is not None and snaps:
         saved = on_snapshots(name, episodes[i].frames[ctx_start + cfg.context - 1], snaps)
         if saved:

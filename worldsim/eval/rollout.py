@@ -52,6 +52,10 @@ class EvalConfig:
     batch: int = 16  # rollouts generated side by side in one engine batch (B > 1 is much faster per frame)
     seed: int = 0  # engine noise; every setting sees the same seeds so settings are paired
     free_play: int = 0  # frames of free play under sticky random actions (0: skip)
+    # free plays, each of ``free_play`` frames from another rollout context with its own seed: one is one
+    # path through the game, and the realism figure moves with where it goes; realism and the first/last
+    # windows pool all paths, the frame statistics and snapshots are the first path's
+    free_play_paths: int = 1
     sticky: float = 0.8  # free play: probability of repeating the previous action
     miss_penalty_px: float = 0.0  # sprite found nowhere in a prediction counts as this error (0: resolution / 4)
     windows: int = 20  # free play: statistics per window, this many windows over the run
@@ -69,6 +73,8 @@ class EvalConfig:
             raise WorldsimError(f"--spacing must be 'stratified' or 'even' (got {self.spacing!r})")
         if self.free_play < 0:
             raise WorldsimError(f"--free-play must be >= 0 (got {self.free_play})")
+        if self.free_play_paths < 1:
+            raise WorldsimError(f"--free-play-paths must be >= 1 (got {self.free_play_paths})")
         if not 0.0 <= self.sticky < 1.0:
             raise WorldsimError(f"--sticky must be in [0, 1) (got {self.sticky})")
         if self.action_response < 0:
