@@ -148,6 +148,31 @@ def test_rolling_cache_bounded_and_sinks_rerotated():
         torch.testing.assert_close(c.k[layer][:, :, :cfg.sink * c.N], want, atol=1e-5, rtol=1e-5)
 
 
+def test_cache_state_restores_into_a_fresh_cache_that_goes_on_identically():
+    """``state()`` / ``load_state()`` after the window has rolled and the sinks were re-rotated: a fresh cache
+    loaded with it gives the same next frames as the original."""
+    m = tiny_model()
+    cfg = EngineConfig(steps=1, window=4, sink=2, fuse_cache_write=False)
+    eng = Engine(m, cfg)
+    eng.reset(1, seed=3)
+    eng.prefill(frames(1, 3))
+    for i in range(9):
+        eng.step(i % 5)
+    tensors, counters = eng.cache.state()
+    tensors = {k: v.clone() for k, v in tensors.items()}
+    noise = eng._gen.get_state()  # the same noise for both continuations
+    want = torch.cat([eng.step(a) for a in (1, 2, 3)], 1)
+    c = eng.cache
+    fresh = KVCache(layers=c.L, batch=c.B, kv_heads=c.H, head_dim=c.D, tokens_per_frame=c.N, sink=c.S, window=c.W,
+                    scratch_frames=c.scratch_frames, rope=m.rope, device=torch.device("cpu"), dtype=torch.float32)
+    fresh.load_state(tensors, counters)
+    assert fresh.frames == counters["frames"] and fresh.slot_pos == counters["slot_pos"]
+    eng.cache = fresh
+    eng._gen.set_state(noise)
+    got = torch.cat([eng.step(a) for a in (1, 2, 3)], 1)
+    torch.testing.assert_close(got, want)
+
+
 def test_reset_drops_the_cache():
     m = tiny_model()
     eng = Engine(m, EngineConfig(steps=1))

@@ -56,6 +56,25 @@ class KVCache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k + self.v + self.sink_raw)
 
+    _COUNTERS = ("frames", "valid", "ring_next", "pending")
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Everything ``load_state`` needs to go on exactly from here: (tensors, JSON-able counters)."""
+        tensors = {f"k{i}": k for i, k in enumerate(self.k)}
+        tensors.update({f"v{i}": v for i, v in enumerate(self.v)})
+        tensors["sink_raw"] = self._sink_raw_all
+        return tensors, {**{k: getattr(self, k) for k in self._COUNTERS}, "slot_pos": list(self.slot_pos)}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], counters: dict) -> None:
+        """Restore a ``state()`` into a cache of the same shape (copies; the buffers' dtype is the saved one)."""
+        dev = self._sink_raw_all.device
+        self.k = [tensors[f"k{i}"].to(dev).clone() for i in range(self.L)]
+        self.v = [tensors[f"v{i}"].to(dev).clone() for i in range(self.L)]
+        self._sink_raw_all.copy_(tensors["sink_raw"])  # in place: ``sink_raw`` holds views of it
+        for k in self._COUNTERS:
+            setattr(self, k, int(counters[k]))
+        self.slot_pos = [int(p) for p in counters["slot_pos"]]
+
     def next_positions(self, n: int, device=None) -> torch.Tensor:
         """Absolute frame positions of the next ``n`` frames (on the host by default: the model
         memoises its rotations per position, which a GPU tensor would have to be read back for)."""

@@ -55,32 +55,22 @@ class RolloutState:
     def __init__(self, cache: TrainKVCache, recent):
         self.cache, self.recent = cache, recent
 
-    _INTS = ("frames", "valid", "ring_next", "pending")
-
     def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
-        c = self.cache
-        out = {f"{prefix}k{i}": k for i, k in enumerate(c.k)}
-        out.update({f"{prefix}v{i}": v for i, v in enumerate(c.v)})
-        out[f"{prefix}sink_raw"] = c._sink_raw_all
+        out = {prefix + k: v for k, v in self.cache.state()[0].items()}
         if self.recent is not None:
             out[f"{prefix}recent"] = self.recent
         return out
 
     def meta(self) -> dict:
-        return {**{k: getattr(self.cache, k) for k in self._INTS}, "slot_pos": list(self.cache.slot_pos)}
+        return self.cache.state()[1]
 
     @classmethod
     def restore(cls, model, meta: dict, tensors: dict[str, torch.Tensor], prefix: str, *, chunk: int, window: int,
                 sink: int, device) -> "RolloutState":
-        k0 = tensors[f"{prefix}k0"]
-        cache = make_cache(model, k0.shape[0], chunk=chunk, window=window, sink=sink, device=device)
-        cache.k = [tensors[f"{prefix}k{i}"].to(device).clone() for i in range(cache.L)]
-        cache.v = [tensors[f"{prefix}v{i}"].to(device).clone() for i in range(cache.L)]
-        cache._sink_raw_all.copy_(tensors[f"{prefix}sink_raw"])
-        for k in cls._INTS:
-            setattr(cache, k, int(meta[k]))
-        cache.slot_pos = [int(p) for p in meta["slot_pos"]]
-        recent = tensors.get(f"{prefix}recent")
+        mine = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        cache = make_cache(model, mine["k0"].shape[0], chunk=chunk, window=window, sink=sink, device=device)
+        cache.load_state(mine, meta)
+        recent = mine.get("recent")
         return cls(cache, None if recent is None else recent.to(device).clone())
 
 

@@ -26,6 +26,13 @@ Each step (RECIPE.md, "Stage 3"; Self-Forcing / DMD2):
 AdamW betas (0, 0.999) for both (``optim.betas``), fake-score lr = ``fake_lr_ratio`` x generator lr,
 EMA on the generator (``optim.ema_decay``).
 
+Beside distribution matching (``dmd_weight``; 0 reads no teacher and trains no fake score), the
+generator may learn from two more terms, each added to its loss with its weight: DMD2's adversarial
+term (``adversarial``: a ``FrameCritic`` tells the game's real next frames from the rollout's and
+updates every step, non-saturating loss with R1) and stage 1's teacher forcing on the real clip
+(``tf_weight``), an anchor to the recorded game. ``rollout.stream`` makes each rollout continue the
+previous one's KV cache (``RolloutState``, part of the checkpoint) for long play.
+
 The generator's architecture is the stage-2 checkpoint's and the scores' the teacher's, so there is
 no ``model`` section; the data section's ``clip_len`` is replaced by ``rollout.context + rollout.frames``.
 """
