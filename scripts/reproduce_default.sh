@@ -34,23 +34,10 @@
 #   TRAIN_ARGS    extra key=value overrides for every training leg, after the leg's own
 #   SHIP_ARGS     extra key=value overrides for every ship step
 #   WORLDSIM      the command (default: worldsim)
-set -euo pipefail
-
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/reproduce_common.sh"
 OUT=${1:-runs/default}
-DATA=${DATA:-data}
-WORLDSIM=${WORLDSIM:-worldsim}
-read -r -a collect_args <<< "${COLLECT_ARGS:-}"
-read -r -a train_args <<< "${TRAIN_ARGS:-}"
-read -r -a ship_args <<< "${SHIP_ARGS:-}"
 TWO="data.paths=[$DATA/boxing,$DATA/boxing_scripted]"
 THREE="data.paths=[$DATA/boxing,$DATA/boxing_scripted,$DATA/boxing_switchy]"
-
-collect() {  # CONFIG NAME [options]: a collection into DATA/NAME (a re-run continues it to its total)
-    local config=$1 name=$2
-    shift 2
-    "$WORLDSIM" collect --config "$config" --out "$DATA/$name" "$@" ${collect_args[@]+"${collect_args[@]}"}
-}
 
 leg() {  # NAME INIT [key=value ...]: one stage-1 leg into OUT/NAME from the student INIT ('' : from scratch)
     local name=$1 from="init.student=$2"

@@ -174,7 +174,7 @@ def test_play_py_names_what_ships_for_a_game_that_does_not(capsys, tmp_path, mon
     assert cli.main(["--game", "pong", "--headless"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no model of Pong ships" in err[0] and "shipped: boxing" in err[0]
-    assert "configs/collect_pong.yaml" in err[0] and "assets/pong.safetensors" in err[0]
+    assert "configs/collect_pong_fs2.yaml" in err[0] and "assets/pong.safetensors" in err[0]
     assert cli.main(["--game", "tetris", "--headless"]) == 2
     assert "unknown game 'tetris'; games: boxing, pong, breakout, mspacman" in capsys.readouterr().err
     assert cli.main(["--game", "boxing", "--checkpoint", "x.safetensors", "--headless"]) == 2

@@ -40,7 +40,7 @@ def test_shipped_games_and_the_line_for_a_game_that_does_not_ship(tmp_path):
         shipped_model("pong", tmp_path)
     line = str(e.value)
     assert "\n" not in line and "no model of Pong ships" in line and "shipped: boxing" in line
-    assert "worldsim collect --config configs/collect_pong.yaml" in line and "configs/pong.yaml" in line
+    assert "worldsim collect --config configs/collect_pong_fs2.yaml" in line and "scripts/reproduce_pong.sh" in line
     assert isinstance(e.value, WorldsimError)
 
 
