@@ -351,9 +351,10 @@ def format_yardstick(report: EvalReport) -> str:
 
     cols = [("setting", 12), ("realism", 8), ("degraded", 9), (f"first {wl}", 9), (f"last {wl}", 9),
             ("player found", 13), ("opp found", 10), ("move ratio", 11), ("player px", 10)]
+    paths = f", {cfg.free_play_paths} paths" if cfg.free_play_paths > 1 else ""
     lines = [f"realism: classifier accuracy on held-out frames (50% = indistinguishable); control: "
              f"{cfg.action_response} frames held from the real game's states; stability: {cfg.free_play} frames "
-             f"of free play" + (f", {cfg.free_play_paths} paths" if cfg.free_play_paths > 1 else ""), " ".join(f"{n:>{cw}}" for n, cw in cols)]
+             f"of free play{paths}", " ".join(f"{n:>{cw}}" for n, cw in cols)]
     for r in report.yardstick():
         cells = [r["setting"], pct(r.get("realism")), pct(r.get("realism_degraded")), pct(r.get("realism_first")),
                  pct(r.get("realism_last")), num(r.get("player_found_end"), ".2f"),
