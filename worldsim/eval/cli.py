@@ -1,7 +1,9 @@
-"""``worldsim eval``: a checkpoint against real episodes, as a player sees it; ``worldsim eval compare``.
+"""``worldsim eval``: a checkpoint against real episodes, as a player sees it; ``worldsim eval compare``;
+``worldsim eval clips``.
 
     worldsim eval --episodes data/boxing/heldout --settings 1x2 --free-play 10000 --json runs/eval.json
     worldsim eval compare runs/eval_a.json runs/eval_b.json
+    worldsim eval clips --checkpoint runs/teacher/final.safetensors --episodes data/boxing/heldout --json t.json
 
 Thin entry over ``worldsim.eval.evaluate`` (``worldsim.eval.report``): parses flags, loads the
 checkpoint and the episodes, writes the JSON atomically (after every stage, so a stopped run keeps
@@ -155,14 +157,14 @@ def attach_compiled(engine, ckpt) -> None:
     aot.attach(engine, forwards)
 
 
-def load_for_eval(path: Path, device, dtype, overrides):
+def load_for_eval(path: Path, device, dtype, overrides, prefix: str = "model."):
     """(model, meta, base EngineConfig) from a checkpoint; bf16 means bf16 weights, as the bench and
     the player run them (CPU autocast re-casts every weight on every forward)."""
     from worldsim.checkpoint import load_checkpoint, load_weights
     from worldsim.config import load_config
     from worldsim.engine import EngineConfig
 
-    tensors, meta = load_checkpoint(path, "model.")
+    tensors, meta = load_checkpoint(path, prefix)
     model = load_weights(tensors, meta, path).to(device=device, dtype=dtype).eval()
     engine = meta.get("engine") or {}
     if not isinstance(engine, dict):
@@ -253,6 +255,8 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["compare"]:
         return compare_main(argv[1:])
+    if argv[:1] == ["clips"]:
+        return clips_main(argv[1:])
     args = build_parser().parse_args(argv)
     from worldsim.checkpoint import file_hash
     from worldsim.device import dtype_name, pick_device, pick_dtype
@@ -388,6 +392,124 @@ def compare_main(argv) -> int:
     if args.json:
         write_json(Path(args.json), c)
     return 0
+
+
+def clips_main(argv) -> int:
+    """``worldsim eval clips``: realism of short clips from real states, for a bidirectional teacher (its own
+    multi-step samples) or a causal student (through the engine) on one scale (``worldsim.eval.clips``)."""
+    from worldsim.checkpoint import file_hash
+    from worldsim.device import dtype_name, pick_device, pick_dtype
+    from worldsim.eval.clips import (ClipConfig, clip_plan, clip_realism, engine_sampler, generate_clips,
+                                     teacher_sampler)
+
+    ap = argparse.ArgumentParser(prog="worldsim eval clips",
+                                 description="Can a classifier tell a model's short clips (from real context "
+                                             "frames, under the recorded keys) from the real frames? A "
+                                             "bidirectional teacher's own realism, and a student's on the "
+                                             "same scale")
+    ap.add_argument("--checkpoint", help=f"model to evaluate (default: the shipped {DEFAULT_CHECKPOINT})")
+    ap.add_argument("--weights", choices=("model", "ema"), default="model",
+                    help="which weights of the file: 'model' (a stage's output) or 'ema' (a run's "
+                         "checkpoint.safetensors mid-training)")
+    ap.add_argument("--episodes", nargs="+", required=True, help="held-out episodes of the checkpoint's game")
+    ap.add_argument("--json", required=True, help="write the figures here (atomically)")
+    ap.add_argument("--context", type=int, default=2, help="real frames before each clip (default 2)")
+    ap.add_argument("--horizon", type=int, default=6, help="generated frames per clip (default 6)")
+    ap.add_argument("--frames", type=int, default=2000, help="generated frames in all (default 2000)")
+    ap.add_argument("--settings", help="causal model: one CHUNKxSTEPS (default: the checkpoint's engine settings)")
+    ap.add_argument("--engine", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="causal model: override the checkpoint's engine settings, e.g. window=12")
+    ap.add_argument("--teacher-steps", type=int, default=0,
+                    help="bidirectional model: Euler steps (default: its recorded sampler's, else 24)")
+    ap.add_argument("--guidance", type=float, default=1.0, help="bidirectional model: action guidance w (default 1)")
+    ap.add_argument("--batch", type=int, default=16, help="clips generated together (default 16)")
+    ap.add_argument("--realism-steps", type=int, default=400, help="the classifier's training steps")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--split", help="only episodes of this split (e.g. heldout)")
+    ap.add_argument("--max-episodes", type=int, default=0, help="use at most this many episodes (0: all)")
+    ap.add_argument("--device", default=None, help="cpu, cuda, ... (default: the device policy)")
+    ap.add_argument("--dtype", default=None, help="fp32 or bf16 weights (default: the device policy)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+    cfg = ClipConfig(context=args.context, horizon=args.horizon, frames=args.frames, batch=args.batch,
+                     seed=args.seed, realism_steps=args.realism_steps)
+    cfg.validate()
+    if args.teacher_steps < 0:
+        raise ConfigError(f"--teacher-steps must be >= 1 (or 0: the recorded sampler's), got {args.teacher_steps}")
+    t0 = time.perf_counter()
+    json_path, ckpt = Path(args.json), resolve_checkpoint(args.checkpoint)
+    device = pick_device(args.device)
+    dtype = pick_dtype(device, args.dtype)
+    model, meta, base = load_for_eval(ckpt, device, dtype, args.engine, prefix=weights_prefix(ckpt, args.weights))
+    env_id, meanings = checkpoint_game(ckpt, meta, model.cfg.num_actions)
+    period = checkpoint_period(meta, ckpt.name)
+    episodes = load_eval_episodes(args.episodes, model.cfg.resolution, env_id, meanings, args.split, args.max_episodes,
+                                  frame_period=None if period.is_default else period.period)
+    if model.cfg.causal:
+        from worldsim.engine import Engine
+
+        if args.teacher_steps or args.guidance != 1.0:
+            raise ConfigError(f"{ckpt} is a causal model: --teacher-steps and --guidance are for a bidirectional "
+                              f"teacher; pick its sampling with --settings CxS")
+        args.steps = args.chunk = None
+        settings = parse_settings(args, base)
+        if len(settings) != 1:
+            raise ConfigError("worldsim eval clips takes one setting (e.g. --settings 1x2)")
+        name, ecfg = settings[0]
+        sampler = engine_sampler(Engine(model, ecfg, device=device, dtype=dtype))
+        how = {"kind": "causal", "setting": name}
+    else:
+        if args.settings or args.engine:
+            raise ConfigError(f"{ckpt} is a bidirectional model: it has no engine settings; pick its sampling with "
+                              f"--teacher-steps N and --guidance W")
+        rec = meta.get("sampler") if isinstance(meta.get("sampler"), dict) else {}
+        steps = args.teacher_steps or int(rec.get("steps", 24))
+        shift = float(rec.get("shift", 3.0))
+        sampler = teacher_sampler(model, steps, shift, args.guidance, dtype, device)
+        how = {"kind": "bidirectional", "steps": steps, "shift": shift, "guidance": args.guidance}
+    plan = clip_plan(episodes, cfg)
+    no_action = model.cfg.num_actions
+    print(f"worldsim eval clips: {ckpt} ({how['kind']}, {model.num_params() / 1e6:.2f}M params) on "
+          f"{len(episodes)} episodes: {len(plan)} clips of {cfg.context} real + {cfg.horizon} generated frames",
+          file=sys.stderr)
+    bar = _progress(len(plan) * cfg.horizon, "clips", args.quiet)
+    fake, real = generate_clips(sampler, episodes, plan, cfg, no_action, bar)
+    bar.close()
+    res = clip_realism(fake, real, cfg)
+    out = {"command": "worldsim eval clips", "argv": argv, "device": str(device), "dtype": dtype_name(dtype),
+           "checkpoint": {"path": str(ckpt), "hash": file_hash(ckpt), "weights": args.weights,
+                          "role": meta.get("role"), "stage": meta.get("stage"), "step": meta.get("step"),
+                          "params": model.num_params()},
+           "sampling": how, "config": dataclasses.asdict(cfg), "clips": len(plan), **res,
+           "seconds": time.perf_counter() - t0}
+    write_json(json_path, out)
+    line = lambda r: f"{r['full']['accuracy']:.1%} (degraded {r['degraded']['accuracy']:.1%})"  # noqa: E731
+    print(f"clip realism of {ckpt} ({', '.join(f'{k} {v}' for k, v in how.items() if k != 'kind')}): "
+          f"{line(res['model'])}")
+    if "real_vs_real" in res:
+        print(f"real vs real: {line(res['real_vs_real'])}")
+    print(f"wrote {json_path}")
+    return 0
+
+
+def weights_prefix(ckpt: Path, weights: str) -> str:
+    """'model.' for a stage's output; for a run's checkpoint with --weights ema, its one EMA network's prefix."""
+    if weights == "model":
+        return "model."
+    from safetensors import safe_open
+
+    if not ckpt.is_file():
+        raise CheckpointError(f"checkpoint '{ckpt}' not found; pass --checkpoint PATH to a .safetensors file")
+    try:
+        with safe_open(str(ckpt), "pt") as f:
+            nets = sorted({k.split(".")[1] for k in f.keys() if k.startswith("ema.") and k.count(".") > 1})
+    except Exception as e:  # noqa: BLE001  (safetensors raises several types for a damaged header)
+        raise CheckpointError(f"checkpoint '{ckpt}' cannot be read ({e}); it is damaged or not a .safetensors file")
+    if len(nets) != 1:
+        raise CheckpointError(f"--weights ema: '{ckpt}' holds " + (f"EMA weights of {nets}" if nets else
+                              "no EMA weights") + "; pass a run's checkpoint.safetensors of one network, or "
+                              "--weights model")
+    return f"ema.{nets[0]}."
 
 
 def save_snapshots(json_path: Path, name: str, context_frame: np.ndarray, snaps: dict[int, np.ndarray]) -> dict:

@@ -1,8 +1,8 @@
 """Sample rollouts for a person to look at: generated frames under real recorded actions beside the truth.
 
-Boundary: networks + real clips in, frames out (``engine_rollout``, ``teacher_rollout``); frames in,
-``.png`` grid and ``.mp4`` out (``write_media``). Nothing here touches the training generators, so
-writing samples never changes what a run trains on.
+Boundary: networks + real clips in, frames out (``engine_rollout``; the teacher's sampler is
+``worldsim.engine.teacher``); frames in, ``.png`` grid and ``.mp4`` out (``write_media``). Nothing here
+touches the training generators, so writing samples never changes what a run trains on.
 
 Layout of a sample: per clip two rows (real on top, generated below), columns are time; the first
 ``K`` columns are the real context, shared by both rows and framed in grey in the video.
@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from worldsim.engine import Engine, EngineConfig
-from worldsim.engine.schedule import euler_sigmas
 
 log = logging.getLogger("worldsim.train")
 
@@ -50,34 +49,6 @@ def engine_rollout(model, engine_cfg: EngineConfig, ctx: torch.Tensor, prev: tor
     eng.prefill(ctx, prev)
     out = [eng.step(acts[:, t:t + C]) for t in range(0, n, C)]
     return torch.cat(out, 1)[:, :H]
-
-
-@torch.no_grad()
-def teacher_rollout(model, ctx: torch.Tensor, prev: torch.Tensor, actions: torch.Tensor, seed: int, steps: int = 24,
-                    shift: float = 3.0, guidance: float = 1.0, dtype=torch.float32) -> torch.Tensor:
-    """Bidirectional teacher: the whole clip at once, context frames clean (s = 0), the rest from
-    noise by Euler steps of the flow ODE; action guidance ``u + w (c - u)``: (B, H, 3, R, R)."""
-    from worldsim.device import autocast
-
-    B, K = prev.shape
-    H = actions.shape[1]
-    no_action = model.cfg.num_actions
-    acts = torch.cat([prev, actions], 1)  # (B, K+H): frame K+h was produced by actions[:, h]
-    null = torch.full_like(acts, no_action)
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn((B, H) + ctx.shape[2:], generator=g).to(ctx.device)
-    levels = euler_sigmas(steps, shift)
-    for s, s_next in zip(levels[:-1], levels[1:]):
-        sig = torch.cat([torch.zeros(B, K), torch.full((B, H), s)], 1).to(ctx.device)
-        seq = torch.cat([ctx, x], 1)
-        with autocast(ctx.device, dtype):
-            x0 = model(seq, sig, acts).float()[:, K:]
-            if guidance != 1.0:
-                u = model(seq, sig, null).float()[:, K:]
-                x0 = u + guidance * (x0 - u)
-        v = (x - x0) / s
-        x = x + (s_next - s) * v
-    return x.clamp(-1, 1)
 
 
 def _frame_hwc(f: torch.Tensor, scale: int) -> np.ndarray:

@@ -104,7 +104,7 @@ class TeacherTrainer(Trainer):
         return {"loss": float(loss.detach()), "x0_mse": float(x0_mse), "grad_norm": gnorm}
 
     def sample_frames(self, ctx, prev, actions, seed):
-        from worldsim.train.samples import teacher_rollout
+        from worldsim.engine.teacher import teacher_rollout
 
         return teacher_rollout(self.shipped(), ctx, prev, actions, seed, steps=self.cfg.sample_steps,
                                shift=self.cfg.shift, guidance=self.cfg.sample_guidance, dtype=self.dtype)
