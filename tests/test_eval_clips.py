@@ -35,6 +35,8 @@ def make_model_file(path, causal: bool, ema: bool = False):
         meta["engine"] = to_dict(EngineConfig(window=4, sink=1, steps=2))
     else:
         meta["sampler"] = {"kind": "bidirectional-euler", "steps": 3, "shift": 3.0}
+    if ema:  # a run's training state records its EMA networks
+        meta["ema_updates"] = {"model": 7}
     prefix = "ema.model." if ema else "model."
     tensors = {f"{prefix}{k}": v for k, v in m.state_dict().items()}
     if ema:

@@ -451,8 +451,8 @@ def clips_main(argv) -> int:
         if args.teacher_steps or args.guidance != 1.0:
             raise ConfigError(f"{ckpt} is a causal model: --teacher-steps and --guidance are for a bidirectional "
                               f"teacher; pick its sampling with --settings CxS")
-        args.steps = args.chunk = None
-        settings = parse_settings(args, base)
+        settings = parse_settings(argparse.Namespace(settings=args.settings, steps=None, chunk=None,
+                                                     engine=args.engine), base)
         if len(settings) != 1:
             raise ConfigError("worldsim eval clips takes one setting (e.g. --settings 1x2)")
         name, ecfg = settings[0]
@@ -496,15 +496,9 @@ def weights_prefix(ckpt: Path, weights: str) -> str:
     """'model.' for a stage's output; for a run's checkpoint with --weights ema, its one EMA network's prefix."""
     if weights == "model":
         return "model."
-    from safetensors import safe_open
+    from worldsim.checkpoint import read_meta
 
-    if not ckpt.is_file():
-        raise CheckpointError(f"checkpoint '{ckpt}' not found; pass --checkpoint PATH to a .safetensors file")
-    try:
-        with safe_open(str(ckpt), "pt") as f:
-            nets = sorted({k.split(".")[1] for k in f.keys() if k.startswith("ema.") and k.count(".") > 1})
-    except Exception as e:  # noqa: BLE001  (safetensors raises several types for a damaged header)
-        raise CheckpointError(f"checkpoint '{ckpt}' cannot be read ({e}); it is damaged or not a .safetensors file")
+    nets = sorted(read_meta(ckpt).get("ema_updates") or {})  # a training state records its EMA networks here
     if len(nets) != 1:
         raise CheckpointError(f"--weights ema: '{ckpt}' holds " + (f"EMA weights of {nets}" if nets else
                               "no EMA weights") + "; pass a run's checkpoint.safetensors of one network, or "

@@ -24,9 +24,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from worldsim.data.frames import to_model, to_uint8
+from worldsim.engine.teacher import teacher_rollout
 from worldsim.errors import WorldsimError
 from worldsim.eval.realism import RealismConfig, two_sample_accuracy
-from worldsim.eval.rollout import EvalConfig, EvalEpisode, batch_inputs, make_plan
+from worldsim.eval.rollout import EvalConfig, EvalEpisode, batch_inputs, make_plan, rollout
 
 VIEWS = ("full", "degraded")
 # (context uint8 (B, K, R, R, 3), prev actions (B, K), actions (B, H), seed) -> generated uint8 (B, H, R, R, 3)
@@ -98,16 +100,11 @@ def clip_realism(fake: Sequence[np.ndarray], real: Sequence[np.ndarray], cfg: Cl
 
 def engine_sampler(engine) -> ClipSampler:
     """A causal student's clips through the inference engine (KV cache, its few-step sampler)."""
-    from worldsim.eval.rollout import rollout
-
     return lambda ctx, prev, acts, seed: rollout(engine, ctx, prev, acts, seed)
 
 
 def teacher_sampler(model, steps: int, shift: float, guidance: float, dtype, device="cpu") -> ClipSampler:
     """A bidirectional teacher's clips: the whole clip at once, ``steps`` Euler steps of its flow ODE."""
-    from worldsim.data.frames import to_model, to_uint8
-    from worldsim.engine.teacher import teacher_rollout
-
     def sample(ctx, prev, acts, seed):
         x = teacher_rollout(model, to_model(ctx).to(device), torch.as_tensor(prev, dtype=torch.long, device=device),
                             torch.as_tensor(acts, dtype=torch.long, device=device), seed, steps=steps, shift=shift,
