@@ -344,6 +344,32 @@ def test_free_play_reports_a_frozen_model():
     np.testing.assert_array_equal(snaps[12], eps[0].frames[2])
 
 
+def test_free_play_reports_a_dropped_ball_beside_the_real_rate():
+    """A world that loses its ball still shows the player: free play reports the ball found per window
+    and at the end, next to the rate on real frames."""
+    from worldsim.eval.sprites import SpriteSpec
+
+    eps = random_episodes(1, T=30)
+    ball = SpriteSpec("ball", ((255, 255, 255),), tol=30, min_frac=0.001)
+    eps[0].frames[:, 12, 12] = 255  # a ball on every real frame (the rest is dark noise and the player)
+
+    class NoBall(OracleEngine):  # shows the last context frame without its ball
+        def step(self, actions):
+            ep, t, _ = self.where[0]
+            frame = ep.frames[t].copy()
+            frame[12, 12] = 0
+            return torch.from_numpy(frame[None, None]).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
+
+    cfg = EvalConfig(context=3, free_play=8, windows=2)
+    ref = real_reference(eps, TINY, window=4, ball=ball)
+    assert ref["ball_found_rate"] == 1.0
+    out = free_play(NoBall(eps, 1, 6), eps[0], 0, cfg, ["A"] * 6, None, ref, 6, ball=ball)
+    assert [w["ball_found_rate"] for w in out["windows"]] == [0.0, 0.0]
+    assert out["drift_last_window"]["ball_found_rate"] == 0.0
+    assert out["drift_last_window"]["ball_found_rate_real"] == 1.0
+    assert "sprite_found_rate" not in out["windows"][0]
+
+
 def test_opponent_metric_beside_the_players():
     """A game with an opponent entry gets ``opponent_*`` per horizon: copy-last's opponent error is the
     distance the opponent walked, the player's metric is untouched, and the table's summary has it."""

@@ -105,6 +105,25 @@ def test_pong_locator_follows_the_right_paddle_as_ram_places_it():
     np.testing.assert_allclose(pos64[:, 0] * 210 / 64, pos[:, 0], atol=6)
 
 
+def test_pong_ball_locator_follows_the_ball_as_ram_places_it():
+    """The ball (free play's ball found rate): where RAM holds a ball it is found at RAM[54] - 12 (row),
+    RAM[49] - 48 (column); without one (RAM[54] = 0: before the serve, after a point) it is not; at
+    64x64 it is found on most frames that show it, and nowhere else."""
+    from worldsim.data.frames import resize_frames
+    from worldsim.eval.sprites import ball_spec, find_sprites
+
+    frames, ram = play("ALE/Pong-v5", ["FIRE"] * 3 + ["NOOP"] * 80)
+    spec = ball_spec("ALE/Pong-v5")
+    pos, found = find_sprites(frames, spec)
+    in_play = ram[:, 54] > 0
+    assert 20 <= found.sum() and not (found & ~in_play).any() and (~in_play).sum() >= 10
+    np.testing.assert_allclose(pos[found], np.stack([ram[found, 54] - 12.0, ram[found, 49] - 48.0], -1), atol=1)
+    pos64, found64 = find_sprites(resize_frames(frames, 64), spec)
+    assert found64[found].mean() >= 0.75 and (found64 & ~found).sum() <= 1
+    both = found64 & found
+    np.testing.assert_allclose(pos64[both] * [210 / 64, 160 / 64], pos[both], atol=3)
+
+
 def test_breakout_locator_follows_the_paddle_by_the_games_own_step():
     acts = ["FIRE"] * 2 + ["RIGHT"] * 2 + ["NOOP"] * 2 + ["LEFT"] * 4 + ["NOOP"] * 2
     frames, ram = play("ALE/Breakout-v5", acts)

@@ -458,3 +458,40 @@ def test_average_students_writes_the_mean_and_names_its_sources(tmp_path, capsys
     assert "is one of the inputs" in capsys.readouterr().err
     assert worldsim(["train", "--threads", "1", "average", str(a), str(b)]) == 2  # options first: a config expected
     assert "average takes checkpoints" in capsys.readouterr().err
+
+
+def test_motion_weights_mark_where_an_object_arrived_and_left():
+    """1 + weight on the pixels that changed since the previous frame (both the object's new and old
+    places), 1 elsewhere and on a clip's first frame; the weighted loss is the plain one at weight 0."""
+    from worldsim.train.stage1_teacher_forcing import motion_weights
+    from worldsim.train.trainer import v_loss
+
+    x0 = -torch.ones(1, 3, 3, 8, 8)
+    x0[0, 0, :, 2, 2] = x0[0, 1, :, 2, 3] = x0[0, 2, :, 2, 3] = 1.0  # a one-pixel "ball": moves, then stays
+    w = motion_weights(x0, 9.0)
+    assert w.shape == (1, 3, 1, 8, 8)
+    assert torch.equal(w[0, 0], torch.ones(1, 8, 8)) and torch.equal(w[0, 2], torch.ones(1, 8, 8))
+    moved = (w[0, 1, 0] == 10.0).nonzero().tolist()
+    assert moved == [[2, 2], [2, 3]] and (w[0, 1] == 1.0).sum() == 62
+    sigma = torch.full((1, 3), 0.5)
+    hat = torch.zeros_like(x0)
+    assert torch.equal(v_loss(hat, x0, sigma, pixel_weight=motion_weights(x0, 0.0)), v_loss(hat, x0, sigma))
+    # missing the ball costs 10x as much as missing one background pixel in the frame it moved into
+    no_ball = x0.clone()
+    no_ball[0, 1, :, 2, 3] = -1.0
+    bg_wrong = x0.clone()
+    bg_wrong[0, 1, :, 5, 5] = 1.0
+    l_ball, l_bg = (v_loss(p, x0, sigma, pixel_weight=w)[0, 1] for p in (no_ball, bg_wrong))
+    assert torch.isclose(l_ball, 10 * l_bg)
+
+
+def test_stage1_motion_weight_trains_and_refuses_a_negative_weight(tmp_path):
+    cfg = stage1_cfg(tmp_path / "a", steps=3)
+    cfg.motion_weight = 20.0
+    out = TeacherForcingTrainer(cfg, data=clips(), heldout=clips()).fit()
+    assert read_meta(out)["train_config"]["motion_weight"] == 20.0
+    assert all(math.isfinite(v) for v in losses(tmp_path / "a"))
+    bad = stage1_cfg(tmp_path / "b", steps=1)
+    bad.motion_weight = -1.0
+    with pytest.raises(WorldsimError, match="motion_weight=-1.0 must be >= 0"):
+        TeacherForcingTrainer(bad, data=clips(), heldout=clips()).fit()

@@ -355,14 +355,21 @@ def format_yardstick(report: EvalReport) -> str:
 
     cols = [("setting", 12), ("realism", 8), ("degraded", 9), (f"first {wl}", 9), (f"last {wl}", 9),
             ("player found", 13), ("opp found", 10), ("move ratio", 11), ("player px", 10)]
+    rows = report.yardstick()
+    balls = any(r.get("ball_found_end") is not None for r in rows)
+    if balls:  # the ball on the last window's frames, (on real frames)
+        cols.append(("ball found (real)", 18))
     paths = f", {cfg.free_play_paths} paths" if cfg.free_play_paths > 1 else ""
     lines = [f"realism: classifier accuracy on held-out frames (50% = indistinguishable); control: "
              f"{cfg.action_response} frames held from the real game's states; stability: {cfg.free_play} frames "
              f"of free play{paths}", " ".join(f"{n:>{cw}}" for n, cw in cols)]
-    for r in report.yardstick():
+    for r in rows:
         cells = [r["setting"], pct(r.get("realism")), pct(r.get("realism_degraded")), pct(r.get("realism_first")),
                  pct(r.get("realism_last")), num(r.get("player_found_end"), ".2f"),
                  num(r.get("opponent_found_end"), ".2f"), num(r.get("move_ratio"), ".2f"), num(r.get("error_px"), ".2f")]
+        if balls:
+            cells.append("-" if r.get("ball_found_end") is None else
+                         f"{r['ball_found_end']:.2f} ({num(r.get('ball_found_real'), '.2f')})")
         lines.append(" ".join(f"{c:>{cw}}" for c, (_, cw) in zip(cells, cols)))
     if not report.calibration.get("full"):
         lines.append(f"realism: {report.calibration.get('reason', 'not measured')}")

@@ -30,7 +30,7 @@ import numpy as np
 from worldsim.eval.realism import RealismConfig, split_real, two_sample_accuracy
 from worldsim.eval.rollout import (EvalConfig, EvalEpisode, evaluate_baselines, evaluate_model, free_play, make_plan,
                                    real_reference, summarize, window_edges)
-from worldsim.eval.sprites import NoSpriteSpec, SpriteSpec, opponent_spec, sprite_spec
+from worldsim.eval.sprites import NoSpriteSpec, SpriteSpec, ball_spec, opponent_spec, sprite_spec
 
 log = logging.getLogger("worldsim.eval")
 SNAPSHOT_FRAMES = (1, 1000, 10000)  # free-play frames handed to ``on_snapshots`` (those that exist, and the last)
@@ -130,6 +130,7 @@ class EvalReport:
                          "realism_first": _acc(st.get("realism_first")), "realism_last": _acc(st.get("realism_last")),
                          "player_found_end": st.get("player_found_rate"),
                          "opponent_found_end": st.get("opponent_found_rate"),
+                         "ball_found_end": st.get("ball_found_rate"), "ball_found_real": st.get("ball_found_rate_real"),
                          "move_ratio": ctl.get("mean_move_ratio"), "error_px": ctl.get("mean_error_px")})
         return rows
 
@@ -167,21 +168,23 @@ def table_rows(settings: Sequence[SettingReport], baselines: dict) -> list[dict]
     return rows
 
 
-def sprite_specs(env_id: str, penalty: float) -> tuple[SpriteSpec | None, SpriteSpec | None, dict]:
-    """(player, opponent, what the JSON says about them) for a game; (None, None, reason) without an entry."""
+def sprite_specs(env_id: str, penalty: float) -> tuple[SpriteSpec | None, SpriteSpec | None, SpriteSpec | None, dict]:
+    """(player, opponent, ball, what the JSON says about them) for a game; (None, None, None, reason)
+    without a player entry. Most games have no opponent or ball entry: no message for those."""
     try:
         sprite = sprite_spec(env_id)
     except NoSpriteSpec as e:
-        return None, None, {"available": False, "reason": str(e)}
+        return None, None, None, {"available": False, "reason": str(e)}
     info = {"available": True, "what": sprite.what, "colors": sprite.colors, "tol": sprite.tol, "rows": sprite.rows,
             "cols": sprite.cols, "miss_penalty_px": penalty}
-    try:  # the opponent, where the game has one (most games have none: no message)
-        opponent = opponent_spec(env_id)
-    except NoSpriteSpec:
-        return sprite, None, info
-    info["opponent"] = {"what": opponent.what, "colors": opponent.colors, "tol": opponent.tol, "rows": opponent.rows,
-                        "cols": opponent.cols}
-    return sprite, opponent, info
+    others = {}
+    for name, lookup in (("opponent", opponent_spec), ("ball", ball_spec)):
+        try:
+            others[name] = spec = lookup(env_id)
+        except NoSpriteSpec:
+            continue
+        info[name] = {"what": spec.what, "colors": spec.colors, "tol": spec.tol, "rows": spec.rows, "cols": spec.cols}
+    return sprite, others.get("opponent"), others.get("ball"), info
 
 
 class FrameKeeper:
@@ -250,7 +253,7 @@ def evaluate(model, episodes: Sequence[EvalEpisode], settings: Sequence[tuple[st
     R, no_action = model.cfg.resolution, model.cfg.num_actions
     plan = make_plan(episodes, cfg)
     penalty = cfg.miss_penalty_px or R / 4
-    sprite, opponent, sprite_info = sprite_specs(env_id, penalty)
+    sprite, opponent, ball, sprite_info = sprite_specs(env_id, penalty)
     if sprite is None:
         say(f"sprite metric skipped: {sprite_info['reason']}")
     K, H = cfg.context, cfg.horizon
@@ -263,7 +266,7 @@ def evaluate(model, episodes: Sequence[EvalEpisode], settings: Sequence[tuple[st
     baselines = evaluate_baselines(episodes, plan, cfg, sprite, penalty, no_action, base_rollouts, opponent)
     report.baselines = {name: {"per_horizon": per_h, "summary": summarize(per_h, H), "per_rollout": base_rollouts[name]}
                         for name, per_h in baselines.items()}
-    reference = real_reference(episodes, sprite, max(1, cfg.free_play // max(cfg.windows, 1)), opponent) \
+    reference = real_reference(episodes, sprite, max(1, cfg.free_play // max(cfg.windows, 1)), opponent, ball) \
         if cfg.free_play else None
     real_moves = real_held = real_cf = None
     if sprite is not None and cfg.action_response > 0:
@@ -303,7 +306,7 @@ def evaluate(model, episodes: Sequence[EvalEpisode], settings: Sequence[tuple[st
             say(format_response(name, entry.action_response))
         if cfg.free_play:
             keeper = free_play_realism_frames(cfg) if realism_skip is None else None
-            entry.free_play = run_free_play(engine, episodes, plan, cfg, action_meanings, sprite, opponent, reference,
+            entry.free_play = run_free_play(engine, episodes, plan, cfg, action_meanings, sprite, (opponent, ball), reference,
                                             no_action, name, on_snapshots, keeper, progress)
             if keeper is not None:
                 entry.realism, entry.stability = model_realism(keeper, real_a, cfg, entry.free_play)
@@ -351,13 +354,14 @@ def model_realism(keeper: PathKeepers, real, cfg: EvalConfig, fp: dict) -> tuple
 
 
 def stability_figures(fp: dict, first: dict | None, last: dict | None, window: int) -> dict:
-    """The drift of frame statistics at the end of free play, the player (and opponent) found there,
-    and the realism of the first and last ``window`` frames."""
+    """The drift of frame statistics at the end of free play, the player (and opponent and ball) found
+    there, and the realism of the first and last ``window`` frames."""
     drift = fp["drift_last_window"]
     return {"frames": fp["frames"], "drift": drift, "player_found_rate": drift.get("sprite_found_rate"),
             "player_found_rate_real": drift.get("sprite_found_rate_real"),
             "opponent_found_rate": drift.get("opponent_found_rate"),
             "opponent_found_rate_real": drift.get("opponent_found_rate_real"),
+            "ball_found_rate": drift.get("ball_found_rate"), "ball_found_rate_real": drift.get("ball_found_rate_real"),
             "window": window, "realism_first": first, "realism_last": last}
 
 
@@ -380,11 +384,12 @@ def real_counterfactuals(episodes, plan, cfg: EvalConfig, meanings, say, keys: d
                            "keys": list(keys), "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def run_free_play(engine, episodes, plan, cfg: EvalConfig, meanings, sprite, opponent, reference, no_action, name,
+def run_free_play(engine, episodes, plan, cfg: EvalConfig, meanings, sprite, others, reference, no_action, name,
                   on_snapshots, keeper, progress) -> dict:
     """Free play from the first rollout's context, and with ``cfg.free_play_paths`` > 1 more free plays from
     contexts spread over the plan, each with its own seed (their frames go to ``keeper`` only). The first
-    path's frame statistics are returned; its snapshots go to ``on_snapshots``."""
+    path's frame statistics are returned; its snapshots go to ``on_snapshots``. ``others``: (opponent, ball),
+    either None where the game has none."""
     import dataclasses
 
     P = cfg.free_play_paths
@@ -401,7 +406,7 @@ def run_free_play(engine, episodes, plan, cfg: EvalConfig, meanings, sprite, opp
     bar = progress(cfg.free_play, f"free play {name}")
     out = free_play(engine, episodes[i], ctx_start, cfg, meanings, sprite, reference, no_action,
                     on_snapshot=lambda n, f: snaps.__setitem__(n, f.copy()), snapshot_at=at, progress=bar,
-                    on_frame=None if keeper is None else keeper.path(0), opponent=opponent)
+                    on_frame=None if keeper is None else keeper.path(0), opponent=others[0], ball=others[1])
     bar.close()
     out["windows_edges"] = window_edges(cfg.free_play, cfg.windows).tolist()
     out["paths"] = [{"episode": episodes[e].name, "context_start": int(c), "seed": cfg.seed + p}

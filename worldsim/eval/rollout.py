@@ -413,8 +413,14 @@ def window_edges(n: int, windows: int) -> np.ndarray:
     return np.linspace(0, n, min(windows, n) + 1).round().astype(int)
 
 
+def tracked_specs(sprite: SpriteSpec | None, opponent: SpriteSpec | None = None,
+                  ball: SpriteSpec | None = None) -> dict[str, SpriteSpec]:
+    """The bodies whose found rate free play reports, by the name its JSON uses."""
+    return {k: v for k, v in (("sprite", sprite), ("opponent", opponent), ("ball", ball)) if v is not None}
+
+
 def real_reference(episodes: Sequence[EvalEpisode], sprite: SpriteSpec | None, window: int,
-                   opponent: SpriteSpec | None = None) -> dict:
+                   opponent: SpriteSpec | None = None, ball: SpriteSpec | None = None) -> dict:
     """Statistics of the real frames that free play is compared with, and how much real windows of
     the free-play window's length differ from the whole (the histogram distance of real play)."""
     st = FrameStats()
@@ -426,12 +432,8 @@ def real_reference(episodes: Sequence[EvalEpisode], sprite: SpriteSpec | None, w
     dists = [hist_l1(color_histogram(ep.frames[i:i + window]), ref_hist)
              for ep in episodes for i in range(0, max(len(ep.frames) - window + 1, 1), window)]
     out["hist_l1_typical"] = float(np.mean(dists))
-    if sprite is not None:
-        out["sprite_found_rate"] = float(np.mean(np.concatenate(
-            [find_sprites(ep.frames, sprite)[1] for ep in episodes])))
-    if opponent is not None:
-        out["opponent_found_rate"] = float(np.mean(np.concatenate(
-            [find_sprites(ep.frames, opponent)[1] for ep in episodes])))
+    for name, spec in tracked_specs(sprite, opponent, ball).items():
+        out[f"{name}_found_rate"] = float(np.mean(np.concatenate([find_sprites(ep.frames, spec)[1] for ep in episodes])))
     out["_hist"] = ref_hist
     return out
 
@@ -441,11 +443,11 @@ def free_play(engine, episode: EvalEpisode, ctx_start: int, cfg: EvalConfig, act
               sprite: SpriteSpec | None, reference: dict, no_action: int,
               on_snapshot: Callable[[int, np.ndarray], None] | None = None, snapshot_at: Sequence[int] = (),
               progress=None, on_frame: Callable[[int, np.ndarray], None] | None = None,
-              opponent: SpriteSpec | None = None) -> dict:
+              opponent: SpriteSpec | None = None, ball: SpriteSpec | None = None) -> dict:
     """Generate ``cfg.free_play`` frames under sticky random actions from a real context and report
     per-window frame statistics next to the real ones: drift shows as numbers (collapse: std and
     found rate fall; blur: histogram distance grows; freezing: temporal change falls to 0; the player,
-    and the ``opponent`` where given, found on fewer frames). ``on_frame(n, frame)`` sees every frame
+    and the ``opponent`` and ``ball`` where given, found on fewer frames). ``on_frame(n, frame)`` sees every frame
     (n from 1), e.g. to keep some for the realism test."""
     from worldsim.envs.policies import StickyPolicy
 
@@ -458,19 +460,17 @@ def free_play(engine, episode: EvalEpisode, ctx_start: int, cfg: EvalConfig, act
     edges = window_edges(N, cfg.windows)
     snaps = set(int(s) for s in snapshot_at if 1 <= s <= N)
     last = episode.frames[ctx_start + K - 1]
+    tracked = tracked_specs(sprite, opponent, ball)
     stats: list[FrameStats] = []
-    found: list[list[bool]] = []
-    opp_found: list[list[bool]] = []
+    found: dict[str, list[list[bool]]] = {name: [] for name in tracked}  # per window
     buf: list[np.ndarray] = []
 
     def flush():  # statistics over a block of frames at once: per-frame numpy calls would cost more than the model
         if buf:
             block = np.stack(buf)  # (n, R, R, 3)
             stats[-1].add(block)
-            if sprite is not None:
-                found[-1].extend(find_sprites(block, sprite)[1].tolist())
-            if opponent is not None:
-                opp_found[-1].extend(find_sprites(block, opponent)[1].tolist())
+            for name, spec in tracked.items():
+                found[name][-1].extend(find_sprites(block, spec)[1].tolist())
             buf.clear()
 
     made = 0
@@ -482,8 +482,8 @@ def free_play(engine, episode: EvalEpisode, ctx_start: int, cfg: EvalConfig, act
             if made == edges[len(stats)]:  # the first frame of the next window
                 flush()
                 stats.append(FrameStats(after=last))
-                found.append([])
-                opp_found.append([])
+                for rows in found.values():
+                    rows.append([])
             made += 1
             buf.append(f)
             if on_frame is not None:
@@ -502,10 +502,8 @@ def free_play(engine, episode: EvalEpisode, ctx_start: int, cfg: EvalConfig, act
     for i, st in enumerate(stats):
         row = {"first_frame": int(edges[i]) + 1, "last_frame": int(edges[i + 1]), **st.summary(ref_hist)}
         row.pop("frames")
-        if sprite is not None:
-            row["sprite_found_rate"] = float(np.mean(found[i])) if found[i] else None
-        if opponent is not None:
-            row["opponent_found_rate"] = float(np.mean(opp_found[i])) if opp_found[i] else None
+        for name, rows in found.items():
+            row[f"{name}_found_rate"] = float(np.mean(rows[i])) if rows[i] else None
         windows.append(row)
     real = {k: v for k, v in reference.items() if not k.startswith("_")}
     end = windows[-1]
@@ -513,12 +511,9 @@ def free_play(engine, episode: EvalEpisode, ctx_start: int, cfg: EvalConfig, act
              "hist_l1": end["hist_l1"], "hist_l1_real_typical": real["hist_l1_typical"],
              "temporal_change_ratio": (end["temporal_change"] / max(real["temporal_change"], 1e-9)
                                        if end["temporal_change"] is not None and real["temporal_change"] else None)}
-    if sprite is not None:
-        drift["sprite_found_rate"] = end["sprite_found_rate"]
-        drift["sprite_found_rate_real"] = real.get("sprite_found_rate")
-    if opponent is not None:
-        drift["opponent_found_rate"] = end["opponent_found_rate"]
-        drift["opponent_found_rate_real"] = real.get("opponent_found_rate")
+    for name in tracked:
+        drift[f"{name}_found_rate"] = end[f"{name}_found_rate"]
+        drift[f"{name}_found_rate_real"] = real.get(f"{name}_found_rate")
     return {"frames": N, "context": {"episode": episode.name, "context_start": ctx_start},
             "policy": {**policy.describe(), "seed": cfg.seed}, "seconds": seconds, "fps": N / max(seconds, 1e-9),
             "windows": windows, "real": real, "drift_last_window": drift}

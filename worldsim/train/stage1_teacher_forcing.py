@@ -76,6 +76,10 @@ class Stage1Config:
     # free play the anchors are the student's own outputs, with its errors: noised anchors teach it not to
     # copy them forward (the shipped Boxing student: 0.3).
     anchor_noise: float = 0.0
+    # Extra loss weight on the pixels that changed since the previous frame (1 + motion_weight there, 1
+    # on a clip's first frame). Why: an object of a few pixels is a rounding error of the frame's MSE; Pong's
+    # ball (about 2 of 4,096 pixels at 64x64) is left out of every frame under the plain loss. 0: the plain loss.
+    motion_weight: float = 0.0
     action_dropout: float = 0.1  # enables action guidance u + w (c - u) in stage 2
     min_sigma: float = 0.05
     bell_width: float = 0.3
@@ -106,6 +110,14 @@ def tf_forward(net, clean, clean_sigma, noisy, sigma, acts, chunk: int, anchor_s
     T = clean.shape[1]
     x, s, a, kw = tf_inputs(clean, clean_sigma, noisy, sigma, acts, chunk, anchor_src, net.cfg.anchor_history)
     return net(x, s, a, **kw)[:, T:]
+
+
+def motion_weights(x0: torch.Tensor, weight: float, threshold: float = 0.1) -> torch.Tensor:
+    """Per-pixel loss weights (B, T, 1, H, W): 1 + ``weight`` where frame t differs from frame t-1 by more
+    than ``threshold`` in some channel (frames in [-1, 1]): where an object arrived and where it left."""
+    moved = (x0[:, 1:] - x0[:, :-1]).abs().amax(2, keepdim=True) > threshold  # (B, T-1, 1, H, W)
+    moved = torch.cat([torch.zeros_like(moved[:, :1]), moved], 1)
+    return 1.0 + weight * moved.float()
 
 
 def chunk_levels(levels: torch.Tensor, chunk: int, T: int) -> torch.Tensor:
@@ -167,6 +179,8 @@ class TeacherForcingTrainer(Trainer):
                               "stage-1 student), not both")
         if cfg.anchor_noise < 0 or (cfg.anchor_noise > 0 and not cfg.model.anchor):
             raise ConfigError(f"stage 1: anchor_noise={cfg.anchor_noise} needs model.anchor=true and a level >= 0")
+        if cfg.motion_weight < 0:
+            raise ConfigError(f"stage 1: motion_weight={cfg.motion_weight} must be >= 0 (0: the plain loss)")
         if cfg.init.student:
             prev, meta = load_stage_output(cfg.init.student, role="student", stages=(1,), what="a stage-1 student",
                                            needed_by="stage 1 (init.student)",
@@ -226,7 +240,8 @@ class TeacherForcingTrainer(Trainer):
             anchor_src = add_noise(x0, self.randn_b(*x0.shape[1:]), level)
         with self.autocast():
             x0_hat = tf_forward(self.nets["model"], clean, clean_sigma, x_t, sigma, acts, C, anchor_src=anchor_src)
-        loss = (v_loss(x0_hat, x0, sigma, cfg.min_sigma) * bell_weight(sigma, cfg.bell_width)).mean()
+        pixel_w = motion_weights(x0, cfg.motion_weight) if cfg.motion_weight > 0 else None
+        loss = (v_loss(x0_hat, x0, sigma, cfg.min_sigma, pixel_w) * bell_weight(sigma, cfg.bell_width)).mean()
         gnorm = self.optimize("model", loss)
         with torch.no_grad():
             x0_mse = (x0_hat.float() - x0).pow(2).mean()
