@@ -110,7 +110,7 @@ def test_pong_ball_locator_follows_the_ball_as_ram_places_it():
     RAM[49] - 48 (column); without one (RAM[54] = 0: before the serve, after a point) it is not; at
     64x64 it is found on most frames that show it, and nowhere else."""
     from worldsim.data.frames import resize_frames
-    from worldsim.eval.sprites import ball_spec, find_sprites
+    from worldsim.eval.sprites import ball_spec, find_sprites, opponent_spec
 
     frames, ram = play("ALE/Pong-v5", ["FIRE"] * 3 + ["NOOP"] * 80)
     spec = ball_spec("ALE/Pong-v5")
@@ -120,6 +120,10 @@ def test_pong_ball_locator_follows_the_ball_as_ram_places_it():
     np.testing.assert_allclose(pos[found], np.stack([ram[found, 54] - 12.0, ram[found, 49] - 48.0], -1), atol=1)
     pos64, found64 = find_sprites(resize_frames(frames, 64), spec)
     assert found64[found].mean() >= 0.75 and (found64 & ~found).sum() <= 1
+    # the opponent's paddle (drawn from the game's 15th frame) at 64x64 as at the native resolution: the
+    # border's blended edge row is no second paddle
+    opponent, shown = opponent_spec("ALE/Pong-v5"), frames[20:]
+    assert find_sprites(shown, opponent)[1].all() and find_sprites(resize_frames(shown, 64), opponent)[1].all()
     both = found64 & found
     np.testing.assert_allclose(pos64[both] * [210 / 64, 160 / 64], pos[both], atol=3)
 

@@ -84,8 +84,10 @@ SPRITES: dict[str, SpriteSpec] = {"boxing": BOXING, "pong": PONG, "breakout": BR
 # black (0, 0, 0), like ALE's blank strip at the left edge (8 of 160 columns, 3 px at 64x64): cols >= 0.06.
 BOXING_OPPONENT = SpriteSpec("black boxer (the opponent)", ((0, 0, 0),), tol=150, rows=(0.1, 0.95),
                              cols=(0.06, 1.0), min_frac=0.002)
+# Pong's opponent region starts a row below the player's: at 64x64 the top border's blended edge row is
+# within 57 of orange (and 300 of green), a second blob that would hide the paddle.
 PONG_OPPONENT = SpriteSpec("left paddle, orange (the opponent)", ((213, 130, 74),), tol=120,
-                           rows=(34 / 210, 194 / 210), cols=(0.08, 0.15), min_frac=0.00025)
+                           rows=(0.172, 194 / 210), cols=(0.08, 0.15), min_frac=0.00025)
 OPPONENTS: dict[str, SpriteSpec] = {"boxing": BOXING_OPPONENT, "pong": PONG_OPPONENT}
 # The ball, where a game has one: free play reports how often it is on the screen, next to the real game's
 # rate (a world that drops its ball is still found to have both paddles). Pong's ball is the borders' white

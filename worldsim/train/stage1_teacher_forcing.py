@@ -26,6 +26,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from worldsim.engine import EngineConfig
 from worldsim.errors import ConfigError
@@ -76,9 +77,9 @@ class Stage1Config:
     # free play the anchors are the student's own outputs, with its errors: noised anchors teach it not to
     # copy them forward (the shipped Boxing student: 0.3).
     anchor_noise: float = 0.0
-    # Extra loss weight on the pixels that changed since the previous frame (1 + motion_weight there, 1
-    # on a clip's first frame). Why: an object of a few pixels is a rounding error of the frame's MSE; Pong's
-    # ball (about 2 of 4,096 pixels at 64x64) is left out of every frame under the plain loss. 0: the plain loss.
+    # Extra loss weight near the pixels that moved between the two frames before (1 + motion_weight
+    # there). Why: an object of a few pixels is a rounding error of the frame's MSE; Pong's ball (about 2
+    # of 4,096 pixels at 64x64) is left out of every frame under the plain loss. 0: the plain loss.
     motion_weight: float = 0.0
     action_dropout: float = 0.1  # enables action guidance u + w (c - u) in stage 2
     min_sigma: float = 0.05
@@ -112,12 +113,18 @@ def tf_forward(net, clean, clean_sigma, noisy, sigma, acts, chunk: int, anchor_s
     return net(x, s, a, **kw)[:, T:]
 
 
-def motion_weights(x0: torch.Tensor, weight: float, threshold: float = 0.1) -> torch.Tensor:
-    """Per-pixel loss weights (B, T, 1, H, W): 1 + ``weight`` where frame t differs from frame t-1 by more
-    than ``threshold`` in some channel (frames in [-1, 1]): where an object arrived and where it left."""
-    moved = (x0[:, 1:] - x0[:, :-1]).abs().amax(2, keepdim=True) > threshold  # (B, T-1, 1, H, W)
-    moved = torch.cat([torch.zeros_like(moved[:, :1]), moved], 1)
-    return 1.0 + weight * moved.float()
+def motion_weights(x0: torch.Tensor, weight: float, threshold: float = 0.1, reach: int = 3) -> torch.Tensor:
+    """Per-pixel loss weights (B, T, 1, H, W): 1 + ``weight`` within ``reach`` pixels of where frame t-1
+    differs from frame t-2 by more than ``threshold`` in some channel (frames in [-1, 1]); 1 on a clip's
+    first two frames. The weight depends on the frames before only, never on the frame predicted, so the
+    loss's minimiser stays the conditional mean: it spends the model's effort where things move without
+    rewarding it for drawing moving things where none are (a weight on the target's own changes does)."""
+    B, T, _, H, W = x0.shape
+    near = x0.new_zeros(B, T, 1, H, W, dtype=torch.float32)
+    if T > 2:
+        moved = (x0[:, 1:-1] - x0[:, :-2]).abs().amax(2, keepdim=True) > threshold  # (B, T-2, 1, H, W)
+        near[:, 2:] = F.max_pool2d(moved.flatten(0, 1).float(), 2 * reach + 1, stride=1, padding=reach).view(moved.shape)
+    return 1.0 + weight * near
 
 
 def chunk_levels(levels: torch.Tensor, chunk: int, T: int) -> torch.Tensor:
