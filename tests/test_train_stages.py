@@ -458,38 +458,3 @@ def test_average_students_writes_the_mean_and_names_its_sources(tmp_path, capsys
     assert "is one of the inputs" in capsys.readouterr().err
     assert worldsim(["train", "--threads", "1", "average", str(a), str(b)]) == 2  # options first: a config expected
     assert "average takes checkpoints" in capsys.readouterr().err
-
-
-def test_motion_weights_look_only_at_the_frames_before():
-    """1 + weight within ``reach`` of where frame t-1 differs from frame t-2, 1 elsewhere and on a clip's
-    first two frames; the frame predicted plays no part (so the loss's minimiser is still the mean)."""
-    from worldsim.train.stage1_teacher_forcing import motion_weights
-    from worldsim.train.trainer import v_loss
-
-    x0 = -torch.ones(1, 4, 3, 12, 12)
-    x0[0, 0, :, 5, 2] = x0[0, 1, :, 5, 3] = 1.0  # a one-pixel "ball" moving right, then gone
-    w = motion_weights(x0, 9.0, reach=1)
-    assert w.shape == (1, 4, 1, 12, 12)
-    assert (w[0, :2] == 1).all()
-    near = (w[0, 2, 0] == 10.0).nonzero().tolist()
-    assert near == [[r, c] for r in (4, 5, 6) for c in (1, 2, 3, 4)]  # 1 px around the old and the new place
-    assert (w[0, 3, 0] == 10.0).nonzero().tolist() == [[r, c] for r in (4, 5, 6) for c in (2, 3, 4)]  # it left
-    other = x0.clone()
-    other[0, 2:] = torch.randn_like(other[0, 2:])  # frames at and after the target's: same weights
-    assert torch.equal(motion_weights(other, 9.0, reach=1)[:, 2], w[:, 2])
-    sigma = torch.full((1, 4), 0.5)
-    hat = torch.zeros_like(x0)
-    assert torch.equal(v_loss(hat, x0, sigma, pixel_weight=motion_weights(x0, 0.0)), v_loss(hat, x0, sigma))
-    assert torch.equal(motion_weights(x0[:, :2], 9.0), torch.ones(1, 2, 1, 12, 12))
-
-
-def test_stage1_motion_weight_trains_and_refuses_a_negative_weight(tmp_path):
-    cfg = stage1_cfg(tmp_path / "a", steps=3)
-    cfg.motion_weight = 20.0
-    out = TeacherForcingTrainer(cfg, data=clips(), heldout=clips()).fit()
-    assert read_meta(out)["train_config"]["motion_weight"] == 20.0
-    assert all(math.isfinite(v) for v in losses(tmp_path / "a"))
-    bad = stage1_cfg(tmp_path / "b", steps=1)
-    bad.motion_weight = -1.0
-    with pytest.raises(WorldsimError, match="motion_weight=-1.0 must be >= 0"):
-        TeacherForcingTrainer(bad, data=clips(), heldout=clips()).fit()
