@@ -370,6 +370,41 @@ def test_free_play_reports_a_dropped_ball_beside_the_real_rate():
     assert "sprite_found_rate" not in out["windows"][0]
 
 
+def test_free_play_reports_items_that_came_back():
+    """A counted state (Breakout's bricks): the real episode breaks its wall; a world that draws the full
+    wall again reports the bricks that came back and is not ``kept``; one that holds the last context
+    frame keeps them."""
+    from worldsim.eval.counts import CountSpec
+
+    eps = random_episodes(1, T=30)
+    spec = CountSpec("bricks", ((255, 255, 255),), background=(0, 0, 0), rows=(12, 14), cols=(0, 16), native=(16, 16),
+                     item_px=4)
+    f = eps[0].frames
+    f[:, 12:14] = 0
+    for t in range(len(f)):
+        f[t, 12:14, : 16 - t // 2] = 255  # the wall: 8 bricks of 2 x 2, one broken every 4 frames
+    ref = real_reference(eps, None, window=4, counter=spec)
+    assert ref["count_regrown"] == 0.0
+
+    class Repaired(OracleEngine):  # draws the episode's first frame: the whole wall again
+        def step(self, actions):
+            return torch.from_numpy(f[0][None, None]).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
+
+    class Frozen(OracleEngine):  # holds the last context frame
+        def step(self, actions):
+            ep, t, _ = self.where[0]
+            return torch.from_numpy(ep.frames[t][None, None]).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
+
+    cfg = EvalConfig(context=3, free_play=8, windows=2)
+    start = 16
+    back = free_play(Repaired(eps, 1, 6), eps[0], start, cfg, ["A"] * 6, None, ref, 6, counter=spec)["counts"]
+    want = (16 - (start + 2) // 2) * 2 / 4  # bricks on the last context frame (frame 18): 3.5
+    assert back["start"] == pytest.approx(want) and back["first_window"] == pytest.approx(8.0)
+    assert back["regrown"] == pytest.approx(8.0 - want) and not back["kept"] and back["regrown_real"] == 0.0
+    held = free_play(Frozen(eps, 1, 6), eps[0], start, cfg, ["A"] * 6, None, ref, 6, counter=spec)["counts"]
+    assert held["regrown"] == 0.0 and held["kept"] and held["last_window"] == pytest.approx(want)
+
+
 def test_opponent_metric_beside_the_players():
     """A game with an opponent entry gets ``opponent_*`` per horizon: copy-last's opponent error is the
     distance the opponent walked, the player's metric is untouched, and the table's summary has it."""

@@ -128,6 +128,33 @@ def test_pong_ball_locator_follows_the_ball_as_ram_places_it():
     np.testing.assert_allclose(pos64[both] * [210 / 64, 160 / 64], pos[both], atol=3)
 
 
+def test_breakout_brick_count_follows_the_bricks_the_ball_breaks():
+    """The counted state of free play: from a full wall (108 bricks), the bricks shown fall by one per
+    brick the scripted player breaks (a reward), exactly at the native resolution and within half a brick
+    at 64x64, and never rise in real play by more than the count's tolerance."""
+    from worldsim.data.frames import resize_frames
+    from worldsim.envs import make_env, make_policy
+    from worldsim.eval.counts import count_items, count_spec, regrown
+
+    env = make_env("ALE/Breakout-v5")
+    policy = make_policy("scripted", env, seed=0)
+    frame, frames, rewards = env.reset(seed=0), [], []
+    for _ in range(600):
+        frame, r, term, trunc = env.step(policy(frame))
+        frames.append(frame)
+        rewards.append(r)
+        if term or trunc:
+            break
+    env.close()
+    frames, spec = np.stack(frames), count_spec("ALE/Breakout-v5")
+    left = 108 - np.cumsum(np.asarray(rewards) > 0)
+    assert left[-1] <= 100  # the script broke bricks
+    np.testing.assert_allclose(count_items(frames, spec), left, atol=0.25)
+    at64 = count_items(resize_frames(frames, 64), spec)
+    np.testing.assert_allclose(at64, left, atol=0.5)
+    assert regrown(at64) <= spec.tol and count_spec("ALE/Pong-v5") is None
+
+
 def test_breakout_locator_follows_the_paddle_by_the_games_own_step():
     acts = ["FIRE"] * 2 + ["RIGHT"] * 2 + ["NOOP"] * 2 + ["LEFT"] * 4 + ["NOOP"] * 2
     frames, ram = play("ALE/Breakout-v5", acts)
@@ -289,8 +316,15 @@ def test_evaluate_reports_control_for_each_games_directions(tmp_path, game):
     _, eps = collected(tmp_path, game)
     ckpt = micro_checkpoint(tmp_path / "m.safetensors", g.env_id, meanings)
     model, _, base = cli.load_for_eval(ckpt, torch.device("cpu"), torch.float32, [])
-    cfg = EvalConfig(context=4, horizon=2, starts=3, batch=3, free_play=0, action_response=4, realism_frames=0)
+    cfg = EvalConfig(context=4, horizon=2, starts=3, batch=3, free_play=6, windows=2, action_response=4,
+                     realism_frames=0)
     report = evaluate(model, eps, [("1x1", base)], cfg, g.env_id, meanings, say=lambda line: None)
+    # what free play watches besides the player: Pong's ball, Breakout's bricks
+    stability, row = report.settings[0].stability, report.yardstick()[1]
+    assert (stability["ball_found_rate"] is not None) == (game == "pong") == (row["ball_found_end"] is not None)
+    assert (stability["counts"] is not None) == (game == "breakout") == (row["regrown"] is not None)
+    header = cli.format_yardstick(report).splitlines()[1]
+    assert ("ball found (real)" in header) == (game == "pong") and ("regrown (real)" in header) == (game == "breakout")
     assert report.counterfactual["available"] and report.counterfactual["keys"] == ["NOOP", *EXPECT[game]]
     assert report.sprite["available"] and report.sprite["what"] == sprite_spec(g.env_id).what
     ctl = report.settings[0].control

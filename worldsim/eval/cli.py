@@ -359,6 +359,9 @@ def format_yardstick(report: EvalReport) -> str:
     balls = any(r.get("ball_found_end") is not None for r in rows)
     if balls:  # the ball on the last window's frames, (on real frames)
         cols.append(("ball found (real)", 18))
+    kept = any(r.get("regrown") is not None for r in rows)
+    if kept:  # items that came back after play removed them (Breakout's bricks), (in real play)
+        cols.append(("regrown (real)", 15))
     paths = f", {cfg.free_play_paths} paths" if cfg.free_play_paths > 1 else ""
     lines = [f"realism: classifier accuracy on held-out frames (50% = indistinguishable); control: "
              f"{cfg.action_response} frames held from the real game's states; stability: {cfg.free_play} frames "
@@ -370,6 +373,9 @@ def format_yardstick(report: EvalReport) -> str:
         if balls:
             cells.append("-" if r.get("ball_found_end") is None else
                          f"{r['ball_found_end']:.2f} ({num(r.get('ball_found_real'), '.2f')})")
+        if kept:
+            cells.append("-" if r.get("regrown") is None else
+                         f"{r['regrown']:.1f} ({num(r.get('regrown_real'), '.1f')})")
         lines.append(" ".join(f"{c:>{cw}}" for c, (_, cw) in zip(cells, cols)))
     if not report.calibration.get("full"):
         lines.append(f"realism: {report.calibration.get('reason', 'not measured')}")

@@ -29,6 +29,7 @@ import torch
 # uint8 frames <-> model tensors as play converts them, and the training data's resize (one module for all)
 from worldsim.data.frames import resize_frames, to_model, to_uint8
 from worldsim.errors import DataError, WorldsimError
+from worldsim.eval.counts import CountSpec, count_items, count_summary, regrown
 from worldsim.eval.metrics import PSNR_MAX_DB, FrameStats, color_histogram, hist_l1, mse, psnr, ssim, to_unit
 from worldsim.eval.sprites import SpriteSpec, find_sprites, sprite_errors
 
@@ -420,7 +421,8 @@ def tracked_specs(sprite: SpriteSpec | None, opponent: SpriteSpec | None = None,
 
 
 def real_reference(episodes: Sequence[EvalEpisode], sprite: SpriteSpec | None, window: int,
-                   opponent: SpriteSpec | None = None, ball: SpriteSpec | None = None) -> dict:
+                   opponent: SpriteSpec | None = None, ball: SpriteSpec | None = None,
+                   counter: CountSpec | None = None) -> dict:
     """Statistics of the real frames that free play is compared with, and how much real windows of
     the free-play window's length differ from the whole (the histogram distance of real play)."""
     st = FrameStats()
@@ -434,6 +436,8 @@ def real_reference(episodes: Sequence[EvalEpisode], sprite: SpriteSpec | None, w
     out["hist_l1_typical"] = float(np.mean(dists))
     for name, spec in tracked_specs(sprite, opponent, ball).items():
         out[f"{name}_found_rate"] = float(np.mean(np.concatenate([find_sprites(ep.frames, spec)[1] for ep in episodes])))
+    if counter is not None:  # the counted state in real play: how far blending lets a count rise
+        out["count_regrown"] = max(regrown(count_items(ep.frames, counter)) for ep in episodes)
     out["_hist"] = ref_hist
     return out
 
@@ -443,11 +447,13 @@ def free_play(engine, episode: EvalEpisode, ctx_start: int, cfg: EvalConfig, act
               sprite: SpriteSpec | None, reference: dict, no_action: int,
               on_snapshot: Callable[[int, np.ndarray], None] | None = None, snapshot_at: Sequence[int] = (),
               progress=None, on_frame: Callable[[int, np.ndarray], None] | None = None,
-              opponent: SpriteSpec | None = None, ball: SpriteSpec | None = None) -> dict:
+              opponent: SpriteSpec | None = None, ball: SpriteSpec | None = None,
+              counter: CountSpec | None = None) -> dict:
     """Generate ``cfg.free_play`` frames under sticky random actions from a real context and report
     per-window frame statistics next to the real ones: drift shows as numbers (collapse: std and
     found rate fall; blur: histogram distance grows; freezing: temporal change falls to 0; the player,
-    and the ``opponent`` and ``ball`` where given, found on fewer frames). ``on_frame(n, frame)`` sees every frame
+    and the ``opponent`` and ``ball`` where given, found on fewer frames; the ``counter``'s items, where
+    given, coming back after play removed them). ``on_frame(n, frame)`` sees every frame
     (n from 1), e.g. to keep some for the realism test."""
     from worldsim.envs.policies import StickyPolicy
 
@@ -463,6 +469,7 @@ def free_play(engine, episode: EvalEpisode, ctx_start: int, cfg: EvalConfig, act
     tracked = tracked_specs(sprite, opponent, ball)
     stats: list[FrameStats] = []
     found: dict[str, list[list[bool]]] = {name: [] for name in tracked}  # per window
+    counts: list[np.ndarray] = []
     buf: list[np.ndarray] = []
 
     def flush():  # statistics over a block of frames at once: per-frame numpy calls would cost more than the model
@@ -471,6 +478,8 @@ def free_play(engine, episode: EvalEpisode, ctx_start: int, cfg: EvalConfig, act
             stats[-1].add(block)
             for name, spec in tracked.items():
                 found[name][-1].extend(find_sprites(block, spec)[1].tolist())
+            if counter is not None:
+                counts.append(count_items(block, counter))
             buf.clear()
 
     made = 0
@@ -514,6 +523,11 @@ def free_play(engine, episode: EvalEpisode, ctx_start: int, cfg: EvalConfig, act
     for name in tracked:
         drift[f"{name}_found_rate"] = end[f"{name}_found_rate"]
         drift[f"{name}_found_rate_real"] = real.get(f"{name}_found_rate")
-    return {"frames": N, "context": {"episode": episode.name, "context_start": ctx_start},
-            "policy": {**policy.describe(), "seed": cfg.seed}, "seconds": seconds, "fps": N / max(seconds, 1e-9),
-            "windows": windows, "real": real, "drift_last_window": drift}
+    out = {"frames": N, "context": {"episode": episode.name, "context_start": ctx_start},
+           "policy": {**policy.describe(), "seed": cfg.seed}, "seconds": seconds, "fps": N / max(seconds, 1e-9),
+           "windows": windows, "real": real, "drift_last_window": drift}
+    if counter is not None:
+        start = count_items(episode.frames[None, ctx_start + K - 1], counter)[0]
+        out["counts"] = {**count_summary(np.concatenate(counts), start, int(edges[1] - edges[0]), counter),
+                         "regrown_real": real.get("count_regrown")}
+    return out
