@@ -8,7 +8,8 @@ real game the count only falls, so ``regrown`` measures a world that forgets wha
 Counting by area, not by item: at 64x64 a Breakout brick (8 x 6 native pixels) is 3.2 x 1.8 pixels,
 blended with its neighbours, so each pixel of the counted band contributes the share of it that is
 an item (its distance from the background against the nearest item colour's, so a blend of two
-bricks counts whole and a blend of brick and background by its brick share), times its native area; the sum over the band divided by an item's native area is the number of items shown.
+bricks counts whole and a blend of brick and background by its brick share), times its native area;
+the sum over the band divided by an item's native area is the number of items shown.
 Pixels whose footprint touches the walls beside the band are left out and the count scaled up to the
 full width, so wall pixels never count as bricks.
 

@@ -257,7 +257,8 @@ def evaluate(model, episodes: Sequence[EvalEpisode], settings: Sequence[tuple[st
     plan = make_plan(episodes, cfg)
     penalty = cfg.miss_penalty_px or R / 4
     sprite, opponent, ball, sprite_info = sprite_specs(env_id, penalty)
-    counter = count_spec(env_id)  # state the game keeps (Breakout's bricks), or None
+    # what free play watches besides the player, where the game has it: free_play's keywords
+    watched = {"opponent": opponent, "ball": ball, "counter": count_spec(env_id)}
     if sprite is None:
         say(f"sprite metric skipped: {sprite_info['reason']}")
     K, H = cfg.context, cfg.horizon
@@ -270,8 +271,7 @@ def evaluate(model, episodes: Sequence[EvalEpisode], settings: Sequence[tuple[st
     baselines = evaluate_baselines(episodes, plan, cfg, sprite, penalty, no_action, base_rollouts, opponent)
     report.baselines = {name: {"per_horizon": per_h, "summary": summarize(per_h, H), "per_rollout": base_rollouts[name]}
                         for name, per_h in baselines.items()}
-    reference = real_reference(episodes, sprite, max(1, cfg.free_play // max(cfg.windows, 1)), opponent, ball,
-                               counter) \
+    reference = real_reference(episodes, sprite, max(1, cfg.free_play // max(cfg.windows, 1)), **watched) \
         if cfg.free_play else None
     real_moves = real_held = real_cf = None
     if sprite is not None and cfg.action_response > 0:
@@ -311,8 +311,7 @@ def evaluate(model, episodes: Sequence[EvalEpisode], settings: Sequence[tuple[st
             say(format_response(name, entry.action_response))
         if cfg.free_play:
             keeper = free_play_realism_frames(cfg) if realism_skip is None else None
-            entry.free_play = run_free_play(engine, episodes, plan, cfg, action_meanings, sprite, (opponent, ball, counter),
-                                            reference,
+            entry.free_play = run_free_play(engine, episodes, plan, cfg, action_meanings, sprite, watched, reference,
                                             no_action, name, on_snapshots, keeper, progress)
             if keeper is not None:
                 entry.realism, entry.stability = model_realism(keeper, real_a, cfg, entry.free_play)
@@ -390,12 +389,12 @@ def real_counterfactuals(episodes, plan, cfg: EvalConfig, meanings, say, keys: d
                            "keys": list(keys), "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def run_free_play(engine, episodes, plan, cfg: EvalConfig, meanings, sprite, others, reference, no_action, name,
+def run_free_play(engine, episodes, plan, cfg: EvalConfig, meanings, sprite, watched, reference, no_action, name,
                   on_snapshots, keeper, progress) -> dict:
     """Free play from the first rollout's context, and with ``cfg.free_play_paths`` > 1 more free plays from
     contexts spread over the plan, each with its own seed (their frames go to ``keeper`` only). The first
-    path's frame statistics are returned; its snapshots go to ``on_snapshots``. ``others``: (opponent, ball,
-    counted state), each None where the game has none."""
+    path's frame statistics are returned; its snapshots go to ``on_snapshots``. ``watched``: free_play's
+    ``opponent``, ``ball`` and ``counter`` keywords, each None where the game has none."""
     import dataclasses
 
     P = cfg.free_play_paths
@@ -412,8 +411,7 @@ def run_free_play(engine, episodes, plan, cfg: EvalConfig, meanings, sprite, oth
     bar = progress(cfg.free_play, f"free play {name}")
     out = free_play(engine, episodes[i], ctx_start, cfg, meanings, sprite, reference, no_action,
                     on_snapshot=lambda n, f: snaps.__setitem__(n, f.copy()), snapshot_at=at, progress=bar,
-                    on_frame=None if keeper is None else keeper.path(0), opponent=others[0], ball=others[1],
-                    counter=others[2])
+                    on_frame=None if keeper is None else keeper.path(0), **watched)
     bar.close()
     out["windows_edges"] = window_edges(cfg.free_play, cfg.windows).tolist()
     out["paths"] = [{"episode": episodes[e].name, "context_start": int(c), "seed": cfg.seed + p}

@@ -435,7 +435,8 @@ def real_reference(episodes: Sequence[EvalEpisode], sprite: SpriteSpec | None, w
              for ep in episodes for i in range(0, max(len(ep.frames) - window + 1, 1), window)]
     out["hist_l1_typical"] = float(np.mean(dists))
     for name, spec in tracked_specs(sprite, opponent, ball).items():
-        out[f"{name}_found_rate"] = float(np.mean(np.concatenate([find_sprites(ep.frames, spec)[1] for ep in episodes])))
+        found = [find_sprites(ep.frames, spec)[1] for ep in episodes]
+        out[f"{name}_found_rate"] = float(np.mean(np.concatenate(found)))
     if counter is not None:  # the counted state in real play: how far blending lets a count rise
         out["count_regrown"] = max(regrown(count_items(ep.frames, counter)) for ep in episodes)
     out["_hist"] = ref_hist
