@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Build the Pong model (assets/pong.safetensors once it ships) from a clone: the two frameskip-4 Pong
 # collections and the stage-1 student of configs/pong.yaml on them, then the two frameskip-2 collections,
-# the two legs that continue that student on them (init.retime) and the ship step. Only committed configs:
+# the two legs that continue that student on them (init.retime), the two legs of its pixel refiner and
+# the ship step. Only committed configs:
 #   configs/collect_pong{,_scripted}{,_fs2}.yaml   the data
 #   configs/pong.yaml                               the frameskip-4 student (stage 1) and the ship step
 #   configs/pong_student_fs2.yaml                   the frameskip-2 legs
+#   configs/pong_refiner_fs2.yaml                   the refiner legs
 #
 #   scripts/reproduce_pong.sh [OUT]       (OUT default runs/pong; OUT and DATA are relative to the repo root)
 #
 # Result: OUT/ship/student.safetensors (playable: python play.py --checkpoint OUT/ship/student.safetensors;
-# compare it with worldsim eval before copying it to assets/pong.safetensors). About 2.2 hours on
-# 2 cores (2.9 CPU-hours), the collections a few minutes. Idempotent as scripts/reproduce_default.sh:
+# compare it with worldsim eval before copying it to assets/pong.safetensors). About 2.8 hours on
+# 2 cores (4.0 CPU-hours), the collections a few minutes. Idempotent as scripts/reproduce_default.sh:
 # finished steps are skipped and an interrupted one resumes exactly, so after a stop run it again.
 #
 # Environment: DATA, COLLECT_ARGS, TRAIN_ARGS, SHIP_ARGS, WORLDSIM as in scripts/reproduce_default.sh.
@@ -38,21 +40,25 @@ fi
 # -- frameskip 2 (30 steps a second): two collections, that student continued on them, shipped
 collect configs/collect_pong_fs2.yaml pong_fs2
 collect configs/collect_pong_scripted_fs2.yaml pong_scripted_fs2
-leg() {  # NAME INIT THREADS [key=value ...]: a frameskip-2 stage-1 leg into OUT/NAME from the student INIT
-    local name=$1 from=$2 threads=$3
-    shift 3
+leg() {  # NAME INIT THREADS CONFIG [key=value ...]: a frameskip-2 stage-1 leg into OUT/NAME from the student INIT
+    local name=$1 from=$2 threads=$3 config=$4
+    shift 4
     if [[ ! -f $OUT/$name/final.safetensors ]]; then
-        "$WORLDSIM" train stage1 --threads "$threads" configs/pong_student_fs2.yaml "out_dir=$OUT/$name" \
+        "$WORLDSIM" train stage1 --threads "$threads" "$config" "out_dir=$OUT/$name" \
             "init.student=$from" "$FS2" "$@" \
             ${train_args[@]+"${train_args[@]}"}
         done_or_resume "$OUT/$name/final.safetensors" "leg $name"
     fi
 }
-leg fs2 "$fs4" 1                                   # 2,400 steps, cosine from 3e-4
-leg fs2b "$OUT/fs2/final.safetensors" 2 optim.steps=3600   # 3,600 more, cosine from 3e-4
+student=configs/pong_student_fs2.yaml refiner=configs/pong_refiner_fs2.yaml
+leg fs2 "$fs4" 1 $student                                     # 2,400 steps, cosine from 3e-4
+leg fs2b "$OUT/fs2/final.safetensors" 2 $student optim.steps=3600   # 3,600 more, cosine from 3e-4
+# the pixel refiner, trained alone: 800 steps at 3e-3, then 1,600 cosine from 3e-3
+leg refine "$OUT/fs2b/final.safetensors" 2 $refiner optim.steps=800 optim.schedule=constant
+leg refine2 "$OUT/refine/final.safetensors" 2 $refiner
 if [[ ! -f $OUT/ship/student.safetensors ]]; then
     mkdir -p "$OUT/ship/stage1_teacher_forcing"
-    cp "$OUT/fs2b/final.safetensors" "$OUT/ship/stage1_teacher_forcing/final.safetensors"
+    cp "$OUT/refine2/final.safetensors" "$OUT/ship/stage1_teacher_forcing/final.safetensors"
     "$WORLDSIM" train ship configs/pong.yaml "out_dir=$OUT/ship" "$FS2" ${ship_args[@]+"${ship_args[@]}"}
 fi
 echo "done: $OUT/ship/student.safetensors"

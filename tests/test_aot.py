@@ -19,11 +19,11 @@ from worldsim.model import ModelConfig, WorldDiT
 WINDOW, SINK = 6, 1
 
 
-def tiny(anchor=True, seed=0, temporal_every=2):
+def tiny(anchor=True, seed=0, temporal_every=2, refine=0):
     torch.manual_seed(seed)
     m = WorldDiT(ModelConfig(resolution=16, patch=4, dim=32, depth=4, heads=2, kv_heads=1, num_actions=5,
                              temporal_every=temporal_every, anchor=anchor,
-                             anchor_history=2 if anchor else 1)).eval()
+                             anchor_history=2 if anchor else 1, refine=refine)).eval()
     with torch.no_grad():  # zero-init output layers would make every comparison trivially pass
         for p in m.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -71,10 +71,10 @@ def calls(forwards):
     return sum(r.calls for r in forwards.package.runners.values())
 
 
-@pytest.mark.parametrize("anchor", [True, False], ids=["anchored", "plain"])
+@pytest.mark.parametrize("anchor,refine", [(True, 0), (False, 0), (True, 6)], ids=["anchored", "plain", "refined"])
 @pytest.mark.parametrize("steps,sampler", [(1, "renoise"), (2, "renoise"), (2, "euler"), (4, "renoise")])
-def test_traced_graph_engine_matches_eager(anchor, steps, sampler):
-    m = tiny(anchor)
+def test_traced_graph_engine_matches_eager(anchor, refine, steps, sampler):
+    m = tiny(anchor, refine=refine)
     eager, graph = engines(m, steps, sampler=sampler)
     fw = traced_forwards(m)
     aot.attach(graph, fw)

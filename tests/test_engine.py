@@ -14,16 +14,17 @@ from worldsim.model import ModelConfig, WorldDiT, anchor_frames
 from worldsim.model.rope import apply_rope
 
 
-# plain, an anchored student, and two anchor frames (anchor_history=2)
-ANCHORS = [False, "input", "input2"]
-ANCHOR_IDS = ["plain", "anchor-input", "anchor-input-2"]
+# plain, an anchored student, two anchor frames (anchor_history=2), and those with a pixel refiner
+ANCHORS = [False, "input", "input2", "refined"]
+ANCHOR_IDS = ["plain", "anchor-input", "anchor-input-2", "anchor-input-2-refined"]
 
 
 def tiny_model(chunk=1, temporal_every=1, seed=0, anchor=False):
     torch.manual_seed(seed)
     m = WorldDiT(ModelConfig(resolution=16, patch=4, dim=32, depth=2, heads=2, kv_heads=1, num_actions=5,
                              chunk=chunk, temporal_every=temporal_every, anchor=bool(anchor),
-                             anchor_history=2 if anchor == "input2" else 1)).eval()
+                             anchor_history=2 if anchor in ("input2", "refined") else 1,
+                             refine=6 if anchor == "refined" else 0)).eval()
     with torch.no_grad():  # zero-init output layers would make every test trivially pass
         for p in m.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -263,6 +264,43 @@ def test_added_anchor_frames_start_as_the_same_model():
     from worldsim.errors import ConfigError
     with pytest.raises(ConfigError, match="anchor_history"):
         ModelConfig(anchor=False, anchor_history=2).validate()
+
+
+def test_added_refiner_starts_as_the_same_model_and_sees_pixels():
+    """A refiner added to a trained student (model.refine) starts as that student (its last layer is
+    zero); once trained, one pixel of the noisy frame or of an anchor reaches the output at that pixel,
+    finer than the token head's patch. An old checkpoint's config without the field reads refine=0."""
+    from worldsim.model.dit import upgrade_model_config
+
+    plain = tiny_model(anchor="input2")
+    torch.manual_seed(1)
+    refined = WorldDiT(dataclasses.replace(plain.cfg, refine=6)).eval()
+    state = {**refined.state_dict(), **plain.state_dict()}
+    refined.load_state_dict(state)
+    assert_same_rollout(plain, refined)
+    with torch.no_grad():
+        for p in refined.refiner.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    x, sig, a = frames(1, 2), torch.rand(1, 2), torch.randint(0, 5, (1, 2))
+    anc = anchor_frames(frames(1, 2, seed=1), 1, history=2)
+    for name in ("x", "anchor"):
+        x2, anc2 = x.clone(), anc.clone()
+        (x2 if name == "x" else anc2)[0, 1, 0, 5, 5] += 1.0
+        with torch.no_grad():
+            d = (refined(x2, sig, a, anchor=anc2) - refined(x, sig, a, anchor=anc)).abs()[0, 1].sum(0)
+            d_head = (plain(x2, sig, a, anchor=anc2) - plain(x, sig, a, anchor=anc)).abs()[0, 1].sum(0)
+        assert (d - d_head)[1:10, 1:10].abs().sum() > 1e-3, name  # a pixel-level path around (5, 5)
+    # The correction is local: with the head's frame fixed, one input pixel moves it within 8 px only.
+    head, plane, c = torch.zeros(1, 1, 3, 32, 32), torch.zeros(1, 1, 9, 32, 32), torch.randn(1, 1, 32)
+    plane2 = plane.clone()
+    plane2[0, 0, :, 10, 10] = 1.0
+    with torch.no_grad():
+        d = (refined.refiner(head, [plane2], c) - refined.refiner(head, [plane], c)).abs()[0, 0].sum(0)
+    assert d[2:19, 2:19].sum() > 1e-3 and d.sum() == d[2:19, 2:19].sum()
+    assert upgrade_model_config({"dim": 32, "anchor": True, "anchor_history": 2}, "x")["refine"] == 0
+    from worldsim.errors import ConfigError
+    with pytest.raises(ConfigError, match="model.refine"):
+        ModelConfig(refine=-1).validate()
 
 
 def test_input_anchor_enters_the_tokens_not_the_output():

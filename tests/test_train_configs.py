@@ -68,12 +68,12 @@ def test_keys_added_later_match_checkpoints_written_before_them():
 
 def test_removed_options_at_their_no_op_value_match_and_others_differ():
     """A saved training config holding a removed option is the same config without it where the option
-    changed nothing (anchor_self 0, motion_weight 0, anchor_mode input, or any mode without anchors)."""
+    changed nothing (anchor_self 0, anchor_mode input, or any mode without anchors)."""
     from worldsim.train.trainer import config_differences
 
     now = {"model": {"anchor": True, "anchor_history": 2}, "anchor_noise": 0.3}
     saved = {"model": {"anchor": True, "anchor_mode": "input", "anchor_history": 2}, "anchor_noise": 0.3,
-             "anchor_self": 0.0, "motion_weight": 0.0}
+             "anchor_self": 0.0}
     assert config_differences(saved, now) == []
     plain = {"model": {"anchor": False, "anchor_mode": "residual", "anchor_history": 1}}
     assert config_differences(plain, {"model": {"anchor": False, "anchor_history": 1}}) == []
@@ -88,14 +88,14 @@ def test_a_config_file_with_removed_options_loads_or_names_them(tiny, tmp_path, 
     import yaml
 
     cfg = yaml.safe_load(Path("configs/stage1_teacher_forcing.yaml").read_text())
-    cfg.update(anchor_self=0.0, motion_weight=0.0)
+    cfg.update(anchor_self=0.0)
     cfg["model"].update(anchor=True, anchor_mode="input")
     old = tmp_path / "old.yaml"
     old.write_text(yaml.safe_dump(cfg))
     with caplog.at_level("WARNING", logger="worldsim.train"):
         assert train("stage1", "x", tmp_path / "ok", tiny, *MODEL, config_path=old).is_file()
     assert "anchor_self=0.0 dropped" in caplog.text and "model.anchor_mode=input dropped" in caplog.text
-    for key, value in (("anchor_self", 0.5), ("motion_weight", 3.0)):
+    for key, value in (("anchor_self", 0.5),):
         old.write_text(yaml.safe_dump({**cfg, key: value}))
         argv = ["train", "stage1", str(old), f"out_dir={tmp_path / key}", f"data.paths=[{tiny}]", *MICRO, *MODEL]
         assert worldsim(argv) == 2

@@ -395,6 +395,29 @@ def test_stage1_continues_a_student_with_a_second_anchor_frame(tmp_path):
         TeacherForcingTrainer(back, data=clips(), heldout=clips()).fit()
 
 
+def test_stage1_adds_a_pixel_refiner_and_trains_only_it(tmp_path):
+    """model.refine on init.student adds a pixel refiner (its last layer at zero: the same model at the
+    start); refiner_only=true trains it and leaves every other weight as it was; without a refiner or a
+    continued student it is refused by name, and a refiner cannot be taken away."""
+    cfg = stage1_cfg(tmp_path / "a", steps=3)
+    cfg.model = dataclasses.replace(cfg.model, anchor=True)
+    first = TeacherForcingTrainer(cfg, data=clips(), heldout=clips()).fit()
+    cont = stage1_cfg(tmp_path / "b", steps=3)
+    cont.model, cont.init.student = dataclasses.replace(cfg.model, refine=4), str(first)
+    cont.refiner_only, cont.motion_weight = True, 5.0
+    out = TeacherForcingTrainer(cont, data=clips(), heldout=clips()).fit()
+    before, after = load_checkpoint(first, "model.")[0], load_checkpoint(out, "model.")[0]
+    assert all(torch.equal(after[k], before[k]) for k in before)  # the transformer untouched
+    assert after["refiner.outp.weight"].abs().max() > 0  # the refiner trained from its zero start
+    assert read_meta(out)["init"]["refiner_only"] is True
+    for model, init, match in ((cfg.model, str(first), "model.refine"), (cont.model, "", "init.student"),
+                               (cfg.model, str(out), "refiner may get one")):
+        bad = stage1_cfg(tmp_path / "c", steps=1)
+        bad.model, bad.init.student, bad.refiner_only = model, init, match != "refiner may get one"
+        with pytest.raises(WorldsimError, match=match):
+            TeacherForcingTrainer(bad, data=clips(), heldout=clips()).fit()
+
+
 def test_stage1_continues_a_student_with_fewer_temporal_blocks(tmp_path):
     """temporal_every may change on init.student (same weights, fewer blocks attend across frames):
     the cheaper student starts from the trained one's weights and trains on."""
@@ -458,3 +481,38 @@ def test_average_students_writes_the_mean_and_names_its_sources(tmp_path, capsys
     assert "is one of the inputs" in capsys.readouterr().err
     assert worldsim(["train", "--threads", "1", "average", str(a), str(b)]) == 2  # options first: a config expected
     assert "average takes checkpoints" in capsys.readouterr().err
+
+
+def test_motion_weights_look_only_at_the_frames_before():
+    """1 + weight within ``reach`` of where frame t-1 differs from frame t-2, 1 elsewhere and on a clip's
+    first two frames; the frame predicted plays no part (so the loss's minimiser is still the mean)."""
+    from worldsim.train.stage1_teacher_forcing import motion_weights
+    from worldsim.train.trainer import v_loss
+
+    x0 = -torch.ones(1, 4, 3, 12, 12)
+    x0[0, 0, :, 5, 2] = x0[0, 1, :, 5, 3] = 1.0  # a one-pixel "ball" moving right, then gone
+    w = motion_weights(x0, 9.0, reach=1)
+    assert w.shape == (1, 4, 1, 12, 12)
+    assert (w[0, :2] == 1).all()
+    near = (w[0, 2, 0] == 10.0).nonzero().tolist()
+    assert near == [[r, c] for r in (4, 5, 6) for c in (1, 2, 3, 4)]  # 1 px around the old and the new place
+    assert (w[0, 3, 0] == 10.0).nonzero().tolist() == [[r, c] for r in (4, 5, 6) for c in (2, 3, 4)]  # it left
+    other = x0.clone()
+    other[0, 2:] = torch.randn_like(other[0, 2:])  # frames at and after the target's: same weights
+    assert torch.equal(motion_weights(other, 9.0, reach=1)[:, 2], w[:, 2])
+    sigma = torch.full((1, 4), 0.5)
+    hat = torch.zeros_like(x0)
+    assert torch.equal(v_loss(hat, x0, sigma, pixel_weight=motion_weights(x0, 0.0)), v_loss(hat, x0, sigma))
+    assert torch.equal(motion_weights(x0[:, :2], 9.0), torch.ones(1, 2, 1, 12, 12))
+
+
+def test_stage1_motion_weight_trains_and_refuses_a_negative_weight(tmp_path):
+    cfg = stage1_cfg(tmp_path / "a", steps=3)
+    cfg.motion_weight = 20.0
+    out = TeacherForcingTrainer(cfg, data=clips(), heldout=clips()).fit()
+    assert read_meta(out)["train_config"]["motion_weight"] == 20.0
+    assert all(math.isfinite(v) for v in losses(tmp_path / "a"))
+    bad = stage1_cfg(tmp_path / "b", steps=1)
+    bad.motion_weight = -1.0
+    with pytest.raises(WorldsimError, match="motion_weight=-1.0 must be >= 0"):
+        TeacherForcingTrainer(bad, data=clips(), heldout=clips()).fit()

@@ -126,7 +126,7 @@ class SteadyCache:
 class SteadyForward(nn.Module):
     """``model(x, ...)`` with the KV cache full, as a function of tensors only (what gets exported):
     ``forward(x, cond, rot, [anchor], *k_layers, *v_layers) -> x0`` (B, frames - drop, 3, H, W) float32.
-    cond: ``model.conditioning`` (B, frames, 6 * depth + 2, dim); rot: ``rope.real_rotations``."""
+    cond: ``model.conditioning`` (B, frames, cfg.cond_rows, dim); rot: ``rope.real_rotations``."""
 
     def __init__(self, model, frames: int, drop: int, prefix_tokens: int, chunk: int = 1):
         super().__init__()
@@ -148,7 +148,7 @@ def _example_inputs(model, frames: int, window: int, sink: int, chunk: int) -> t
     N = mc.tokens_per_frame
     slots = (sink + window + cache_scratch_frames(chunk, sink, window)) * N  # as Engine.reset sizes the cache
     x = torch.randn(1, frames, mc.channels, mc.resolution, mc.resolution)
-    cond = torch.randn(1, frames, 6 * mc.depth + 2, mc.dim).to(wd)
+    cond = torch.randn(1, frames, mc.cond_rows, mc.dim).to(wd)
     rot = model.rope.real_rotations(torch.arange(sink + window, sink + window + frames))
     anchor = [torch.randn(1, frames, mc.channels * mc.anchor_history, mc.resolution, mc.resolution)] if mc.anchor else []
     kv = [torch.randn(1, mc.kv_heads, slots, mc.head_dim).to(wd) for _ in range(2 * mc.cache_layers)]

@@ -101,7 +101,7 @@ class GraphRunner:
         anchor = [self.anchor] if self.anchor is not None else []
 
         def forward() -> torch.Tensor:
-            cond = model.conditioning(self.actions, self.sigma)  # (B, T, 6 * depth + 2, dim)
+            cond = model.conditioning(self.actions, self.sigma)  # (B, T, cfg.cond_rows, dim)
             return steady(self.x, cond, self.rot, *anchor, *k, *v)
 
         self.replay, self.out = capture(forward)

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from kernels import block_causal_attention
 from kernels.attention import block_causal_attention_torch
+from worldsim.model.refine import PixelRefiner
 from worldsim.model.rope import AxialRope, rotate
 
 
@@ -69,6 +70,11 @@ class ModelConfig:
     # MLP on the key and position places it 0.82 px off one frame ahead, with the last move and key 0.58),
     # and a 128-wide student comparing 8x8 patches across frames through attention places it ~0.9 px off.
     anchor_history: int = 2
+    # Hidden channels of the pixel refiner (``PixelRefiner``; 0: none): a small convolutional net at full
+    # resolution that corrects the token head's frame from the noisy frame and the anchors, pixel by pixel.
+    # Why: the head draws each 8x8 patch from one token, and a sprite of a pixel or two (Pong's ball, the
+    # thin paddles) does not survive the token width: the student erased it even when its input showed it.
+    refine: int = 0
 
     def validate(self) -> None:
         from worldsim.errors import ConfigError
@@ -88,10 +94,18 @@ class ModelConfig:
                               "model.anchor=true (set model.anchor_history=1 for a model without anchors)")
         if self.num_actions < 1 or self.chunk < 1:
             raise ConfigError("model.num_actions and model.chunk must be >= 1")
+        if self.refine < 0:
+            raise ConfigError(f"model.refine={self.refine} must be >= 0 (hidden channels of the pixel refiner; 0: none)")
 
     @property
     def tokens_per_frame(self) -> int:
         return (self.resolution // self.patch) ** 2
+
+    @property
+    def cond_rows(self) -> int:
+        """Rows of ``WorldDiT.conditioning``: 6 adaLN terms per block, 2 for the output layer, and with
+        a refiner the conditioning vector itself (the refiner's per-channel bias comes from it)."""
+        return 6 * self.depth + 2 + (self.refine > 0)
 
     @property
     def head_dim(self) -> int:
@@ -107,7 +121,7 @@ class ModelConfig:
 
 
 # Fields a saved model config may lack (written before they existed), with the value such a model has.
-ADDED_FIELDS = {"temporal_every": 1, "anchor": False, "anchor_history": 1}
+ADDED_FIELDS = {"temporal_every": 1, "anchor": False, "anchor_history": 1, "refine": 0}
 
 
 def upgrade_model_config(saved: dict, where: str) -> dict:
@@ -346,6 +360,9 @@ class WorldDiT(nn.Module):
         # Every block's adaLN terms (and the output layer's) from one linear: one op per forward.
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, (6 * cfg.depth + 2) * cfg.dim))
         self.out = nn.Linear(cfg.dim, p * p * ch)
+        # in: the head's frame, the noisy frame and the anchors
+        self.refiner = (PixelRefiner(ch * (2 + cfg.anchor_history * cfg.anchor), cfg.refine, cfg.dim, ch)
+                        if cfg.refine else None)
         self.rope = AxialRope(cfg.head_dim, self.grid, cfg.rope_theta_time, cfg.rope_theta_space)
         self._cond_memo: dict = {}  # (action, sigma) -> adaLN terms (conditioning())
         self._cond_stamp = None
@@ -368,6 +385,9 @@ class WorldDiT(nn.Module):
             terms[6 * self.cfg.depth + 1] = 1.0
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        if self.refiner is not None:  # starts at zero: the correction is learned on top of the head
+            nn.init.zeros_(self.refiner.outp.weight)
+            nn.init.zeros_(self.refiner.outp.bias)
 
     def _apply(self, fn, recurse=True):  # keep the rope tables on the module's device
         out = super()._apply(fn, recurse)
@@ -425,6 +445,7 @@ class WorldDiT(nn.Module):
             if anc.shape[2] != h * x.shape[2]:
                 raise ValueError(f"anchor has {anc.shape[2]} channels; this model takes {h} frame(s) of "
                                  f"{x.shape[2]} (model.anchor_history={h}): build it with anchor_frames(..., history={h})")
+            anchor = anc
             tokens = tokens + self.anchor_embed(self.patchify(anc.to(wdtype)))  # (B, T, N, p*p*C*h) -> (B, T, N, dim)
         # memoised only with a cache (the engine, self-rollout): a few discrete noise levels there,
         # continuous random ones in training batches
@@ -445,11 +466,16 @@ class WorldDiT(nn.Module):
             tokens = blk(tokens, mods[6 * i:6 * i + 6], rot, skip=drop_first if i == last else 0,
                          cache_layer=cache_layer, **attn_kw)
             cache_layer += blk.attn.temporal
-        shift, mult = (m[:, drop_first:] for m in mods[-2:])
-        return self.unpatchify(self.out(norm_modulate(tokens, shift, mult)))
+        D = self.cfg.depth
+        shift, mult = (m[:, drop_first:] for m in mods[6 * D:6 * D + 2])
+        frames = self.unpatchify(self.out(norm_modulate(tokens, shift, mult)))
+        if self.refiner is None:
+            return frames
+        inputs = [x[:, drop_first:]] + ([anchor[:, drop_first:]] if self.anchor_embed is not None else [])
+        return self.refiner(frames, inputs, cond[:, drop_first:, 6 * D + 2])
 
     def conditioning(self, actions, sigma) -> torch.Tensor:
-        """Every block's adaLN terms for each frame, (B, T, 6 * depth + 2, dim), from its action and
+        """Every block's adaLN terms for each frame, (B, T, cfg.cond_rows, dim), from its action and
         noise level. At inference on the CPU they are memoised per (action, sigma): play asks for
         the same few pairs every frame (a held key, the 2-3 noise levels of the step list), and the
         sinusoids, two MLPs and one wide linear were ~4% of a frame. The memo is keyed on the
@@ -475,7 +501,8 @@ class WorldDiT(nn.Module):
     def _conditioning(self, actions, sigma) -> torch.Tensor:
         B, T = actions.shape
         c = self.action_embed(actions) + self.sigma_embed(sigma)  # (B, T, dim)
-        return self.ada(c).view(B, T, 6 * self.cfg.depth + 2, self.cfg.dim)
+        terms = self.ada(c).view(B, T, 6 * self.cfg.depth + 2, self.cfg.dim)
+        return torch.cat([terms, c[:, :, None].to(terms.dtype)], 2) if self.refiner is not None else terms
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

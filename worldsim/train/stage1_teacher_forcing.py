@@ -26,6 +26,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from worldsim.engine import EngineConfig
 from worldsim.errors import ConfigError
@@ -76,6 +77,15 @@ class Stage1Config:
     # free play the anchors are the student's own outputs, with its errors: noised anchors teach it not to
     # copy them forward (the shipped Boxing student: 0.3).
     anchor_noise: float = 0.0
+    # Extra loss weight near the pixels that moved between the two frames before (1 + motion_weight
+    # there). Why: an object of a few pixels is a rounding error of the frame's MSE; Pong's ball (about 2
+    # of 4,096 pixels at 64x64) is left out of every frame under the plain loss. 0: the plain loss.
+    motion_weight: float = 0.0
+    # Train only the pixel refiner (model.refine), the rest of a continued student frozen. Why: a refiner
+    # added to a trained student learns its few-pixel corrections at a rate of its own (optim.lr ~3e-3),
+    # which would throw the trained transformer about, and what the student draws and how it follows the
+    # keys stay as they were; a step costs about half as much with no gradients through the transformer.
+    refiner_only: bool = False
     action_dropout: float = 0.1  # enables action guidance u + w (c - u) in stage 2
     min_sigma: float = 0.05
     bell_width: float = 0.3
@@ -106,6 +116,20 @@ def tf_forward(net, clean, clean_sigma, noisy, sigma, acts, chunk: int, anchor_s
     T = clean.shape[1]
     x, s, a, kw = tf_inputs(clean, clean_sigma, noisy, sigma, acts, chunk, anchor_src, net.cfg.anchor_history)
     return net(x, s, a, **kw)[:, T:]
+
+
+def motion_weights(x0: torch.Tensor, weight: float, threshold: float = 0.1, reach: int = 3) -> torch.Tensor:
+    """Per-pixel loss weights (B, T, 1, H, W): 1 + ``weight`` within ``reach`` pixels of where frame t-1
+    differs from frame t-2 by more than ``threshold`` in some channel (frames in [-1, 1]); 1 on a clip's
+    first two frames. The weight depends on the frames before only, never on the frame predicted, so the
+    loss's minimiser stays the conditional mean: it spends the model's effort where things move without
+    rewarding it for drawing moving things where none are (a weight on the target's own changes does)."""
+    B, T, _, H, W = x0.shape
+    near = x0.new_zeros(B, T, 1, H, W, dtype=torch.float32)
+    if T > 2:
+        moved = (x0[:, 1:-1] - x0[:, :-2]).abs().amax(2, keepdim=True) > threshold  # (B, T-2, 1, H, W)
+        near[:, 2:] = F.max_pool2d(moved.flatten(0, 1).float(), 2 * reach + 1, stride=1, padding=reach).view(moved.shape)
+    return 1.0 + weight * near
 
 
 def chunk_levels(levels: torch.Tensor, chunk: int, T: int) -> torch.Tensor:
@@ -167,6 +191,8 @@ class TeacherForcingTrainer(Trainer):
                               "stage-1 student), not both")
         if cfg.anchor_noise < 0 or (cfg.anchor_noise > 0 and not cfg.model.anchor):
             raise ConfigError(f"stage 1: anchor_noise={cfg.anchor_noise} needs model.anchor=true and a level >= 0")
+        if cfg.motion_weight < 0:
+            raise ConfigError(f"stage 1: motion_weight={cfg.motion_weight} must be >= 0 (0: the plain loss)")
         if cfg.init.student:
             prev, meta = load_stage_output(cfg.init.student, role="student", stages=(1,), what="a stage-1 student",
                                            needed_by="stage 1 (init.student)",
@@ -174,16 +200,21 @@ class TeacherForcingTrainer(Trainer):
             check_same_game(meta, self.data, cfg.init.student, "stage 1", same_period=not cfg.init.retime)
             # temporal_every may change: the weights are the same shapes, only which blocks attend
             # across frames differs (fewer temporal blocks: a cheaper student fine-tuned from this one);
-            # so may anchor_history grow: the added anchor frames' weights start at zero (same function)
-            grown = ("temporal_every", "anchor_history")
+            # so may anchor_history grow: the added anchor frames' weights start at zero (same function);
+            # and a pixel refiner may be added (model.refine): its last layer starts at zero (same function)
+            grown = ("temporal_every", "anchor_history", "refine")
             if dataclasses.replace(prev.cfg, **{k: getattr(cfg.model, k) for k in grown}) != cfg.model or \
-                    cfg.model.anchor_history < prev.cfg.anchor_history:
+                    cfg.model.anchor_history < prev.cfg.anchor_history or \
+                    prev.cfg.refine not in (0, cfg.model.refine):
                 raise ConfigError(f"stage 1: init.student '{cfg.init.student}' has another model config than "
                                   f"model.* ({prev.cfg} vs {cfg.model}); set model.* to match it (only "
-                                  "temporal_every may differ, and anchor_history may grow)")
+                                  "temporal_every may differ, anchor_history may grow, and a student without a "
+                                  "refiner may get one: model.refine)")
             state = prev.state_dict()
             if prev.cfg.anchor_history != cfg.model.anchor_history:
                 state = expand_anchor_history(state, cfg.model, prev.cfg.anchor_history)
+            if prev.cfg.refine != cfg.model.refine:  # the new refiner's own initial weights
+                state.update({k: v for k, v in student.state_dict().items() if k.startswith("refiner.")})
             student.load_state_dict(state)
             self.init_info = {"from": "stage1", "student": meta["_path"], "student_hash": meta["_hash"]}
             for key in grown:
@@ -204,6 +235,13 @@ class TeacherForcingTrainer(Trainer):
             self.init_info = init_from_teacher(student, teacher.state_dict(), teacher.cfg)
             self.init_info.update({"teacher": meta["_path"], "teacher_hash": meta["_hash"]})
             del teacher
+        if cfg.refiner_only:
+            if not cfg.model.refine or not cfg.init.student:
+                raise ConfigError("stage 1: refiner_only=true trains a pixel refiner on a continued student: set "
+                                  "model.refine (e.g. 24) and init.student")
+            for name, p in student.named_parameters():
+                p.requires_grad_(name.startswith("refiner."))
+            self.init_info["refiner_only"] = True
         self.add_net("model", student, ema_decay=cfg.optim.ema_decay)
 
     def train_step(self, batch):
@@ -226,7 +264,8 @@ class TeacherForcingTrainer(Trainer):
             anchor_src = add_noise(x0, self.randn_b(*x0.shape[1:]), level)
         with self.autocast():
             x0_hat = tf_forward(self.nets["model"], clean, clean_sigma, x_t, sigma, acts, C, anchor_src=anchor_src)
-        loss = (v_loss(x0_hat, x0, sigma, cfg.min_sigma) * bell_weight(sigma, cfg.bell_width)).mean()
+        pixel_w = motion_weights(x0, cfg.motion_weight) if cfg.motion_weight > 0 else None
+        loss = (v_loss(x0_hat, x0, sigma, cfg.min_sigma, pixel_w) * bell_weight(sigma, cfg.bell_width)).mean()
         gnorm = self.optimize("model", loss)
         with torch.no_grad():
             x0_mse = (x0_hat.float() - x0).pow(2).mean()

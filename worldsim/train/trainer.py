@@ -218,12 +218,13 @@ def flatten_config(d: dict, prefix: str = "") -> dict[str, Any]:
 
 # Keys added to a config after checkpoints were written, with the value that older checkpoints behave
 # as (matched on the key's last part): such a checkpoint is the same config as one that sets it so.
-ADDED_KEYS = {"redraw_actions": False, "temporal_every": 1, "anchor": False, "anchor_history": 1}
+ADDED_KEYS = {"redraw_actions": False, "temporal_every": 1, "anchor": False, "anchor_history": 1,
+              "motion_weight": 0.0, "refine": 0, "refiner_only": False}
 
 # Options removed since configs and checkpoints were written (matched on the key's last part), with the
-# value at which each changed nothing: stage 1's self-anchoring and motion-weighted loss, and the model's
-# anchor_mode (at "input" the one form there is now; any value on a model without anchors).
-REMOVED_KEYS = {"anchor_self": 0.0, "motion_weight": 0.0, "anchor_mode": "input"}
+# value at which each changed nothing: stage 1's self-anchoring, and the model's anchor_mode (at "input"
+# the one form there is now; any value on a model without anchors).
+REMOVED_KEYS = {"anchor_self": 0.0, "anchor_mode": "input"}
 
 
 def _removed_is_noop(key: str, value: Any, siblings: dict) -> bool:
@@ -757,14 +758,19 @@ class _StopSignals:
             signal.signal(sig, old)
 
 
-def v_loss(x0_hat: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor, min_sigma: float = 0.05) -> torch.Tensor:
+def v_loss(x0_hat: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor, min_sigma: float = 0.05,
+           pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Per-frame flow-matching velocity loss (B, T) from an x0 prediction.
 
     With ``v_hat = (x_t - x0_hat) / s`` and ``v = eps - x0 = (x_t - x0) / s`` the error is
     ``(x0_hat - x0) / s``; dividing by ``max(s, min_sigma)`` instead keeps near-clean frames from
-    dominating (the loss at s < min_sigma is the x0 error scaled by 1 / min_sigma^2)."""
+    dominating (the loss at s < min_sigma is the x0 error scaled by 1 / min_sigma^2).
+    ``pixel_weight`` (broadcast to the frames, e.g. (B, T, 1, H, W)) weights the squared error per pixel."""
     s = sigma.float().clamp_min(min_sigma)  # (B, T)
-    return (x0_hat.float() - x0.float()).pow(2).mean(dim=(2, 3, 4)) / s.pow(2)
+    sq = (x0_hat.float() - x0.float()).pow(2)
+    if pixel_weight is not None:
+        sq = sq * pixel_weight
+    return sq.mean(dim=(2, 3, 4)) / s.pow(2)
 
 
 def bell_weight(sigma: torch.Tensor, width: float = 0.3) -> torch.Tensor:
