@@ -410,6 +410,12 @@ def test_stage1_adds_a_pixel_refiner_and_trains_only_it(tmp_path):
     assert all(torch.equal(after[k], before[k]) for k in before)  # the transformer untouched
     assert after["refiner.outp.weight"].abs().max() > 0  # the refiner trained from its zero start
     assert read_meta(out)["init"]["refiner_only"] is True
+    # a refined student may also start from a teacher (which has no refiner): its refiner keeps its own start
+    from worldsim.model import WorldDiT
+    from worldsim.train.stage1_teacher_forcing import init_from_teacher
+    student = WorldDiT(dataclasses.replace(model_cfg(True), anchor=True, refine=4))
+    assert init_from_teacher(student, WorldDiT(model_cfg(False)).state_dict(), model_cfg(False))["from"] == "teacher"
+    assert student.refiner.outp.weight.abs().max() == 0
     for model, init, match in ((cfg.model, str(first), "model.refine"), (cont.model, "", "init.student"),
                                (cfg.model, str(out), "refiner may get one")):
         bad = stage1_cfg(tmp_path / "c", steps=1)

@@ -156,8 +156,8 @@ def init_from_teacher(student: WorldDiT, teacher_state: dict[str, torch.Tensor],
     pick = [round(i * (Dt - 1) / max(Ds - 1, 1)) for i in range(Ds)] if Ds > 1 else [Dt - 1]
     new = {}
     for k, v in student.state_dict().items():
-        if k.startswith("anchor_embed.") and k not in teacher_state:
-            new[k] = v  # an anchored student's own input layer: the teacher has none
+        if k.startswith(("anchor_embed.", "refiner.")) and k not in teacher_state:
+            new[k] = v  # an anchored student's own input layer or pixel refiner: the teacher has none
         elif k.startswith("blocks."):
             i, rest = k.split(".", 2)[1:]
             new[k] = teacher_state[f"blocks.{pick[int(i)]}.{rest}"]
