@@ -23,6 +23,9 @@ free play, are not integrated frame after frame. Trained with noised anchors (``
 Callers always pass anchors; models without ``anchor`` ignore them (the bidirectional teacher and
 score models).
 
+With ``refine`` a ``PixelRefiner`` (``worldsim.model.refine``) corrects the head's frame at full
+resolution from the noisy frame and the anchors: what one token per 8x8 patch cannot carry.
+
 The network predicts ``x0`` (pixel-space x-prediction: the clean frame is low-dimensional next to
 the noise, so predicting it directly works at large patch sizes); callers derive ``v`` from it.
 Frames are (B, T, 3, H, W) floats in [-1, 1]; sigma is (B, T) in [0, 1]; actions are (B, T) ints,
@@ -385,9 +388,6 @@ class WorldDiT(nn.Module):
             terms[6 * self.cfg.depth + 1] = 1.0
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
-        if self.refiner is not None:  # starts at zero: the correction is learned on top of the head
-            nn.init.zeros_(self.refiner.outp.weight)
-            nn.init.zeros_(self.refiner.outp.bias)
 
     def _apply(self, fn, recurse=True):  # keep the rope tables on the module's device
         out = super()._apply(fn, recurse)
