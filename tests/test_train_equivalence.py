@@ -2,6 +2,7 @@
 
 * Teacher forcing (the ``[clean | noisy]`` sequence with its mask) gives each noisy chunk the same x0
   as the KV-cached forward the engine and the self-rollout use, frame-wise and chunk-wise.
+* The self-rollout under the Euler sampler draws the frames the engine draws from the same noise.
 * Two gloo processes with global batch B reach the same weights as one process with batch B.
 * The pipeline runs a subset of stages, then skips finished ones.
 """
@@ -20,7 +21,8 @@ import torch.multiprocessing as mp
 from worldsim.checkpoint import load_checkpoint, read_meta
 from worldsim.model import ModelConfig, WorldDiT
 from worldsim.model.dit import chunk_anchor, keep_recent
-from worldsim.train.self_rollout import make_cache
+from worldsim.engine import Engine, EngineConfig
+from worldsim.train.self_rollout import make_cache, self_rollout
 from worldsim.train.stage1_teacher_forcing import TeacherForcingTrainer, tf_forward
 
 from test_train_stages import clips, stage1_cfg
@@ -55,6 +57,35 @@ def test_teacher_forcing_equals_kv_cache(chunk, anchor):
             recent = keep_recent(recent, clean[:, t:t + chunk], cfg.anchor_history)
             cache.commit(chunk)
     torch.testing.assert_close(torch.cat(got, 1), want, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("steps", [2, 4])
+def test_self_rollout_euler_equals_the_engine(steps):
+    """Stage 1's own-frame anchors come from ``self_rollout(sampler="euler")``: frame for frame what the
+    engine plays with ``sampler=euler`` past the cache's wrap, given the engine's own initial noise."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(resolution=16, patch=4, dim=32, depth=2, heads=2, kv_heads=1, num_actions=5, causal=True,
+                      chunk=1, temporal_every=1, anchor=True, anchor_history=2, refine=4)
+    model = WorldDiT(cfg).eval()
+    for p in model.parameters():
+        p.data.add_(0.02 * torch.randn_like(p))
+    B, K, H = 2, 3, 6
+    ctx, prev, acts = torch.rand(B, K, 3, 16, 16) * 2 - 1, torch.randint(0, 6, (B, K)), torch.randint(0, 6, (B, H))
+    ecfg = EngineConfig(chunk=1, steps=steps, sampler="euler", shift=3.0, window=3, sink=1, fuse_cache_write=False)
+    eng = Engine(model, ecfg, device="cpu")
+    eng.reset(B, seed=5)
+    eng.prefill(ctx, prev)
+    want = torch.cat([eng.step(acts[:, j]) for j in range(H)], 1)
+    g = torch.Generator().manual_seed(5)  # the engine's draws: each frame's noise, then a seed per inner step
+    noise = []
+    for _ in range(H):
+        noise.append(torch.randn(B, 1, 3, 16, 16, generator=g))
+        for _ in range(steps - 1):
+            torch.randint(0, 2**31 - 1, (1,), generator=g)
+    with torch.no_grad():
+        got = self_rollout(model, ctx, prev, acts, chunk=1, steps=steps, shift=3.0, window=3, sink=1,
+                           exit_step=steps - 1, noise=torch.cat(noise, 1), renoise=None, grad=False, sampler="euler")
+    torch.testing.assert_close(got.clamp(-1, 1), want, atol=1e-5, rtol=1e-4)
 
 
 def _free_port() -> int:

@@ -241,6 +241,23 @@ def test_stage3_adversarial_alone_needs_no_teacher_and_moves_each_net_by_its_own
     assert "tf_loss" in json.loads((tmp_path / "adv" / METRICS).read_text().splitlines()[-1])
 
 
+def test_stage3_rolls_a_stage1_student_out_with_its_euler_sampler(chain, tmp_path, monkeypatch):
+    """rollout.sampler=euler reaches every self-rollout (which then draws what the engine plays:
+    tests/test_train_equivalence.py), and the stage-1 student trains on them; an unknown sampler is refused
+    by name."""
+    import worldsim.train.stage3_dmd as stage3
+
+    seen, rollout = [], stage3.self_rollout
+    monkeypatch.setattr(stage3, "self_rollout", lambda *a, **kw: seen.append(kw["sampler"]) or rollout(*a, **kw))
+    cfg = adversarial_cfg(tmp_path / "eu", str(chain["s1"]), steps=2)
+    cfg.rollout = dataclasses.replace(cfg.rollout, sampler="euler")
+    assert DMDTrainer(cfg, data=clips(6), heldout=clips(6)).fit() is not None
+    assert seen and set(seen) == {"euler"}
+    cfg.rollout = dataclasses.replace(cfg.rollout, sampler="heun")
+    with pytest.raises(WorldsimError, match="rollout.sampler"):
+        DMDTrainer(cfg, data=clips(6), heldout=clips(6)).fit()
+
+
 def test_stage3_adversarial_critic_learns_to_tell_frames_apart(chain, tmp_path):
     """With the generator nearly still (one update) the critic's loss falls below chance (2 log 2)."""
     cfg = adversarial_cfg(tmp_path / "crit", str(chain["s1"]), steps=40)

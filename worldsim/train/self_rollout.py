@@ -7,7 +7,8 @@ stage 3 (DMD); the engine itself (``worldsim.engine``) stays inference-only.
 Same code path as inference: every forward is ``model(x, sigma, actions, frame_pos=, chunk=,
 cache=)`` over a ``KVCache`` (rolling window + sink frames), the few-step list is
 ``student_sigmas(steps, shift)``, each step predicts x0 and re-noises with fresh noise
-(``x' = (1 - s') x0 + s' eps``), and after each chunk a forward at ``context_sigma`` writes the clean
+(``x' = (1 - s') x0 + s' eps``; under the engine's ``euler`` sampler, for a stage-1 student, eps is the
+noise the prediction implies and the levels are ``euler_sigmas``), and after each chunk a forward at ``context_sigma`` writes the clean
 chunk into the cache (the engine's unfused order, which its tests show equals the fused one).
 
 Gradients (RECIPE.md, "Stage 3"; Self-Forcing): an exit step is drawn for every chunk (``exit_step``:
@@ -24,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from worldsim.engine.kv_cache import KVCache
-from worldsim.engine.schedule import student_sigmas
+from worldsim.engine.schedule import euler_sigmas, student_sigmas
 from worldsim.model.dit import anchor_frames, chunk_anchor, keep_recent
 
 
@@ -77,21 +78,25 @@ class RolloutState:
 def self_rollout(model, ctx: torch.Tensor, prev: torch.Tensor, actions: torch.Tensor, *, chunk: int, steps: int,
                  shift: float, window: int, sink: int, exit_step, noise: torch.Tensor,
                  renoise: torch.Tensor, grad: bool, context_sigma: float = 0.0, autocast=None,
-                 state: RolloutState | None = None, keep_state: bool = False):
+                 state: RolloutState | None = None, keep_state: bool = False, sampler: str = "renoise"):
     """Generate ``H = actions.shape[1]`` frames after the real context (or after where ``state`` stopped).
 
     ctx (B, K, 3, R, R) in [-1, 1] with ``prev`` (B, K) the actions that produced it; ``actions`` (B, H) the
     actions that produce the generated frames (model alignment); ``noise`` (B, H, 3, R, R) the initial noise of
     every frame and ``renoise`` (B, steps, H, 3, R, R) the fresh noise of each re-noise (drawn by the caller
     from its checkpointed generator). ``exit_step``: an int for every chunk, or a sequence with one per chunk
-    (``ceil(H / chunk)`` entries). Returns (B, H, 3, R, R); with ``grad`` the exit steps' graphs are kept.
+    (``ceil(H / chunk)`` entries). ``sampler``: the engine's ("euler": a multi-step model's ODE over
+    ``euler_sigmas``, each step moving along the noise the model implies; ``renoise`` is then unused).
+    Returns (B, H, 3, R, R); with ``grad`` the exit steps' graphs are kept.
     """
     import contextlib
 
     ac = autocast or contextlib.nullcontext
     B, K = prev.shape
     H = actions.shape[1]
-    sigmas = student_sigmas(steps, shift) + [0.0]
+    if sampler not in ("renoise", "euler"):
+        raise ValueError(f"sampler '{sampler}' is not 'renoise' or 'euler'")
+    sigmas = euler_sigmas(steps, shift) if sampler == "euler" else student_sigmas(steps, shift) + [0.0]
     n_chunks = -(-H // chunk)
     exits = [int(exit_step)] * n_chunks if isinstance(exit_step, int) else [int(e) for e in exit_step]
     if len(exits) != n_chunks:
@@ -131,7 +136,8 @@ def self_rollout(model, ctx: torch.Tensor, prev: torch.Tensor, actions: torch.Te
                            cache=cache, anchor=anc).float()  # (B, n, 3, R, R)
             if i < exit_j:
                 s_next = sigmas[i + 1]
-                x = ((1 - s_next) * x0 + s_next * renoise[:, i, t:t + n]).detach()
+                eps = (x - (1 - s) * x0) / s if sampler == "euler" else renoise[:, i, t:t + n]
+                x = ((1 - s_next) * x0 + s_next * eps).detach()
         out.append(x0)
         with torch.no_grad(), ac():  # cache refresh: the clean chunk's keys/values, no gradient across frames
             model(x0.detach().clamp(-1, 1), torch.full((B, n), context_sigma, device=ctx.device), a, frame_pos=pos,

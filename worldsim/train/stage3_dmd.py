@@ -45,6 +45,7 @@ import torch
 
 from worldsim.engine import EngineConfig
 from worldsim.engine.schedule import add_noise, shift_sigma, student_sigmas
+from worldsim.errors import ConfigError
 from worldsim.train.data import DataConfig
 from worldsim.train.discriminator import FrameCritic, critic_loss, critic_pairs, generator_adv_loss
 from worldsim.train.self_rollout import RolloutState, self_rollout
@@ -83,6 +84,9 @@ class RolloutConfig:
     frames: int = 6  # generated frames per rollout (more than window: rolling cache + sinks, as in endless play)
     chunk: int = 1  # frames per chunk (as the engine's chunk)
     steps: int = 2  # few-step list student_sigmas(steps, shift)
+    # the engine's sampler the student plays with: "renoise" (a few-step student) or "euler" (a stage-1
+    # student, whose steps follow the noise it implies)
+    sampler: str = "renoise"
     shift: float = 3.0
     window: int = 8  # KV cache window (frames)
     sink: int = 1  # sink frames
@@ -165,6 +169,8 @@ class DMDTrainer(StudentStageMixin, Trainer):
             raise ValueError("stage 3 needs a causal student")
         if r.window < r.chunk:
             raise ValueError(f"rollout.window {r.window} must be >= rollout.chunk {r.chunk}")
+        if r.sampler not in ("renoise", "euler"):
+            raise ConfigError(f"stage 3: rollout.sampler '{r.sampler}' is not 'renoise' or 'euler'")
         self.init_info = {"from": f"stage{int(gmeta.get('stage', 2))}", "student": gmeta["_path"],
                           "student_hash": gmeta["_hash"]}
         self.score_len = cfg.score_len or self.clip_len
@@ -197,7 +203,7 @@ class DMDTrainer(StudentStageMixin, Trainer):
         return self_rollout(self.nets["model"], ctx, prev, gen_acts, chunk=r.chunk, steps=r.steps, shift=r.shift,
                             window=r.window, sink=r.sink, exit_step=exit_step, noise=noise, renoise=renoise,
                             grad=grad, context_sigma=r.context_sigma, autocast=self.autocast, state=state,
-                            keep_state=keep_state)
+                            keep_state=keep_state, sampler=r.sampler)
 
     # -- streams: rollouts that go on where the last one stopped -------------------------------
     stream: RolloutState | None = None
