@@ -7,9 +7,10 @@ stage 3 (DMD); the engine itself (``worldsim.engine``) stays inference-only.
 Same code path as inference: every forward is ``model(x, sigma, actions, frame_pos=, chunk=,
 cache=)`` over a ``KVCache`` (rolling window + sink frames), the few-step list is
 ``student_sigmas(steps, shift)``, each step predicts x0 and re-noises with fresh noise
-(``x' = (1 - s') x0 + s' eps``; under the engine's ``euler`` sampler, for a stage-1 student, eps is the
-noise the prediction implies and the levels are ``euler_sigmas``), and after each chunk a forward at ``context_sigma`` writes the clean
-chunk into the cache (the engine's unfused order, which its tests show equals the fused one).
+(``x' = (1 - s') x0 + s' eps``; under the engine's ``euler`` sampler, for a stage-1 student, the
+levels are ``euler_sigmas`` and each step is the engine's Euler step), and after each chunk a forward
+at ``context_sigma`` writes the clean chunk into the cache (the engine's unfused order, which its tests
+show equals the fused one).
 
 Gradients (RECIPE.md, "Stage 3"; Self-Forcing): an exit step is drawn for every chunk (``exit_step``:
 one int shared by all chunks, or one per chunk); the steps before it run under no_grad, the exit
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from kernels import noise_update
 from worldsim.engine.kv_cache import KVCache
 from worldsim.engine.schedule import euler_sigmas, student_sigmas
 from worldsim.model.dit import anchor_frames, chunk_anchor, keep_recent
@@ -136,8 +138,9 @@ def self_rollout(model, ctx: torch.Tensor, prev: torch.Tensor, actions: torch.Te
                            cache=cache, anchor=anc).float()  # (B, n, 3, R, R)
             if i < exit_j:
                 s_next = sigmas[i + 1]
-                eps = (x - (1 - s) * x0) / s if sampler == "euler" else renoise[:, i, t:t + n]
-                x = ((1 - s_next) * x0 + s_next * eps).detach()
+                fresh = None if sampler == "euler" else renoise[:, i, t:t + n].flatten(0, 1)
+                x = noise_update(x.detach().flatten(0, 1), x0.detach().flatten(0, 1), s, s_next, sampler,
+                                 noise=fresh).view(x0.shape)  # the engine's update
         out.append(x0)
         with torch.no_grad(), ac():  # cache refresh: the clean chunk's keys/values, no gradient across frames
             model(x0.detach().clamp(-1, 1), torch.full((B, n), context_sigma, device=ctx.device), a, frame_pos=pos,

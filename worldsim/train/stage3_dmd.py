@@ -199,7 +199,8 @@ class DMDTrainer(StudentStageMixin, Trainer):
         r = self.cfg.rollout
         H = gen_acts.shape[1]
         noise = self.randn_b(H, *ctx.shape[2:])  # (B, H, 3, R, R)
-        renoise = self.randn_b(r.steps, H, *ctx.shape[2:])  # (B, steps, H, 3, R, R)
+        # (B, steps, H, 3, R, R); the Euler sampler's steps follow the model's own noise instead
+        renoise = None if r.sampler == "euler" else self.randn_b(r.steps, H, *ctx.shape[2:])
         return self_rollout(self.nets["model"], ctx, prev, gen_acts, chunk=r.chunk, steps=r.steps, shift=r.shift,
                             window=r.window, sink=r.sink, exit_step=exit_step, noise=noise, renoise=renoise,
                             grad=grad, context_sigma=r.context_sigma, autocast=self.autocast, state=state,
