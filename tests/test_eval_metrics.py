@@ -13,7 +13,8 @@ from worldsim.eval.metrics import (PSNR_MAX_DB, SSIM_K1, SSIM_K2, FrameStats, co
                                    hist_l1, psnr, ssim, to_unit)
 from worldsim.eval.rollout import (EvalConfig, EvalEpisode, evaluate_baselines, evaluate_model, free_play,
                                    make_plan, plan_starts, real_reference, unique_names)
-from worldsim.eval.sprites import BOXING, TINY, NoSpriteSpec, find_sprites, game_key, sprite_errors, sprite_spec
+from worldsim.eval.sprites import (BOXING, TINY, NoSpriteSpec, find_sprites, game_key, sprite_errors, sprite_pose,
+                                   sprite_spec)
 
 
 def rand_images(n=3, h=24, w=20, seed=0):
@@ -155,6 +156,17 @@ def test_boxing_sprite_tolerates_blend_but_not_other_colours():
     f[3] = np.random.default_rng(0).integers(0, 256, f[3].shape)  # noise: many near-white pixels, scattered
     f[4, 10:16, 8:12] = f[4, 50:56, 52:56] = 214  # two blobs far apart: not one sprite
     assert find_sprites(f, BOXING)[1].tolist() == [True, False, False, False, False]
+
+
+def test_boxing_punch_pose_by_width_at_any_resolution():
+    for size, k in ((64, 1), (128, 2)):  # the same boxer at two resolutions: the pose is a fraction of the width
+        f = boxing_like(3, size)
+        f[0, 20 * k:28 * k, 30 * k:35 * k] = 214  # standing: 5 columns of 64
+        f[1, 20 * k:28 * k, 30 * k:35 * k] = 214
+        f[1, 23 * k:24 * k, 35 * k:41 * k] = 214  # an arm out: 11 columns of 64
+        # frame 2: no boxer
+        np.testing.assert_array_equal(sprite_pose(f, BOXING), [0.0, 1.0, np.nan])
+    assert np.isnan(sprite_pose(boxing_like(1), TINY)).all() or TINY.pose_width == 0
 
 
 def test_tiny_sprite_on_the_real_game_resized():
@@ -427,5 +439,15 @@ def test_opponent_metric_beside_the_players():
     oracle = evaluate_model(OracleEngine(eps, 1, no_action=6, horizon=4), eps, plan, cfg, BOXING, 4.0, no_action=6,
                             opponent=BOXING_OPPONENT)
     assert oracle["opponent_err_found_px"] == [0.0] * 4 and oracle["opponent_miss_rate"] == [0.0] * 4
+    # the player's punch in every frame after the context, so copying the last context frame never shows it
+    one = EvalConfig(context=3, horizon=4, starts=1)
+    punch = frames.copy()
+    eps_p = [EvalEpisode("box", None, punch, np.zeros(T, np.int64))]
+    plan = make_plan(eps_p, one)
+    punch[plan[0][1] + 3:, 9:10, 11:15] = (214, 214, 214)  # an arm out: 7 of 32 columns (> 9.5 / 64 of the width)
+    b = evaluate_baselines(eps_p, plan, one, BOXING, 4.0, no_action=6)["copy_last"]
+    assert b["sprite_pose_rate"] == [0.0] * 4 and b["sprite_pose_rate_real"] == [1.0] * 4
+    late = summarize(b, 4)
+    assert (late["sprite_pose_late"], late["sprite_pose_late_real"]) == (0.0, 1.0)
     # without an opponent entry, no such key
     assert "opponent_err_found_px" not in evaluate_baselines(eps, plan, cfg, BOXING, 4.0, no_action=6)["copy_last"]

@@ -362,6 +362,10 @@ def format_yardstick(report: EvalReport) -> str:
     kept = any(r.get("regrown") is not None for r in rows)
     if kept:  # items that came back after play removed them (Breakout's bricks), (in real play)
         cols.append(("regrown (real)", 15))
+    posed = any(r.get("pose_late") is not None for r in rows)
+    if posed:  # the player's action pose (Boxing's punch) late in the open-loop rollouts, (in the real frames)
+        late = f"h9-{cfg.horizon}" if cfg.horizon > 8 else f"h1-{cfg.horizon}"
+        cols.append((f"{report.sprite.get('pose', {}).get('what', 'pose')} {late} (real)", 19))
     paths = f", {cfg.free_play_paths} paths" if cfg.free_play_paths > 1 else ""
     lines = [f"realism: classifier accuracy on held-out frames (50% = indistinguishable); control: "
              f"{cfg.action_response} frames held from the real game's states; stability: {cfg.free_play} frames "
@@ -376,6 +380,9 @@ def format_yardstick(report: EvalReport) -> str:
         if kept:
             cells.append("-" if r.get("regrown") is None else
                          f"{r['regrown']:.1f} ({num(r.get('regrown_real'), '.1f')})")
+        if posed:
+            cells.append("-" if r.get("pose_late") is None else
+                         f"{pct(r['pose_late'])} ({pct(r.get('pose_late_real'))})")
         lines.append(" ".join(f"{c:>{cw}}" for c, (_, cw) in zip(cells, cols)))
     if not report.calibration.get("full"):
         lines.append(f"realism: {report.calibration.get('reason', 'not measured')}")

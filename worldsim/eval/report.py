@@ -134,7 +134,9 @@ class EvalReport:
                          "ball_found_end": st.get("ball_found_rate"), "ball_found_real": st.get("ball_found_rate_real"),
                          "regrown": (st.get("counts") or {}).get("regrown"),
                          "regrown_real": (st.get("counts") or {}).get("regrown_real"),
-                         "move_ratio": ctl.get("mean_move_ratio"), "error_px": ctl.get("mean_error_px")})
+                         "move_ratio": ctl.get("mean_move_ratio"), "error_px": ctl.get("mean_error_px"),
+                         "pose_late": s.summary.get("sprite_pose_late"),
+                         "pose_late_real": s.summary.get("sprite_pose_late_real")})
         return rows
 
     def to_json(self) -> dict:
@@ -180,6 +182,8 @@ def sprite_specs(env_id: str, penalty: float) -> tuple[SpriteSpec | None, Sprite
         return None, None, None, {"available": False, "reason": str(e)}
     info = {"available": True, "what": sprite.what, "colors": sprite.colors, "tol": sprite.tol, "rows": sprite.rows,
             "cols": sprite.cols, "miss_penalty_px": penalty}
+    if sprite.pose_width > 0:
+        info["pose"] = {"what": sprite.pose, "width": sprite.pose_width}
     others = {}
     for name, lookup in (("opponent", opponent_spec), ("ball", ball_spec)):
         try:

@@ -31,7 +31,7 @@ from worldsim.data.frames import resize_frames, to_model, to_uint8
 from worldsim.errors import DataError, WorldsimError
 from worldsim.eval.counts import CountSpec, count_items, count_summary, regrown
 from worldsim.eval.metrics import PSNR_MAX_DB, FrameStats, color_histogram, hist_l1, mse, psnr, ssim, to_unit
-from worldsim.eval.sprites import SpriteSpec, find_sprites, sprite_errors
+from worldsim.eval.sprites import SpriteSpec, find_sprites, sprite_errors, sprite_pose
 
 log = logging.getLogger("worldsim.eval")
 MSE_FLOOR = 10 ** (-PSNR_MAX_DB / 10)  # psnr_mse of identical sets: the same cap as per-frame PSNR
@@ -322,6 +322,11 @@ def add_all_sprite_metrics(m: HorizonMetrics, pred: np.ndarray, real: np.ndarray
     for spec, prefix in ((sprite, "sprite"), (opponent, "opponent")):
         if spec is not None:
             add_sprite_metrics(m, pred, *real_sprites(real, spec), spec, penalty, prefix)
+            if spec.pose_width > 0:  # the action pose, in the model's frames and in the real ones
+                B, H = real.shape[:2]
+                flat = np.broadcast_to(pred, real.shape).reshape(B * H, *real.shape[2:])
+                m.add(f"{prefix}_pose_rate", sprite_pose(flat, spec).reshape(B, H))
+                m.add(f"{prefix}_pose_rate_real", sprite_pose(real.reshape(B * H, *real.shape[2:]), spec).reshape(B, H))
 
 
 def real_sprites(real: np.ndarray, sprite: SpriteSpec):
@@ -389,6 +394,7 @@ def summarize(per_h: dict, horizon: int) -> dict:
     squared error over the rollouts (a set of frames scored as one image set, as in most video
     prediction tables), so a few exact repeats cannot outweigh the rest."""
     short = min(8, horizon)
+    late = range(short + 1, horizon + 1) if horizon > short else range(1, horizon + 1)
 
     def avg(key, hs):
         vals = [per_h[key][h - 1] for h in hs] if key in per_h else []
@@ -403,7 +409,10 @@ def summarize(per_h: dict, horizon: int) -> dict:
             "ssim_h1_8": avg("ssim", range(1, short + 1)), "sprite_err_h8": at("sprite_err_px", short),
             "sprite_err_found_h8": at("sprite_err_found_px", short), "sprite_miss_h8": at("sprite_miss_rate", short),
             "opponent_err_found_h8": at("opponent_err_found_px", short),
-            "horizons": {"h1_8": [1, short], "h16": 16 if horizon >= 16 else None, "h8": short}}
+            # the action pose after the first frames, where a model that stops drawing it on its own frames shows
+            "sprite_pose_late": avg("sprite_pose_rate", late), "sprite_pose_late_real": avg("sprite_pose_rate_real", late),
+            "horizons": {"h1_8": [1, short], "h16": 16 if horizon >= 16 else None, "h8": short,
+                         "late": [late[0], late[-1]]}}
 
 
 # ---------------------------------------------------------------------------------------------
