@@ -364,7 +364,8 @@ def format_yardstick(report: EvalReport) -> str:
         cols.append(("regrown (real)", 15))
     posed = any(r.get("pose_late") is not None for r in rows)
     if posed:  # the player's action pose (Boxing's punch) late in the open-loop rollouts, (in the real frames)
-        late = f"h9-{cfg.horizon}" if cfg.horizon > 8 else f"h1-{cfg.horizon}"
+        first, last = next(s.summary["horizons"]["late"] for s in report.settings)  # the steps summarize averaged
+        late = f"h{first}-{last}"
         cols.append((f"{report.sprite.get('pose', {}).get('what', 'pose')} {late} (real)", 19))
     paths = f", {cfg.free_play_paths} paths" if cfg.free_play_paths > 1 else ""
     lines = [f"realism: classifier accuracy on held-out frames (50% = indistinguishable); control: "

@@ -167,8 +167,13 @@ def find_sprites(frames: np.ndarray, spec: SpriteSpec) -> tuple[np.ndarray, np.n
     found (N,) bool).
     """
     f = np.asarray(frames)
-    mask, (r0, r1, c0, c1) = _region_mask(f, spec)  # (N, h, w) inside the spec's region (checks the shape)
-    H, W = f.shape[1:3]
+    mask, region = _region_mask(f, spec)  # (N, h, w) inside the spec's region (checks the shape)
+    return _locate(mask, region, f.shape[1:3], spec)
+
+
+def _locate(mask: np.ndarray, region, size: tuple[int, int], spec: SpriteSpec) -> tuple[np.ndarray, np.ndarray]:
+    """``find_sprites`` on a region mask (N, h, w) of frames of ``size`` (H, W)."""
+    (r0, r1, c0, c1), (H, W) = region, size
     count = mask.sum((1, 2))  # (N,)
     ys = np.arange(r0, r1, dtype=np.float64)[None, :, None] + 0.5
     xs = np.arange(c0, c1, dtype=np.float64)[None, None, :] + 0.5
@@ -185,8 +190,8 @@ def sprite_pose(frames: np.ndarray, spec: SpriteSpec) -> np.ndarray:
     """(N,) float: 1 where the sprite is found and its pixels span more than ``spec.pose_width`` of the
     frame's width (its action pose), 0 where it is found and does not, NaN where it is not found."""
     f = np.asarray(frames)
-    _, found = find_sprites(f, spec)
-    mask, _ = _region_mask(f, spec)
+    mask, region = _region_mask(f, spec)
+    found = _locate(mask, region, f.shape[1:3], spec)[1]
     cols = mask.any(1)  # (N, w)
     first, last = cols.argmax(1), cols.shape[1] - 1 - cols[:, ::-1].argmax(1)
     span = np.where(cols.any(1), last - first + 1, 0) / f.shape[2]
