@@ -47,20 +47,25 @@ def traced_runners(model, window=WINDOW, sink=SINK, chunk=1) -> dict:
     return {(t, d): Counting(aot.SteadyForward(model, t, d, prefix, chunk)) for t, d in aot.graphs(chunk)}
 
 
-def traced_forwards(model, window=WINDOW, sink=SINK, chunk=1) -> aot.CompiledForwards:
+def traced_forwards(model, window=WINDOW, sink=SINK, chunk=1, batch=1) -> aot.CompiledForwards:
     """Ready forwards over the traced graphs (a package as ``build`` describes it, never compiled)."""
-    meta = {**aot.spec(model, window, sink, chunk), "key": aot.package_key(model, window, sink, chunk)}
+    meta = {**aot.spec(model, window, sink, chunk, batch), "key": aot.package_key(model, window, sink, chunk, batch)}
     package = aot.Package(traced_runners(model, window, sink, chunk), meta, path="<traced>")
     return aot.CompiledForwards.of(model, package)
 
 
-def engines(model, steps, context=8, sampler="renoise", window=WINDOW, sink=SINK, seed=0, chunk=1):
+MEANINGS = ["NOOP", "FIRE", "UP", "DOWN", "UPFIRE"]  # the tiny model's actions, for action guidance
+
+
+def engines(model, steps, context=8, sampler="renoise", window=WINDOW, sink=SINK, seed=0, chunk=1, guidance=1.0,
+            contrast="button"):
     out = []
     g = torch.Generator().manual_seed(seed)
     ctx = torch.rand(1, context, 3, 16, 16, generator=g) * 2 - 1
     acts = torch.randint(0, 5, (1, context), generator=g)
     for _ in range(2):
-        e = Engine(model, EngineConfig(steps=steps, window=window, sink=sink, sampler=sampler, seed=3, chunk=chunk))
+        e = Engine(model, EngineConfig(steps=steps, window=window, sink=sink, sampler=sampler, seed=3, chunk=chunk,
+                                       guidance=guidance, guidance_contrast=contrast), action_meanings=MEANINGS)
         e.reset(1)
         e.prefill(ctx, acts)
         out.append(e)
@@ -83,6 +88,39 @@ def test_traced_graph_engine_matches_eager(anchor, refine, steps, sampler):
             torch.testing.assert_close(graph.step(t % 5), eager.step(t % 5), atol=2e-5, rtol=1e-5)
     assert calls(fw) == 20 * steps  # every forward went through the graph (the cache was full after prefill)
     torch.testing.assert_close(graph.cache.k[0], eager.cache.k[0], atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("steps,sampler", [(2, "euler"), (2, "renoise")])
+def test_traced_graphs_serve_button_guidance(steps, sampler):
+    """Guidance on the button shares the player's cache: the batch-1 graphs run every forward, one more a
+    step whose key holds FIRE (1 and 4 of the tiny model's keys)."""
+    m = tiny()
+    eager, graph = engines(m, steps, sampler=sampler, guidance=4.0)
+    fw = traced_forwards(m)
+    aot.attach(graph, fw)
+    with torch.no_grad():
+        for t in range(12):
+            torch.testing.assert_close(graph.step(t % 5), eager.step(t % 5), atol=2e-5, rtol=1e-5)
+    fire = sum(t % 5 in (1, 4) for t in range(12))
+    assert calls(fw) == (12 + fire) * steps
+
+
+def test_traced_batch_two_graphs_serve_classifier_free_guidance():
+    m = tiny()
+    eager, graph = engines(m, 2, guidance=2.0, contrast="none")
+    fw = traced_forwards(m, batch=2)
+    aot.attach(graph, fw)
+    with torch.no_grad():
+        for t in range(8):
+            torch.testing.assert_close(graph.step(t % 5), eager.step(t % 5), atol=2e-5, rtol=1e-5)
+    assert calls(fw) == 8 * 2 and graph.cache.B == 2
+    assert aot.package_key(m, WINDOW, SINK, 1, 2) != aot.package_key(m, WINDOW, SINK, 1, 1)
+    _, other = engines(m, 2, guidance=2.0, contrast="none")
+    one = traced_forwards(m)  # a package for one stream: this engine runs eagerly
+    aot.attach(other, one)
+    with torch.no_grad():
+        other.step(1)
+    assert calls(one) == 0
 
 
 @pytest.mark.parametrize("steps", [1, 4])
@@ -236,8 +274,8 @@ class FakeBuild:
     def __init__(self):
         self.calls, self.returncode = [], None
 
-    def __call__(self, checkpoint, dtype, window, sink, chunk=1):
-        self.calls.append((checkpoint, dtype, window, sink, chunk))
+    def __call__(self, checkpoint, dtype, window, sink, chunk=1, guidance=None):
+        self.calls.append((checkpoint, dtype, window, sink, chunk) + ((guidance,) if guidance is not None else ()))
         return self
 
     def poll(self):

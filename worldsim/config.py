@@ -133,7 +133,7 @@ POSITIVE = {"lr", "batch_size", "OptimConfig.steps", "clip_len", "resolution", "
             "chunk_size", "EngineConfig.chunk", "EngineConfig.window", "ModelConfig.chunk", "RolloutConfig.frames"}
 FRACTION = {"p_uniform", "p_prefix", "action_dropout", "repeat_action_probability", "ema_decay", "target_decay",
             "student_point_prob", "min_lr_ratio", "betas"}
-NEGATIVE_OK = {"seed": None, "PlayConfig.sink": -1, "RunConfig.sample_every": -1}  # key -> lowest value (None: any)
+NEGATIVE_OK = {"seed": None, "PlayConfig.sink": -1, "PlayConfig.guidance": -1, "RunConfig.sample_every": -1}  # key -> lowest value (None: any)
 
 
 def _rule_key(cls_name: str, name: str, table) -> str | None:

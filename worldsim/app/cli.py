@@ -212,6 +212,8 @@ def build_model_session(play):
         overrides["window"] = play.window
     if play.sink >= 0:
         overrides["sink"] = play.sink
+    if play.guidance >= 0:
+        overrides["guidance"] = float(play.guidance)
     if play.steps and play.steps not in (1, 2, 4):
         raise WorldsimError(f"steps must be 1, 2 or 4 (got {play.steps})")
     p = load_playable(play.checkpoint, device=None if play.device == "auto" else play.device,

@@ -55,20 +55,20 @@ def matmul_peak_gflops(dtype=torch.bfloat16, n: int = 2048, reps: int = 10, devi
 
 
 def load_bench_model(checkpoint: str | None):
-    """The shipped model if present (or ``checkpoint``), else a random student of the default size:
-    speed does not depend on the weights."""
+    """(model, source, engine settings, action meanings): the shipped model if present (or ``checkpoint``),
+    else a random student of the default size: speed does not depend on the weights."""
     from worldsim.checkpoint import load_checkpoint, load_weights
     from worldsim.model import ModelConfig, WorldDiT
 
     path = checkpoint or ("assets/default.safetensors" if Path("assets/default.safetensors").is_file() else None)
     if path is None:
-        return WorldDiT(ModelConfig()).eval(), "random default-size student", EngineConfig()
+        return WorldDiT(ModelConfig()).eval(), "random default-size student", EngineConfig(), None
     tensors, meta = load_checkpoint(path, "model.")
     model = load_weights(tensors, meta, path)
     from worldsim.config import from_dict
 
     eng = from_dict(EngineConfig, meta.get("engine", {}), f"{path} engine settings")
-    return model.eval(), path, eng
+    return model.eval(), path, eng, meta.get("action_meanings")
 
 
 def _flops_per_step(engine: Engine) -> float:
@@ -89,14 +89,14 @@ def _flops_per_step(engine: Engine) -> float:
 
 def bench_setting(model, base: EngineConfig, chunk: int, steps: int, dtype: torch.dtype, iters: int,
                   warmup: int, context: int = 8, first_reps: int = 5, device=torch.device("cpu"),
-                  pack: bool = True, compiled=None, graphs: bool = False) -> dict:
+                  pack: bool = True, compiled=None, graphs: bool = False, action_meanings=None) -> dict:
     m = model.to(device, dtype)
     if pack and device.type == "cpu":  # as play.py runs it (worldsim.engine.cpu_pack)
         pack_linears(m)
     else:
         unpack_linears(m)
     cfg = replace(base, chunk=chunk, steps=steps, sampler="renoise", timesteps=[])
-    eng = _engine(m, cfg, device, compiled, graphs)
+    eng = _engine(m, cfg, device, compiled, graphs, action_meanings)
     mc = model.cfg
     ctx = torch.zeros(1, context, mc.channels, mc.resolution, mc.resolution)
     eng.reset(1, seed=0)  # one untimed frame first: CUDA compiles the Triton kernels on first launch
@@ -136,12 +136,12 @@ def bench_setting(model, base: EngineConfig, chunk: int, steps: int, dtype: torc
     }
 
 
-def _engine(model, cfg: EngineConfig, device, compiled=None, graphs: bool = False) -> Engine:
+def _engine(model, cfg: EngineConfig, device, compiled=None, graphs: bool = False, action_meanings=None) -> Engine:
     """An engine with its fast forwards: ``compiled`` (worldsim.engine.aot, CPU), or on CUDA the CUDA graphs
     of its steady-state forwards (worldsim.engine.cuda_graphs) with ``graphs``."""
     from worldsim.engine.aot import attach
 
-    eng = Engine(model, cfg, device=device, dtype=torch.float32)
+    eng = Engine(model, cfg, device=device, dtype=torch.float32, action_meanings=action_meanings)
     if graphs:
         from worldsim.engine.cuda_graphs import GraphForwards
 
@@ -157,9 +157,9 @@ def _replays(eng: Engine) -> bool:
 
 
 def long_run(model, base: EngineConfig, frames: int, dtype=torch.bfloat16, device=torch.device("cpu"),
-             compiled=None, graphs: bool = False) -> dict:
+             compiled=None, graphs: bool = False, action_meanings=None) -> dict:
     """Cost and memory at the start and end of a long session (flat if the cache rolls)."""
-    eng = _engine(model.to(device, dtype), replace(base, chunk=1, steps=2), device, compiled, graphs)
+    eng = _engine(model.to(device, dtype), replace(base, chunk=1, steps=2), device, compiled, graphs, action_meanings)
     mc = model.cfg
     eng.reset(1)
     eng.prefill(torch.zeros(1, 8, mc.channels, mc.resolution, mc.resolution))
@@ -190,9 +190,9 @@ def _compiled_for(model, base: EngineConfig, dtype: torch.dtype, source: str, ch
     from worldsim.engine import aot
     from worldsim.errors import WorldsimError
 
-    forwards = aot.load_built(model.to("cpu", dtype), base.window, base.sink, chunk=chunk)
+    forwards = aot.load_built(model.to("cpu", dtype), base.window, base.sink, chunk=chunk, batch=base.streams)
     name = "bf16" if dtype == torch.bfloat16 else "fp32"
-    build = aot.build_command(source, name, base.window, base.sink, chunk)
+    build = aot.build_command(source, name, base.window, base.sink, chunk, base.guidance)
     if forwards is None and chunk == 1:
         raise WorldsimError(f"no compiled forwards for {source} in {name} (window {base.window} + sink {base.sink}) "
                             f"under {aot.cache_root()}: run '{build}' first")
@@ -248,7 +248,7 @@ def main(argv=None) -> int:
     if args.graphs == "on" and device.type != "cuda":
         ap.error("--graphs on needs --device cuda (CUDA graphs); on the CPU use --compiled")
     graphs = device.type == "cuda" and args.graphs != "off"
-    model, source, base = load_bench_model(args.checkpoint)
+    model, source, base, meanings = load_bench_model(args.checkpoint)
     iters = 40 if args.quick else args.iters
     dtypes = ["bf16"] if args.quick else [d.strip() for d in args.dtypes.split(",")]
     peak = matmul_peak_gflops(n=1024 if args.quick else (8192 if device.type == "cuda" else 2048), device=device)
@@ -268,7 +268,8 @@ def main(argv=None) -> int:
             if args.compiled else {}
         for chunk, steps in SETTINGS:
             row = bench_setting(model, base, chunk, steps, dtype, iters, warmup=10 if args.quick else 20,
-                                device=device, pack=not args.no_pack, compiled=compiled.get(chunk), graphs=graphs)
+                                device=device, pack=not args.no_pack, compiled=compiled.get(chunk), graphs=graphs,
+                                action_meanings=meanings)
             row["fraction_of_bf16_peak"] = row["gflops_achieved"] / peak
             rows.append(row)
             print(f"{chunk:>5} {steps:>5} {dname:>5} {row['fps']:>7.1f} {row['ms_per_frame_p50']:>12.2f} "
@@ -282,7 +283,7 @@ def main(argv=None) -> int:
     if args.long:
         lr = long_run(model, base, args.long, device=device,
                       compiled=_compiled_for(model, base, torch.bfloat16, source) if args.compiled else None,
-                      graphs=graphs)
+                      graphs=graphs, action_meanings=meanings)
         result["long_run"] = lr
         print(f"long run {lr['frames']} frames (frame-wise 2-step bf16{', compiled' if lr['compiled'] else ''}"
               f"{', graphs' if lr['graphs'] else ''}): "

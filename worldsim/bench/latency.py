@@ -118,6 +118,8 @@ def main(argv=None) -> int:
                     help="where the model generates, as play.py's worker= (default process)")
     ap.add_argument("--window", type=int, default=0, help="KV cache window in frames, as play.py's window= (0: the checkpoint's)")
     ap.add_argument("--sink", type=int, default=-1, help="sink frames, as play.py's sink= (-1: the checkpoint's)")
+    ap.add_argument("--guidance", type=float, default=-1.0,
+                    help="action guidance, as play.py's guidance= (-1: the checkpoint's; 1: off)")
     ap.add_argument("--dtype", help="auto | fp32 | bf16")
     ap.add_argument("--compile", choices=["cached", "off"], default="cached",
                     help="compiled forwards as play.py's compile=: cached (default: use them if 'worldsim compile' built "
@@ -152,7 +154,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if settings:
             overrides = {**({"window": args.window} if args.window > 0 else {}),
-                         **({"sink": args.sink} if args.sink >= 0 else {})}
+                         **({"sink": args.sink} if args.sink >= 0 else {}),
+                         **({"guidance": args.guidance} if args.guidance >= 0 else {})}
             playable, label = load_backend(args.checkpoint, args.dtype, tmp, overrides or None)
             model = playable.backend.model
             playable.backend.compiled_mode = args.compile

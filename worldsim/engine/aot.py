@@ -18,7 +18,9 @@ chunk-wise one when chunk-wise play is first used.
 
 What stays eager: everything between forwards (noise, the re-noising update, the cache commit and the
 sinks' re-rotation), the first frames after a reset while the cache fills (none after the usual
-8-frame prefill), other batch sizes and chunk sizes without a package.
+8-frame prefill), other batch sizes and chunk sizes without a package. A package is for one batch: 1,
+or 2 for play with classifier-free guidance (``worldsim.engine.guidance``: the player's stream and the
+one without keys).
 
 Life cycle. ``CompiledForwards`` owns all of it for one model, cache layout and chunk size: it finds
 the package, builds it in the background when allowed (``worldsim compile`` at nice 19 on the cores the
@@ -80,22 +82,25 @@ def graphs(chunk: int = 1) -> tuple[tuple[int, int], ...]:
     return ((2 * chunk, chunk), (chunk, 0))
 
 
-def spec(model, window: int, sink: int, chunk: int = 1) -> dict[str, Any]:
+def spec(model, window: int, sink: int, chunk: int = 1, batch: int = 1) -> dict[str, Any]:
     """Everything the compiled graphs depend on besides the weights' values."""
     import dataclasses
 
     mc = model.cfg
-    return {
+    out = {
         "format": FORMAT, "model_config": dataclasses.asdict(mc), "window": int(window), "sink": int(sink),
         "chunk": int(chunk), "dtype": str(model.patch_embed.weight.dtype).removeprefix("torch."),
         "torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability(),
         "graphs": [list(g) for g in graphs(chunk)],
     }
+    if batch != 1:  # batch-1 packages keep the keys they were built under
+        out["batch"] = int(batch)
+    return out
 
 
-def package_key(model, window: int, sink: int, chunk: int = 1) -> str:
+def package_key(model, window: int, sink: int, chunk: int = 1, batch: int = 1) -> str:
     """sha256 of the spec and every weight's bytes (2M parameters: ~10 ms)."""
-    h = hashlib.sha256(json.dumps(spec(model, window, sink, chunk), sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps(spec(model, window, sink, chunk, batch), sort_keys=True).encode())
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -142,25 +147,26 @@ class SteadyForward(nn.Module):
         return out.float()
 
 
-def _example_inputs(model, frames: int, window: int, sink: int, chunk: int) -> tuple:
+def _example_inputs(model, frames: int, window: int, sink: int, chunk: int, batch: int = 1) -> tuple:
     mc = model.cfg
     wd = model.patch_embed.weight.dtype
     N = mc.tokens_per_frame
     slots = (sink + window + cache_scratch_frames(chunk, sink, window)) * N  # as Engine.reset sizes the cache
-    x = torch.randn(1, frames, mc.channels, mc.resolution, mc.resolution)
-    cond = torch.randn(1, frames, mc.cond_rows, mc.dim).to(wd)
+    B = batch
+    x = torch.randn(B, frames, mc.channels, mc.resolution, mc.resolution)
+    cond = torch.randn(B, frames, mc.cond_rows, mc.dim).to(wd)
     rot = model.rope.real_rotations(torch.arange(sink + window, sink + window + frames))
-    anchor = [torch.randn(1, frames, mc.channels * mc.anchor_history, mc.resolution, mc.resolution)] if mc.anchor else []
-    kv = [torch.randn(1, mc.kv_heads, slots, mc.head_dim).to(wd) for _ in range(2 * mc.cache_layers)]
+    anchor = [torch.randn(B, frames, mc.channels * mc.anchor_history, mc.resolution, mc.resolution)] if mc.anchor else []
+    kv = [torch.randn(B, mc.kv_heads, slots, mc.head_dim).to(wd) for _ in range(2 * mc.cache_layers)]
     return (x, cond, rot, *anchor, *kv)
 
 
 # -- building ------------------------------------------------------------------------------------
-def build(model, window: int, sink: int, *, chunk: int = 1, root: Path | None = None,
+def build(model, window: int, sink: int, *, chunk: int = 1, batch: int = 1, root: Path | None = None,
           compile_threads: int | None = None, log=print) -> Path:
     """Export and compile both graphs for ``model`` (eval mode, its play dtype, on the CPU) and this cache
-    layout and chunk size into ``root/<key>``; returns that directory (at once if it exists). Needs a C++
-    compiler."""
+    layout, chunk size and batch into ``root/<key>``; returns that directory (at once if it exists). Needs a
+    C++ compiler."""
     if next(model.parameters()).device.type != "cpu":
         raise AotError("compiled forwards are for the CPU; on a GPU the engine runs its Triton kernels")
     if not model.cfg.causal:
@@ -171,7 +177,9 @@ def build(model, window: int, sink: int, *, chunk: int = 1, root: Path | None = 
     if missing:
         raise AotError(missing)
     root = Path(root) if root is not None else cache_root()
-    key = package_key(model, window, sink, chunk)
+    if batch < 1:
+        raise AotError(f"batch {batch} must be >= 1")
+    key = package_key(model, window, sink, chunk, batch)
     final = root / key
     if (final / "meta.json").is_file():
         return final
@@ -193,10 +201,10 @@ def build(model, window: int, sink: int, *, chunk: int = 1, root: Path | None = 
             for frames, drop in graphs(chunk):
                 t0 = time.perf_counter()
                 mod = SteadyForward(model, frames, drop, (sink + window) * model.cfg.tokens_per_frame, chunk).eval()
-                exported = torch.export.export(mod, _example_inputs(model, frames, window, sink, chunk))
+                exported = torch.export.export(mod, _example_inputs(model, frames, window, sink, chunk, batch))
                 torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp / _graph_file(frames, drop)))
                 log(f"compiled the {frames}-frame forward (dropping {drop}) in {time.perf_counter() - t0:.0f} s")
-        meta = {**spec(model, window, sink, chunk), "key": key, "build_s": round(time.perf_counter() - t_all, 1),
+        meta = {**spec(model, window, sink, chunk, batch), "key": key, "build_s": round(time.perf_counter() - t_all, 1),
                 "built": time.strftime("%Y-%m-%dT%H:%M:%S")}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         try:
@@ -217,25 +225,25 @@ def compiler_missing() -> str | None:
     return None
 
 
-def load_built(model, window: int, sink: int, *, chunk: int = 1) -> "CompiledForwards | None":
-    """Ready forwards for this model, cache layout and chunk size if built (``worldsim compile``), else
-    None; an ``AotError`` if the package does not load."""
-    key = package_key(model, window, sink, chunk)
+def load_built(model, window: int, sink: int, *, chunk: int = 1, batch: int = 1) -> "CompiledForwards | None":
+    """Ready forwards for this model, cache layout, chunk size and batch if built (``worldsim compile``),
+    else None; an ``AotError`` if the package does not load."""
+    key = package_key(model, window, sink, chunk, batch)
     path = cache_root() / key
     if not (path / "meta.json").is_file():
         return None
     return CompiledForwards.of(model, Package.load(path), key=key)
 
 
-def build_command(checkpoint, dtype: str, window: int, sink: int, chunk: int = 1) -> str:
+def build_command(checkpoint, dtype: str, window: int, sink: int, chunk: int = 1, guidance: float | None = None) -> str:
     """The ``worldsim compile`` line that builds that package (for messages)."""
     return (f"worldsim compile --checkpoint {checkpoint} --dtype {dtype} --window {window} --sink {sink}"
-            + (f" --chunk {chunk}" if chunk > 1 else ""))
+            + (f" --chunk {chunk}" if chunk > 1 else "") + (f" --guidance {guidance:g}" if guidance is not None else ""))
 
 
-def find(model, window: int, sink: int, *, chunk: int = 1, root: Path | None = None) -> Path | None:
-    """The package directory for this model, cache layout and chunk size, if built."""
-    d = (Path(root) if root is not None else cache_root()) / package_key(model, window, sink, chunk)
+def find(model, window: int, sink: int, *, chunk: int = 1, batch: int = 1, root: Path | None = None) -> Path | None:
+    """The package directory for this model, cache layout, chunk size and batch, if built."""
+    d = (Path(root) if root is not None else cache_root()) / package_key(model, window, sink, chunk, batch)
     return d if (d / "meta.json").is_file() else None
 
 
@@ -306,7 +314,8 @@ def _pid_alive(pid) -> bool:
     return True
 
 
-def build_in_background(checkpoint: str, dtype: str, window: int, sink: int, chunk: int = 1) -> subprocess.Popen | None:
+def build_in_background(checkpoint: str, dtype: str, window: int, sink: int, chunk: int = 1,
+                        guidance: float | None = None) -> subprocess.Popen | None:
     """Start ``worldsim compile`` for this checkpoint in a low-priority process (nice 19). Called from a
     pinned generation process, it runs on the other cores (the display's, which sleeps most of a frame),
     so the frames being generated meanwhile keep their core; unpinned, on every core. Its output goes to
@@ -332,6 +341,8 @@ def build_in_background(checkpoint: str, dtype: str, window: int, sink: int, chu
 
     cmd = [sys.executable, "-m", "worldsim", "compile", "--checkpoint", checkpoint, "--dtype", dtype,
            "--quiet", "--no-check", f"window={window}", f"sink={sink}", f"chunk={chunk}", "--compile-threads", "1"]
+    if guidance is not None:  # the engine settings play runs with decide the batch (2 with classifier-free guidance)
+        cmd.append(f"guidance={guidance:g}")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     try:
         return subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -349,6 +360,7 @@ class Package:
     def __init__(self, runners: dict[tuple[int, int], Any], meta: dict[str, Any], path: Path | str):
         self.runners, self.meta, self.path = runners, meta, Path(path)
         self.window, self.sink, self.chunk = int(meta["window"]), int(meta["sink"]), int(meta.get("chunk", 1))
+        self.batch = int(meta.get("batch", 1))
         self.key = meta["key"]
         self.dtype = getattr(torch, str(meta.get("dtype")), None)  # the weights' (and the cache's) dtype
 
@@ -413,16 +425,17 @@ class CompiledForwards:
     (``discard``) and built again when we may build (absent again), else the forwards fail.
 
     The engine holds it as its forward (``attach``): before each forward it asks ``accepts``, the one
-    predicate (ready, a full cache of this layout, batch 1, no autocast or gradients, the weights the
+    predicate (ready, a full cache of this layout, its batch, no autocast or gradients, the weights the
     package was built from), and runs the eager forward whenever it says no. ``accepts`` also advances
     the life cycle, at most every ``POLL_S`` seconds of ``clock``; ``poll`` does so at once.
     """
 
-    def __init__(self, model, window: int, sink: int, chunk: int = 1, *, build_from: dict[str, str] | None = None,
-                 root: Path | None = None, log=print, clock=time.monotonic):
+    def __init__(self, model, window: int, sink: int, chunk: int = 1, batch: int = 1, *,
+                 build_from: dict[str, Any] | None = None, root: Path | None = None, log=print, clock=time.monotonic):
         self.model = model
-        self.window, self.sink, self.chunk = int(window), int(sink), int(chunk)
-        self.build_from = build_from  # {"checkpoint": path, "dtype": "bf16"}: build in the background if absent
+        self.window, self.sink, self.chunk, self.batch = int(window), int(sink), int(chunk), int(batch)
+        # {"checkpoint": path, "dtype": "bf16"[, "guidance": w]}: build in the background if absent
+        self.build_from = build_from
         self.root = Path(root) if root is not None else cache_root()
         self.log, self.clock = log, clock
         self.state = "absent"
@@ -439,7 +452,7 @@ class CompiledForwards:
     def of(cls, model, package: Package, key: str | None = None) -> "CompiledForwards":
         """Ready forwards from a loaded ``package``, checked against ``model``'s weights (``key``: the
         model's package key when already computed)."""
-        fw = cls(model, package.window, package.sink, package.chunk)
+        fw = cls(model, package.window, package.sink, package.chunk, package.batch)
         fw._keyed(key)
         if fw.key != package.key:
             raise AotError(f"compiled package '{package.path}' was built for other weights or settings "
@@ -459,7 +472,7 @@ class CompiledForwards:
         if self.key is None:
             self._slots = param_slots(self.model)  # read before the hash: a change during it shows as stale
             self._stamp = weights_stamp(self._slots)
-            self.key = key or package_key(self.model, self.window, self.sink, self.chunk)
+            self.key = key or package_key(self.model, self.window, self.sink, self.chunk, self.batch)
         return self.key
 
     def bind(self, model) -> None:
@@ -467,7 +480,7 @@ class CompiledForwards:
         changed in place since (a load, an optimiser step) are hashed again; equal bytes are accepted."""
         if model is self.model and (self._stamp is None or weights_stamp(self._slots) == self._stamp):
             return
-        key = package_key(model, self.window, self.sink, self.chunk)
+        key = package_key(model, self.window, self.sink, self.chunk, self.batch)
         if self.key is not None and key != self.key:
             raise AotError(f"compiled package '{self.path or self.root / self.key}' was built for other weights or "
                            f"settings (key {self.key}, this model {key}); run 'worldsim compile' for this checkpoint")
@@ -501,7 +514,7 @@ class CompiledForwards:
                 self._fail(missing)
                 return self.state
             self._build = build_in_background(self.build_from["checkpoint"], self.build_from.get("dtype", "auto"),
-                                              self.window, self.sink, self.chunk)
+                                              self.window, self.sink, self.chunk, self.build_from.get("guidance"))
             if self._build is None:
                 self._fail("could not start the background build")
                 return self.state
@@ -547,7 +560,8 @@ class CompiledForwards:
         self.log(f"compiled forwards: {why}; playing eagerly")
 
     def _what(self) -> str:
-        return "frame-wise" if self.chunk == 1 else f"chunk-wise (C={self.chunk})"
+        what = "frame-wise" if self.chunk == 1 else f"chunk-wise (C={self.chunk})"
+        return what + (f" batch {self.batch}" if self.batch > 1 else "")
 
     # -- the forward -----------------------------------------------------------------------------
     def accepts(self, x: torch.Tensor, cache, drop: int, dtype: torch.dtype) -> bool:
@@ -558,7 +572,7 @@ class CompiledForwards:
                 self.poll()
             if self.state != "ready":
                 return False
-        if (x.shape[1], drop) not in self.package.runners or x.shape[0] != 1:
+        if (x.shape[1], drop) not in self.package.runners or x.shape[0] != self.batch:
             return False
         if cache is None or not cache.full or cache.S != self.sink or cache.W != self.window:
             return False
@@ -569,14 +583,14 @@ class CompiledForwards:
         return weights_stamp(self._slots) == self._stamp  # changed weights: the frozen ones would be stale
 
     def __call__(self, x, sigma, actions, pos, anchor, cache, drop: int) -> torch.Tensor:
-        """The model's forward over a full ``cache`` (as ``accepts`` said): x0 (1, frames - drop, 3, H, W)."""
+        """The model's forward over a full ``cache`` (as ``accepts`` said): x0 (batch, frames - drop, 3, H, W)."""
         m = self.model
         frames = x.shape[1]
         cond = m.conditioning(actions, sigma)
         rot = m.rope.real_rotations(pos)
         if m.cfg.anchor:
             if anchor is None:
-                anchor = x.new_zeros(1, frames, m.cfg.channels * m.cfg.anchor_history, *x.shape[3:])
+                anchor = x.new_zeros(x.shape[0], frames, m.cfg.channels * m.cfg.anchor_history, *x.shape[3:])
             args = (x.contiguous(), cond, rot, anchor.float().contiguous(), *cache.k, *cache.v)
         else:
             args = (x.contiguous(), cond, rot, *cache.k, *cache.v)

@@ -47,7 +47,10 @@ class _PackedForward:
     def _pack(self) -> None:
         params = self.lin._parameters
         self.w, self.b = params["weight"], params["bias"]
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.w.detach(), _TOKENS_HINT) if self.w.is_cpu else None
+        try:
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.w.detach(), _TOKENS_HINT) if self.w.is_cpu else None
+        except RuntimeError:  # oneDNN packs bf16 only on CPUs with AVX-512 (or AVX-NE-CONVERT): the plain product
+            self.packed = None
         self.stamp = self._stamp_of(self.w, self.b)
 
     # Pickled (a play worker's model goes to its child process): the packed tensor stays behind and

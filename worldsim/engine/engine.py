@@ -22,6 +22,13 @@ cache; where it says no (the cache still filling, another batch size, a package 
 eager forward runs, in the same call site (``_forward``). A fast forward that raises is dropped for
 good and the step goes on eagerly.
 
+Action guidance (``guidance`` != 1; ``worldsim.engine.guidance``): the engine denoises with
+``u + w (c - u)``, ``c`` the model's x0 under the key and ``u`` under its contrast. On the button
+(``guidance_contrast=button``) the contrast shares the player's past, so it shares the cache: a step
+whose key holds the button runs one more forward of the new frame under the bare key, after the cache
+write, and any other step costs nothing more. Classifier-free (``none``) the contrast plays without
+keys, its own past: every forward carries that second stream, and the cache holds both (twice the batch).
+
 Anchored models (``model.cfg.anchor``) also get, for every frame, the clean frame(s) before its chunk
 (``worldsim.model.anchor_frames``; ``anchor_history`` of them): the engine keeps the last ones for that.
 """
@@ -36,6 +43,7 @@ import torch
 
 from kernels import noise_update
 from worldsim.device import autocast
+from worldsim.engine.guidance import CONTRASTS, contrast_table
 from worldsim.engine.kv_cache import KVCache
 from worldsim.engine.schedule import euler_sigmas, student_sigmas
 from worldsim.errors import ConfigError
@@ -56,6 +64,11 @@ class EngineConfig:
     window: int = 6  # rolling window of recent frames kept in the KV cache (cost grows with it)
     sink: int = 1  # first frames kept forever (attention sinks)
     fuse_cache_write: bool = True  # write chunk k's cache in chunk k+1's first forward
+    # Action guidance w: x0 = u + w (c - u), c under the key, u under its contrast (worldsim.engine.guidance).
+    # 1: off. On the button, a step whose key holds it costs one more forward of the new frame; classifier-free,
+    # every forward carries a second stream (batch 2).
+    guidance: float = 1.0
+    guidance_contrast: str = "button"  # button: the key without FIRE (only the button scaled) | none: no keys at all
     seed: int = 0
 
     def validate(self) -> None:
@@ -67,6 +80,19 @@ class EngineConfig:
             raise ConfigError(f"engine.steps must be >= 1, got {self.steps}")
         if self.window < self.chunk:
             raise ConfigError(f"engine.window {self.window} must be >= engine.chunk {self.chunk}")
+        if not 0.0 <= self.guidance <= 20.0:
+            raise ConfigError(f"engine.guidance must be in [0, 20] (1: off), got {self.guidance}")
+        if self.guidance_contrast not in CONTRASTS:
+            raise ConfigError(f"engine.guidance_contrast '{self.guidance_contrast}' is not one of {', '.join(CONTRASTS)}")
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance != 1.0
+
+    @property
+    def streams(self) -> int:
+        """Sessions each forward carries per player (the KV cache's and compiled forwards' batch factor)."""
+        return 2 if self.guided and self.guidance_contrast == "none" else 1
 
     def sigmas(self) -> list[float]:
         """Noise levels visited per chunk; the last entry is the target (0 for euler)."""
@@ -86,7 +112,8 @@ def cache_scratch_frames(chunk: int, sink: int, window: int) -> int:
 
 
 class Engine:
-    def __init__(self, model, cfg: EngineConfig, device=None, dtype=torch.float32):
+    def __init__(self, model, cfg: EngineConfig, device=None, dtype=torch.float32, action_meanings=None):
+        """``action_meanings`` (the checkpoint's ALE names) are read only by ``guidance_contrast=button``."""
         cfg.validate()
         self.model = model
         self.model_fn = model  # the callable used for forwards (a torch.compile'd model, optionally)
@@ -94,6 +121,10 @@ class Engine:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.dtype = dtype
         self.no_action = model.cfg.num_actions
+        # (num_actions + 1,) each key's contrast, on the host (the keys are checked there); None: unguided
+        self._contrast = torch.tensor(contrast_table(cfg.guidance_contrast, action_meanings, self.no_action)) \
+            if cfg.guided else None
+        self._streams = cfg.streams
         self.cache: KVCache | None = None
         self.batch = 0
         self._pending = None  # (frames, actions, anchors) of the last chunk, not yet in the cache
@@ -109,9 +140,9 @@ class Engine:
     def reset(self, batch_size: int = 1, seed: int | None = None) -> None:
         """Drop the cache and start a fresh session (reallocating only if the batch changes)."""
         mc = self.model.cfg
-        if self.cache is None or self.cache.B != batch_size:
+        if self.cache is None or self.cache.B != batch_size * self._streams:
             self.cache = KVCache(
-                layers=mc.cache_layers, batch=batch_size, kv_heads=mc.kv_heads, head_dim=mc.head_dim,
+                layers=mc.cache_layers, batch=batch_size * self._streams, kv_heads=mc.kv_heads, head_dim=mc.head_dim,
                 tokens_per_frame=mc.tokens_per_frame, sink=self.cfg.sink, window=self.cfg.window,
                 scratch_frames=cache_scratch_frames(self.cfg.chunk, self.cfg.sink, self.cfg.window),
                 rope=self.model.rope, device=self.device, dtype=self.dtype)
@@ -130,6 +161,18 @@ class Engine:
         return self.cache.frames + (self._pending[0].shape[1] if self._pending is not None else 0)
 
     def _forward(self, x, sigma, actions, pos, anchor, drop_first: int = 0):
+        """x0 of frames ``x`` (B, T, ...): the model's, and with a second stream (classifier-free guidance)
+        the guided one, that stream playing every frame without keys."""
+        if self._streams == 1:
+            return self._model_forward(x, sigma, actions, pos, anchor, drop_first)
+        B = x.shape[0]
+        both = self._model_forward(torch.cat([x, x]), torch.cat([sigma, sigma]),
+                                   torch.cat([actions, torch.full_like(actions, self.no_action)]), pos,
+                                   None if anchor is None else torch.cat([anchor, anchor]), drop_first)
+        c, u = both[:B], both[B:]
+        return torch.lerp(u, c, self.cfg.guidance)  # u + w (c - u)
+
+    def _model_forward(self, x, sigma, actions, pos, anchor, drop_first: int = 0):
         fast = self.compiled
         if fast is not None and fast.accepts(x, self.cache, drop_first, self.dtype):
             try:
@@ -171,7 +214,7 @@ class Engine:
         B, K = frames.shape[:2]
         if prev_actions is None:
             prev_actions = torch.full((B, K), self.no_action, dtype=torch.long)
-        prev_actions = self._check_actions(prev_actions, K)
+        prev_actions = self._check_actions(prev_actions, K).to(self.device).contiguous()
         frames = frames.to(self.device, torch.float32)
         C = self.cfg.chunk
         piece = max(C, (self.cache.scratch_frames // C) * C)
@@ -191,7 +234,9 @@ class Engine:
         if self.cache is None:
             self.reset(1)
         C, B = self.cfg.chunk, self.batch
-        actions = self._check_actions(actions, C)
+        host = self._check_actions(actions, C)
+        actions = host.to(self.device).contiguous()
+        bare = self._bare_keys(host)
         mc = self.model.cfg
         shape = (B, C, mc.channels, mc.resolution, mc.resolution)
         x = torch.randn(shape, generator=self._gen, device=self.device)
@@ -213,6 +258,9 @@ class Engine:
                 self._pending = None
             else:
                 x0 = self._forward(x, sig, actions, self.cache.next_positions(C), anc)
+            if bare is not None:  # the button's contrast, over the cache as it now stands (the past written)
+                u = self._model_forward(x, sig, bare, self.cache.next_positions(C), anc)
+                x0 = torch.lerp(u, x0, self.cfg.guidance)  # u + w (c - u)
             if s_next == 0.0:
                 x = x0
                 break
@@ -236,8 +284,16 @@ class Engine:
         if frames.shape[0] != self.batch:
             raise ValueError(f"context batch {frames.shape[0]} != session batch {self.batch}; call reset(batch_size)")
 
+    def _bare_keys(self, host: torch.Tensor) -> torch.Tensor | None:
+        """Under guidance on the button: the keys without it, on the device, where any key holds it; else None."""
+        if self._contrast is None or self._streams != 1:
+            return None
+        bare = self._contrast[host]
+        return bare.to(self.device).contiguous() if bool((bare != host).any()) else None
+
     def _check_actions(self, actions, n: int) -> torch.Tensor:
-        a = torch.as_tensor(actions, dtype=torch.long)  # checked where given (on the host: no GPU read-back)
+        """``actions`` as a (B, n) long tensor on the host, checked there (no GPU read-back)."""
+        a = torch.as_tensor(actions, dtype=torch.long)
         if a.dim() == 0:
             a = a.view(1, 1).expand(self.batch, n)
         elif a.dim() == 1:
@@ -246,4 +302,4 @@ class Engine:
             raise ValueError(f"actions have shape {tuple(a.shape)}; expected ({self.batch}, {n})")
         if bool(((a < 0) | (a > self.no_action)).any()):
             raise ValueError(f"action index out of range [0, {self.no_action}] (the model has {self.no_action} actions)")
-        return a.to(self.device).contiguous()
+        return a.cpu()

@@ -149,9 +149,10 @@ def attach_compiled(engine, ckpt) -> None:
     from worldsim.engine import aot
 
     c = engine.cfg
-    forwards = aot.load_built(engine.model, c.window, c.sink, chunk=c.chunk)
+    forwards = aot.load_built(engine.model, c.window, c.sink, chunk=c.chunk, batch=c.streams)
     if forwards is None:
-        build = aot.build_command(ckpt, dtype_name(engine.model.patch_embed.weight.dtype), c.window, c.sink, c.chunk)
+        build = aot.build_command(ckpt, dtype_name(engine.model.patch_embed.weight.dtype), c.window, c.sink, c.chunk,
+                                  c.guidance)
         raise WorldsimError(f"--compiled: no compiled forwards for {ckpt} (window {c.window} + sink {c.sink}, chunk "
                             f"{c.chunk}) under {aot.cache_root()}; run '{build}' first")
     aot.attach(engine, forwards)
@@ -477,7 +478,7 @@ def clips_main(argv) -> int:
         if len(settings) != 1:
             raise ConfigError("worldsim eval clips takes one setting (e.g. --settings 1x2)")
         name, ecfg = settings[0]
-        sampler = engine_sampler(Engine(model, ecfg, device=device, dtype=dtype))
+        sampler = engine_sampler(Engine(model, ecfg, device=device, dtype=dtype, action_meanings=meanings))
         how = {"kind": "causal", "setting": name}
     else:
         if args.settings or args.engine:

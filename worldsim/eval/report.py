@@ -297,7 +297,7 @@ def evaluate(model, episodes: Sequence[EvalEpisode], settings: Sequence[tuple[st
         on_update(report)
 
     for name, ecfg in settings:
-        engine = Engine(model, ecfg, device=device, dtype=torch.float32)
+        engine = Engine(model, ecfg, device=device, dtype=torch.float32, action_meanings=action_meanings)
         if prepare_engine is not None:
             prepare_engine(engine)
         bar = progress(len(plan) * H, f"eval {name}")

@@ -73,8 +73,8 @@ class ModelBackend:
         # built, else build them in a background process and switch to them when ready). ``source`` is
         # what a background build loads: {"checkpoint": path, "dtype": "bf16"}.
         self.compiled_mode, self.source = compiled, source
-        # per (window, sink, chunk): one package each, kept across settings switches
-        self._compiled: dict[tuple[int, int, int], aot.CompiledForwards | cuda_graphs.GraphForwards] = {}
+        # per (window, sink, chunk, batch): one package each, kept across settings switches
+        self._compiled: dict[tuple[int, int, int, int], aot.CompiledForwards | cuda_graphs.GraphForwards] = {}
         self._stream = None  # CUDA: the generation stream (created by the worker that generates)
 
     def __getstate__(self):  # to a process worker: loaded graphs, threads and processes stay behind
@@ -92,12 +92,15 @@ class ModelBackend:
         kind = torch.device(self.device).type
         if self.compiled_mode == "off" or kind not in ("cpu", "cuda"):
             return None
-        layout = (self.cfg.window, self.cfg.sink, self.cfg.chunk)
+        batch = self.cfg.streams  # classifier-free guidance: the player's stream and the one without keys
+        layout = (self.cfg.window, self.cfg.sink, self.cfg.chunk, batch)
         fw = self._compiled.get(layout)
         if fw is None and kind == "cuda":  # captured in this worker, over its engines' caches
-            fw = self._compiled[layout] = cuda_graphs.GraphForwards(self.model, *layout)
+            fw = self._compiled[layout] = cuda_graphs.GraphForwards(self.model, *layout[:3], batch=batch)
         elif fw is None:
-            build_from = self.source if self.compiled_mode == "auto" else None
+            build_from = None
+            if self.compiled_mode == "auto" and self.source is not None:
+                build_from = {**self.source, "guidance": self.cfg.guidance}
             fw = self._compiled[layout] = aot.CompiledForwards(self.model, *layout, build_from=build_from, log=_warn)
         return fw
 
@@ -150,7 +153,8 @@ class ModelBackend:
     def _new_engine(self) -> Engine:
         if torch.device(self.device).type == "cpu":  # packed linears, GELU fused (worldsim.engine.cpu_pack): ~9% a frame
             pack_linears(self.model)
-        engine = Engine(self.model, self.cfg, device=self.device, dtype=self.dtype)
+        engine = Engine(self.model, self.cfg, device=self.device, dtype=self.dtype,
+                        action_meanings=self.action_meanings)
         try:
             aot.attach(engine, self.compiled_forwards)  # used once built and loaded; eager until then
         except aot.AotError as e:  # the weights changed since the package was found: eager, never stale graphs

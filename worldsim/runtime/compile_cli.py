@@ -67,21 +67,26 @@ def main(argv=None) -> int:
     ap.add_argument("--sink", type=int, default=-1, help="sink frames, as play.py's sink= (-1: the checkpoint's)")
     ap.add_argument("--chunk", type=int, default=1,
                     help="frames per chunk the forwards are for (default 1, frame-wise; play.py's chunk-wise C: 3)")
+    ap.add_argument("--guidance", type=float, default=-1.0,
+                    help="action guidance, as play.py's guidance= (-1: the checkpoint's); classifier-free guidance "
+                         "needs forwards for two streams")
     ap.add_argument("--compile-threads", type=int, default=None, help="Inductor compile workers (default: its own choice)")
     ap.add_argument("--no-check", action="store_true", help="skip the eager-vs-compiled check after building")
     ap.add_argument("--force", action="store_true", help="build again even if built (a damaged package is set aside)")
     ap.add_argument("--json", help="write the result (package, build seconds, check) to this file")
     ap.add_argument("--quiet", action="store_true", help="print only errors and the final line")
-    ap.add_argument("overrides", nargs="*", help="window=W sink=S chunk=C (as the flags; what play.py's background build passes)")
+    ap.add_argument("overrides", nargs="*",
+                    help="window=W sink=S chunk=C guidance=G (as the flags; what play.py's background build passes)")
     args = ap.parse_args(argv)
     for item in args.overrides:
         k, sep, v = item.partition("=")
-        if not sep or k not in ("window", "sink", "chunk"):
-            raise WorldsimError(f"unknown override '{item}': worldsim compile takes window=W, sink=S and chunk=C")
+        if not sep or k not in ("window", "sink", "chunk", "guidance"):
+            raise WorldsimError(f"unknown override '{item}': worldsim compile takes window=W, sink=S, chunk=C and "
+                                f"guidance=G")
         try:
-            setattr(args, k, int(v))
+            setattr(args, k, float(v) if k == "guidance" else int(v))
         except ValueError:
-            raise WorldsimError(f"override '{item}' needs an integer value") from None
+            raise WorldsimError(f"override '{item}' needs {'a number' if k == 'guidance' else 'an integer'}") from None
     if args.chunk < 1:
         raise WorldsimError(f"--chunk must be >= 1 (got {args.chunk})")
     overrides = {"chunk": args.chunk}
@@ -89,13 +94,16 @@ def main(argv=None) -> int:
         overrides["window"] = args.window
     if args.sink >= 0:
         overrides["sink"] = args.sink
+    if args.guidance >= 0:
+        overrides["guidance"] = args.guidance
     p = load_playable(args.checkpoint, device="cpu", dtype=None if args.dtype == "auto" else args.dtype,
                       engine_overrides=overrides)
     b = p.backend
     model, window, sink, chunk = b.model, b.cfg.window, b.cfg.sink, b.cfg.chunk
+    batch = b.cfg.streams  # classifier-free guidance carries a second stream in every forward
     say = (lambda *a: None) if args.quiet else print
-    what = "frame-wise" if chunk == 1 else f"chunk-wise C={chunk}"
-    existing = aot.find(model, window, sink, chunk=chunk)
+    what = ("frame-wise" if chunk == 1 else f"chunk-wise C={chunk}") + (f", classifier-free guidance {b.cfg.guidance:g}" if batch > 1 else "")
+    existing = aot.find(model, window, sink, chunk=chunk, batch=batch)
     if existing is not None and args.force:
         aside = aot.discard(existing)
         say(f"set the built package aside: {aside}")
@@ -105,18 +113,18 @@ def main(argv=None) -> int:
         path = existing
         say(f"already compiled: {path}")
     else:
-        sp = aot.spec(model, window, sink, chunk)
+        sp = aot.spec(model, window, sink, chunk, batch)
         say(f"compiling {args.checkpoint} ({what}) for this CPU ({sp['cpu']}, {sp['dtype']}, window {window} + sink "
             f"{sink}): about 1-2 minutes")
-        key = aot.package_key(model, window, sink, chunk)
+        key = aot.package_key(model, window, sink, chunk, batch)
         with aot.build_lock(key) as mine:
             if not mine:
                 raise WorldsimError(f"another process is compiling this model now ({aot.cache_root()}/.{key}.lock); "
                                     f"wait for it, or delete the lock if no build runs")
-            path = aot.build(model, window, sink, chunk=chunk, compile_threads=args.compile_threads, log=say)
+            path = aot.build(model, window, sink, chunk=chunk, batch=batch, compile_threads=args.compile_threads, log=say)
     build_s = time.perf_counter() - t0
     result = {"package": str(path), "build_s": round(build_s, 1), "checkpoint": args.checkpoint,
-              "window": window, "sink": sink, "chunk": chunk}
+              "window": window, "sink": sink, "chunk": chunk, "guidance": b.cfg.guidance}
     if not args.no_check:
         forwards = aot.CompiledForwards.of(model, aot.Package.load(path))
         result["check"] = c = check(b, forwards)

@@ -55,7 +55,7 @@ def pooled_psnr(mse_sum: np.ndarray, n: np.ndarray) -> float:
 
 @torch.no_grad()
 def evaluate_model(model, engine_cfg: EngineConfig, episodes, spec: EvalSpec, steps_list: Sequence[int] | None = None,
-                   device="cpu", dtype=torch.float32) -> dict:
+                   device="cpu", dtype=torch.float32, action_meanings: Sequence[str] | None = None) -> dict:
     """PSNR (dB) per setting and for copy-last-frame on the same rollouts.
 
     ``psnr`` is the PSNR of the mean squared error over every rollout and horizon step (``per_h``: per
@@ -96,7 +96,7 @@ def evaluate_model(model, engine_cfg: EngineConfig, episodes, spec: EvalSpec, st
                 "psnr_frame_mean": float(np.concatenate(fp).mean())}
 
     for name, cfg in settings:
-        eng = Engine(model, cfg, device=device, dtype=dtype)
+        eng = Engine(model, cfg, device=device, dtype=dtype, action_meanings=action_meanings)
         preds = [rollout(eng, ctx, prev, acts, seed=spec.seed + b) for b, (ctx, prev, acts, _) in enumerate(batches)]
         out[name] = {**score(preds), "engine": dataclasses.asdict(cfg)}
     out["copy_last"] = score([ctx[:, -1:] for ctx, _, _, _ in batches])

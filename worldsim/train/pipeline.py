@@ -316,7 +316,8 @@ def ship_student(cfg: PipelineConfig, stages: dict, report: dict, t0: float) -> 
     episodes, split = _episodes(cfg, meta)
     playable = write_playable(cfg, student_final, episodes, out / PLAYABLE)
     spec = cfg.ship.eval
-    ev = evaluate_model(model, cfg.ship.engine, episodes, spec, steps_list=spec.steps)
+    ev = evaluate_model(model, cfg.ship.engine, episodes, spec, steps_list=spec.steps,
+                        action_meanings=meta.get("action_meanings"))
     ev["split"] = split
     report["playable"] = str(playable)
     report["shipped_stage"] = cfg.ship.stage
@@ -330,7 +331,8 @@ def ship_student(cfg: PipelineConfig, stages: dict, report: dict, t0: float) -> 
             # another shift; a distilled one steps with its own schedule), the rest of the shipped settings
             sampler = later_meta.get("engine", {}).get("sampler", cfg.ship.engine.sampler)
             eng = dataclasses.replace(cfg.ship.engine, sampler=sampler, shift=cfg.shift)  # its training levels
-            passed_over[key] = evaluate_model(later, eng, episodes, spec, steps_list=spec.steps)
+            passed_over[key] = evaluate_model(later, eng, episodes, spec, steps_list=spec.steps,
+                                              action_meanings=later_meta.get("action_meanings"))
             passed_over[key]["sampler"] = sampler
     if passed_over:
         report["eval_passed_over"] = passed_over
