@@ -446,7 +446,7 @@ def test_auto_mode_builds_in_the_background_and_switches_mid_session(built, tmp_
     fw = b.compiled_forwards
     fw.clock = lambda: now[0]
     b.prepare()
-    assert fake.calls == [(str(ckpt), "fp32", WINDOW, SINK, 1)] and b.describe()["compiled"]["state"] == "building"
+    assert fake.calls == [(str(ckpt), "fp32", WINDOW, SINK, 1, 1.0)] and b.describe()["compiled"]["state"] == "building"
     b.reset(0)
     b.step(0)
     assert b.settings["compiled"] is False  # eager while it builds
@@ -461,7 +461,7 @@ def test_auto_mode_builds_in_the_background_and_switches_mid_session(built, tmp_
     assert len(fake.calls) == 1
     b.configure(chunk=3)  # chunk-wise play: its own package, built when first used
     b.step(0)
-    assert fake.calls[-1] == (str(ckpt), "fp32", WINDOW, SINK, 3) and b.settings["compiled"] is False
+    assert fake.calls[-1] == (str(ckpt), "fp32", WINDOW, SINK, 3, 1.0) and b.settings["compiled"] is False
     b.configure(chunk=1)  # back to frame-wise: the loaded package at once
     b.step(0)
     assert b.settings["compiled"] is True
@@ -534,7 +534,7 @@ def test_auto_mode_sets_a_damaged_package_aside_and_builds_it_again(built, tmp_p
     assert "set aside, building them again" in capsys.readouterr().err
     b.reset(0)
     b.step(0)  # the next poll starts the build; play goes on eagerly
-    assert fake.calls == [(str(ckpt), "fp32", WINDOW, SINK, 1)] and b.settings["compiled"] is False
+    assert fake.calls == [(str(ckpt), "fp32", WINDOW, SINK, 1, 1.0)] and b.settings["compiled"] is False
 
 
 @pytest.mark.slow
