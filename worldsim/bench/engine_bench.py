@@ -192,7 +192,8 @@ def _compiled_for(model, base: EngineConfig, dtype: torch.dtype, source: str, ch
 
     forwards = aot.load_built(model.to("cpu", dtype), base.window, base.sink, chunk=chunk, batch=base.streams)
     name = "bf16" if dtype == torch.bfloat16 else "fp32"
-    build = aot.build_command(source, name, base.window, base.sink, chunk, base.guidance)
+    build = aot.build_command(source, name, base.window, base.sink, chunk,
+                              base.guidance if base.guided else None)
     if forwards is None and chunk == 1:
         raise WorldsimError(f"no compiled forwards for {source} in {name} (window {base.window} + sink {base.sink}) "
                             f"under {aot.cache_root()}: run '{build}' first")

@@ -121,9 +121,10 @@ class Engine:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.dtype = dtype
         self.no_action = model.cfg.num_actions
-        # (num_actions + 1,) each key's contrast, on the host (the keys are checked there); None: unguided
+        # Guidance on the button: (num_actions + 1,) each key without it, on the host (where keys are checked);
+        # classifier-free guidance needs no table (its second stream has no keys)
         self._contrast = torch.tensor(contrast_table(cfg.guidance_contrast, action_meanings, self.no_action)) \
-            if cfg.guided else None
+            if cfg.guided and cfg.streams == 1 else None
         self._streams = cfg.streams
         self.cache: KVCache | None = None
         self.batch = 0
@@ -286,7 +287,7 @@ class Engine:
 
     def _bare_keys(self, host: torch.Tensor) -> torch.Tensor | None:
         """Under guidance on the button: the keys without it, on the device, where any key holds it; else None."""
-        if self._contrast is None or self._streams != 1:
+        if self._contrast is None:
             return None
         bare = self._contrast[host]
         return bare.to(self.device).contiguous() if bool((bare != host).any()) else None

@@ -152,7 +152,7 @@ def attach_compiled(engine, ckpt) -> None:
     forwards = aot.load_built(engine.model, c.window, c.sink, chunk=c.chunk, batch=c.streams)
     if forwards is None:
         build = aot.build_command(ckpt, dtype_name(engine.model.patch_embed.weight.dtype), c.window, c.sink, c.chunk,
-                                  c.guidance)
+                                  c.guidance if c.guided else None)
         raise WorldsimError(f"--compiled: no compiled forwards for {ckpt} (window {c.window} + sink {c.sink}, chunk "
                             f"{c.chunk}) under {aot.cache_root()}; run '{build}' first")
     aot.attach(engine, forwards)
