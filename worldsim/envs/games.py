@@ -70,8 +70,8 @@ GAMES: dict[str, Game] = {g.name: g for g in (
          ("configs/collect_breakout.yaml", "configs/collect_breakout_scripted.yaml"),
          "worldsim train pipeline configs/breakout.yaml"),
     Game("mspacman", "Ms. Pac-Man", "ALE/MsPacman-v5", "assets/mspacman.safetensors",
-         ("configs/collect_mspacman.yaml", "configs/collect_mspacman_scripted.yaml"),
-         "worldsim train pipeline configs/mspacman.yaml"),
+         ("configs/collect_mspacman_fs2.yaml", "configs/collect_mspacman_scripted_fs2.yaml"),
+         "bash scripts/reproduce_mspacman.sh"),
 )}
 DEFAULT_GAME = "boxing"
 
