@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Build the Ms. Pac-Man model (assets/mspacman.safetensors) from a clone: the two frameskip-2 collections,
-# the stage-1 student of configs/mspacman_student_fs2.yaml trained on them from scratch, and the ship step
-# of configs/mspacman.yaml. Only committed configs:
+# the stage-1 student trained on them from scratch in two legs, and the ship step of configs/mspacman.yaml.
+# Only committed configs:
 #   configs/collect_mspacman{,_scripted}_fs2.yaml   the data (sticky-random and the maze-walking script)
-#   configs/mspacman_student_fs2.yaml               the student (stage 1, 30 steps a second)
+#   configs/mspacman_student_fs2.yaml               the first leg (stage 1, 30 steps a second, plain loss),
+#                                                   ended at step 1,020 of its 3,000
+#   configs/mspacman_sprites_fs2.yaml               the second leg (the loss weighted near motion)
 #   configs/mspacman.yaml                           the ship step (stage 1, 2 Euler steps, cache 6 + 1)
 #
 #   scripts/reproduce_mspacman.sh [OUT]   (OUT default runs/mspacman_fs2; OUT and DATA relative to the repo root)
@@ -20,17 +22,31 @@ FS2="data.paths=[$DATA/mspacman_fs2,$DATA/mspacman_scripted_fs2]"
 
 collect configs/collect_mspacman_fs2.yaml mspacman_fs2
 collect configs/collect_mspacman_scripted_fs2.yaml mspacman_scripted_fs2
-if [[ ! -f $OUT/final.safetensors ]]; then
-    "$WORLDSIM" train stage1 configs/mspacman_student_fs2.yaml "out_dir=$OUT" "$FS2" \
-        ${train_args[@]+"${train_args[@]}"}
-    if [[ ! -f $OUT/final.safetensors ]]; then
-        echo "the student stopped before its last step; run this script again to resume it" >&2
+done_or_resume() {  # FILE WHAT: exit with a hint when a training step stopped before writing FILE
+    if [[ ! -f $1 ]]; then
+        echo "$2 stopped before its last step; run this script again to resume it" >&2
         exit 1
     fi
+}
+# The first leg ends at step 1,020 (run.stop_after checkpoints there, out_dir/FINISH writes the output).
+if [[ ! -f $OUT/final.safetensors ]]; then
+    "$WORLDSIM" train stage1 configs/mspacman_student_fs2.yaml "out_dir=$OUT" "$FS2" run.stop_after=1020 \
+        ${train_args[@]+"${train_args[@]}"}
+    at=$(python -c "from worldsim.checkpoint import read_meta; print(read_meta('$OUT/checkpoint.safetensors')['step'])")
+    if [[ ! -f $OUT/final.safetensors && $at -ge 1020 ]]; then  # not stopped early by a signal
+        touch "$OUT/FINISH"
+        "$WORLDSIM" train stage1 configs/mspacman_student_fs2.yaml "out_dir=$OUT" "$FS2" ${train_args[@]+"${train_args[@]}"}
+    fi
+    done_or_resume "$OUT/final.safetensors" "the first leg"
+fi
+if [[ ! -f $OUT/sprites/final.safetensors ]]; then
+    "$WORLDSIM" train stage1 configs/mspacman_sprites_fs2.yaml "out_dir=$OUT/sprites" "$FS2" \
+        "init.student=$OUT/final.safetensors" ${train_args[@]+"${train_args[@]}"}
+    done_or_resume "$OUT/sprites/final.safetensors" "the second leg"
 fi
 if [[ ! -f $OUT/ship/student.safetensors ]]; then
     mkdir -p "$OUT/ship/stage1_teacher_forcing"
-    cp "$OUT/final.safetensors" "$OUT/ship/stage1_teacher_forcing/final.safetensors"
+    cp "$OUT/sprites/final.safetensors" "$OUT/ship/stage1_teacher_forcing/final.safetensors"
     "$WORLDSIM" train ship configs/mspacman.yaml "out_dir=$OUT/ship" "$FS2" ${ship_args[@]+"${ship_args[@]}"}
 fi
 echo "done: $OUT/ship/student.safetensors"
