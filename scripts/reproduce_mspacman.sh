@@ -23,17 +23,14 @@ FS2="data.paths=[$DATA/mspacman_fs2,$DATA/mspacman_scripted_fs2]"
 
 collect configs/collect_mspacman_fs2.yaml mspacman_fs2
 collect configs/collect_mspacman_scripted_fs2.yaml mspacman_scripted_fs2
-done_or_resume() {  # FILE WHAT: exit with a hint when a training step stopped before writing FILE
-    if [[ ! -f $1 ]]; then
-        echo "$2 stopped before its last step; run this script again to resume it" >&2
-        exit 1
-    fi
-}
 # The first leg ends at step 1,020 (run.stop_after checkpoints there, out_dir/FINISH writes the output).
 if [[ ! -f $OUT/final.safetensors ]]; then
     "$WORLDSIM" train stage1 configs/mspacman_student_fs2.yaml "out_dir=$OUT" "$FS2" run.stop_after=1020 \
         ${train_args[@]+"${train_args[@]}"}
-    at=$(python -c "from worldsim.checkpoint import read_meta; print(read_meta('$OUT/checkpoint.safetensors')['step'])")
+    at=0  # the step the run stopped at (below 1,020 when a signal stopped it)
+    if [[ -f $OUT/checkpoint.safetensors ]]; then
+        at=$(python -c "from worldsim.checkpoint import read_meta; print(read_meta('$OUT/checkpoint.safetensors')['step'])")
+    fi
     if [[ ! -f $OUT/final.safetensors && $at -ge 1020 ]]; then  # not stopped early by a signal
         touch "$OUT/FINISH"
         "$WORLDSIM" train stage1 configs/mspacman_student_fs2.yaml "out_dir=$OUT" "$FS2" ${train_args[@]+"${train_args[@]}"}

@@ -21,13 +21,6 @@ OUT=${1:-runs/pong}
 FS4="data.paths=[$DATA/pong,$DATA/pong_scripted]"
 FS2="data.paths=[$DATA/pong_fs2,$DATA/pong_scripted_fs2]"
 
-done_or_resume() {  # FILE WHAT: exit with a hint when a training step stopped before writing FILE
-    if [[ ! -f $1 ]]; then
-        echo "$2 stopped before its last step; run this script again to resume it" >&2
-        exit 1
-    fi
-}
-
 # -- frameskip 4: the student learns to draw Pong (1,850 steps at a constant rate)
 collect configs/collect_pong.yaml pong --steps 100000
 collect configs/collect_pong_scripted.yaml pong_scripted --steps 30000
