@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from worldsim.errors import WorldsimError
+from worldsim.paths import repo_file
 
 EPILOG = """keys while playing: arrows/WASD move, space fires, R reset, P pause, 1/2/4 sampling steps,
 C frame-wise <-> chunk-wise, H HUD, F12 screenshot, Esc/Q quit.
@@ -94,12 +95,12 @@ def load_configs(args):
     if getattr(args, "fps", None) is not None:
         raise WorldsimError(f"--fps {FPS_REMOVED.replace('set speed=', 'pass --speed')}")
     if args.kiosk:
-        path = args.config or ("configs/kiosk.yaml" if Path("configs/kiosk.yaml").is_file() else None)
+        path = default_config(args.config or "configs/kiosk.yaml", given=bool(args.config))
         check_removed_keys(path, args.overrides, kiosk=True)
         kcfg = load_config(KioskConfig, path, args.overrides)
         play = kcfg.play
     else:
-        path = args.config or ("configs/play.yaml" if Path("configs/play.yaml").is_file() else None)
+        path = default_config(args.config or "configs/play.yaml", given=bool(args.config))
         check_removed_keys(path, args.overrides, kiosk=False)
         kcfg, play = None, load_config(PlayConfig, path, args.overrides)
     flags = {"checkpoint": args.checkpoint, "game": args.game, "steps": args.steps, "chunk": args.chunk, "speed": args.speed,
@@ -116,6 +117,7 @@ def load_configs(args):
     check_values(play, "the flags and config of play.py")
     play = resolve_game(play, given_checkpoint=args.checkpoint is not None or any(
         o.split("=")[0] in ("checkpoint", "play.checkpoint") for o in args.overrides))
+    play = dataclasses.replace(play, checkpoint=str(repo_file(play.checkpoint)))
     check_speed(play.speed)
     # WORLDSIM_COMPILE sets the default of compile= (a key=value override still wins): the test suite
     # sets it to 'off' so that no play it runs starts a background build. YAML reads a bare off/on as a
@@ -126,6 +128,13 @@ def load_configs(args):
     if kcfg is not None:
         kcfg = dataclasses.replace(kcfg, play=play)
     return play, kcfg
+
+
+def default_config(rel: str, given: bool) -> str | None:
+    """A config path from here or in the clone (``repo_file``): the one given (a missing one is reported by
+    load_config), else the default file, or None (the built-in defaults) where the clone has none."""
+    path = repo_file(rel)
+    return str(path) if given or path.is_file() else None
 
 
 def resolve_game(play, given_checkpoint: bool):
@@ -150,17 +159,17 @@ def open_first_game(play, booth: bool):
     except WorldsimError as e:
         from worldsim.envs.games import shipped_games
 
-        others = [g for g in shipped_games() if Path(g.asset).resolve() != Path(play.checkpoint).resolve()]
+        others = [g for g in shipped_games() if g.asset_path().resolve() != Path(play.checkpoint).resolve()]
         if not booth or not others:
             raise
         failed = next((g.name for g in shipped_games() if g not in others), Path(play.checkpoint).name)
         for g in others:
             try:
-                session = build_model_session(dataclasses.replace(play, checkpoint=g.asset, game=g.name))
+                session = build_model_session(dataclasses.replace(play, checkpoint=str(g.asset_path()), game=g.name))
             except WorldsimError:
                 continue
             print(f"play.py: kiosk: {failed} will not open ({e}); playing {g.name}", file=sys.stderr)
-            return dataclasses.replace(play, checkpoint=g.asset, game=g.name), session, (failed, str(e))
+            return dataclasses.replace(play, checkpoint=str(g.asset_path()), game=g.name), session, (failed, str(e))
         raise
 
 
@@ -181,7 +190,7 @@ def build_arcade(play, first_env_id: str):
 
     def opener(game):
         def open_game():
-            backend, label, meta, pace = build_model_session(dataclasses.replace(play, checkpoint=game.asset))
+            backend, label, meta, pace = build_model_session(dataclasses.replace(play, checkpoint=str(game.asset_path())))
             backend = in_worker_process(backend, play)
             return backend, label, meta, pace
         return open_game

@@ -59,8 +59,10 @@ def load_bench_model(checkpoint: str | None):
     else a random student of the default size: speed does not depend on the weights."""
     from worldsim.checkpoint import load_checkpoint, load_weights
     from worldsim.model import ModelConfig, WorldDiT
+    from worldsim.paths import repo_file
 
-    path = checkpoint or ("assets/default.safetensors" if Path("assets/default.safetensors").is_file() else None)
+    shipped = repo_file("assets/default.safetensors")
+    path = checkpoint or (str(shipped) if shipped.is_file() else None)
     if path is None:
         return WorldDiT(ModelConfig()).eval(), "random default-size student", EngineConfig(), None
     tensors, meta = load_checkpoint(path, "model.")

@@ -53,10 +53,12 @@ def parse_settings(text: str) -> list[tuple[int, int]]:
 
 
 def load_backend(checkpoint: str | None, dtype: str | None, tmp: str, engine_overrides: dict | None = None):
+    from worldsim.paths import repo_file
     from worldsim.runtime import DEFAULT_CHECKPOINT, load_playable
     from worldsim.runtime.testing import write_random_checkpoint
 
-    path = checkpoint or (DEFAULT_CHECKPOINT if Path(DEFAULT_CHECKPOINT).is_file() else None)
+    shipped = repo_file(DEFAULT_CHECKPOINT)
+    path = checkpoint or (str(shipped) if shipped.is_file() else None)
     label = path
     if path is None:
         path = write_random_checkpoint(Path(tmp) / "random-default.safetensors", "default", context_frames=8)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from worldsim.errors import WorldsimError
+from worldsim.paths import repo_file
 
 DIRECTIONS = ("UP", "DOWN", "LEFT", "RIGHT")
 
@@ -46,10 +47,11 @@ class Game:
     # Arrow key (UP/DOWN/LEFT/RIGHT) -> the action part the game gives that key, where it differs.
     arrows: dict = field(default_factory=dict)
 
-    def asset_path(self, root: str | Path = ".") -> Path:
-        return Path(root) / self.asset
+    def asset_path(self, root: str | Path | None = None) -> Path:
+        """The model file under ``root``; by default found from here or in the clone (``repo_file``)."""
+        return repo_file(self.asset) if root is None else Path(root) / self.asset
 
-    def shipped(self, root: str | Path = ".") -> bool:
+    def shipped(self, root: str | Path | None = None) -> bool:
         return self.asset_path(root).is_file()
 
     def how_to_train(self) -> str:
@@ -105,12 +107,12 @@ def get_game(text: str) -> Game:
     return g
 
 
-def shipped_games(root: str | Path = ".") -> list[Game]:
+def shipped_games(root: str | Path | None = None) -> list[Game]:
     """The games whose model file is in ``assets/`` (under ``root``), in table order."""
     return [g for g in GAMES.values() if g.shipped(root)]
 
 
-def shipped_model(text: str, root: str | Path = ".") -> tuple[Game, Path]:
+def shipped_model(text: str, root: str | Path | None = None) -> tuple[Game, Path]:
     """(game, its model file) for ``--game``; a game without a shipped model raises ``NotShipped`` with
     what ships and how to train the one asked for."""
     g = get_game(text)

@@ -30,6 +30,7 @@ from worldsim.errors import CheckpointError, ConfigError, WorldsimError
 from worldsim.eval.report import EvalReport, evaluate, table_rows
 from worldsim.eval.rollout import EvalConfig, load_eval_episodes
 from worldsim.gametime import checkpoint_period
+from worldsim.paths import repo_file
 
 DEFAULT_CHECKPOINT = Path("assets/default.safetensors")
 
@@ -94,9 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_checkpoint(path: str | None) -> Path:
     if path:
         return Path(path)
-    for p in (DEFAULT_CHECKPOINT, Path(__file__).resolve().parents[2] / DEFAULT_CHECKPOINT):
-        if p.is_file():
-            return p
+    p = repo_file(DEFAULT_CHECKPOINT)
+    if p.is_file():
+        return p
     raise CheckpointError(f"no --checkpoint given and the shipped model {DEFAULT_CHECKPOINT} is absent; "
                           f"pass --checkpoint PATH to a trained .safetensors")
 

@@ -24,6 +24,7 @@ import torch
 from worldsim.data.frames import resize_frames
 from worldsim.engine import EngineConfig
 from worldsim.errors import CheckpointError, DataError
+from worldsim.paths import repo_file
 from worldsim.runtime.backend import Context, ModelBackend
 
 DEFAULT_CHECKPOINT = "assets/default.safetensors"
@@ -115,7 +116,7 @@ def load_playable(path: str | Path = DEFAULT_CHECKPOINT, *, device: str | None =
     from worldsim.config import from_dict
     from worldsim.device import pick_device, pick_dtype
 
-    path = Path(path)
+    path = repo_file(path)
     if not path.is_file():
         hint = " (the default model ships in assets/; until it does, pass --checkpoint PATH)" \
             if str(path) == DEFAULT_CHECKPOINT else ""
