@@ -61,6 +61,39 @@ def test_one_frame_floor_command(setup, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+def test_token_floor_span_and_pass_through(setup, capsys):
+    """A full-rank projector keeps every value and a narrower one only its rows' span; a model narrower
+    than its patch loses part of every frame through each span; pass-through of a model that returns its
+    input shows the sprite as its input does; the command prints both and refuses a missing checkpoint."""
+    from research import token_floor as mod
+    from worldsim.engine import Engine
+    from worldsim.eval.rollout import EvalConfig, load_eval_episodes, make_plan
+    from worldsim.eval.sprites import TINY
+
+    d, ckpt, eps = setup
+    model, meta, eng_cfg = cli.load_for_eval(ckpt, torch.device("cpu"), torch.float32, [])
+    episodes = load_eval_episodes(eps, 16, TINY_ENV_ID, TINY_ACTIONS)
+    cfg = EvalConfig(context=K, horizon=1, starts=3, batch=4)
+    engine = Engine(model, eng_cfg)
+    engine.model_fn = lambda x, *a, **k: (model(x, *a, **k), x)[1]  # the cache is written; x0 = the input
+    out = mod.pass_through(engine, episodes, make_plan(episodes, cfg), cfg, TINY, [0.0, 1.0], model.cfg.num_actions)
+    assert out["levels"][0.0]["sprite_l1"] == out["levels"][0.0]["input_l1"] == out["real_l1"]
+    assert out["levels"][1.0]["sprite_l1"] > out["real_l1"]  # pure noise does not show the sprite
+    eye = torch.eye(48)
+    assert torch.allclose(mod.row_space_projector(eye), eye, atol=1e-5)  # full rank keeps every value
+    assert torch.allclose(mod.row_space_projector(3 * eye[:32]), torch.diag((torch.arange(48) < 32).float()), atol=1e-5)
+    floor = mod.span_floor(model, out["next_frames"], TINY)  # dim 32 < 48 values a patch: spans lose some
+    assert floor["real"] == {"sprite_l1": out["real_l1"], "frame_mse": 0.0}
+    assert all(v["frame_mse"] > 1e-4 for k, v in floor.items() if k != "real")
+    assert {"noisy frame (patch_embed)", "last anchor (anchor_embed)", "output head's span (out)"} <= set(floor)
+    assert mod.main(["--checkpoint", str(ckpt), "--episodes", *map(str, eps), "--context", str(K), "--starts", "2",
+                     "--levels", "0.02,1.0"]) == 0
+    text = capsys.readouterr().out
+    assert "span of noisy frame (patch_embed)" in text and "pass-through at sigma 0.02" in text
+    assert mod.main(["--checkpoint", str(d / "missing.safetensors"), "--episodes", str(eps[0])]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
 def test_error_budget_on_saved_rollouts(setup, tmp_path, capsys):
     """python -m research.error_budget reads what --save-rollouts wrote and its source episodes; a game
     without an opponent entry is budgeted without that region; bad inputs are one line and exit 2."""

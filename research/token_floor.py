@@ -1,0 +1,163 @@
+"""What the token path can carry of the player's sprite: the patch width's floor, and pass-through.
+
+WorldDiT draws each ``patch x patch`` square from one token, and each square enters through a linear
+embedding of ``patch * patch * 3`` values into ``dim`` (the noisy frame's ``patch_embed``, the anchors'
+``anchor_embed``). Whatever of a patch lies outside an embedding's row space never reaches the
+network, so no training of the layers after it brings it back. Two measurements on held-out frames:
+
+- **span**: each patch projected onto the row space of each embedding (and onto the output head's
+  column span, what the head can draw), the frame put back together, and the sprite's visibility in
+  it: the L1 distance (0-765) from the sprite's colour of the closest pixel within 2 px of where the
+  real frame shows the sprite (the real frame itself: a few, where the resize blends its edge), and
+  the frame's MSE.
+- **pass-through**: after the real context, x0 of the *real* next frame noised to each level sigma
+  (``(1 - sigma) * real + sigma * noise``, one forward, nothing committed), the same visibility. Near
+  sigma 0 the sprite is all but given; a model that still returns it faint cannot carry it.
+
+    python -m research.token_floor --checkpoint runs/mspacman_fs2/sprites2/final.safetensors \\
+        --episodes data/mspacman_fs2/heldout --starts 8
+
+Measured on the 128-wide Ms. Pac-Man student (patch 8: 192 values a patch) of
+``scripts/reproduce_mspacman.sh``, 64 held-out next frames: she is 19 from her yellow in the real
+frames, 53 through the noisy frame's embedding, 50 through the last anchor's, 26 through the head's
+span; the model returns her 91 from yellow at sigma 0.02 (its input: 25) as at sigma 1 (94). The
+embeddings, not the head, drop her: a student as wide as its patch
+(``configs/mspacman_student192_fs2.yaml``) can keep every patch whole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from worldsim.eval.rollout import EvalConfig, EvalEpisode, batch_inputs, to_model, to_uint8
+from worldsim.eval.sprites import SpriteSpec, find_sprites
+
+REACH = 2  # px around the real sprite's centre where the drawn one is looked for
+
+
+def sprite_distance(frames: np.ndarray, real: np.ndarray, sprite: SpriteSpec) -> np.ndarray:
+    """Per frame, the L1 distance (0-765) from the sprite's colour of the closest pixel of ``frames``
+    (N, H, W, 3) uint8 within ``REACH`` px of the sprite found in ``real``; NaN where ``real`` shows none."""
+    pos, found = find_sprites(real, sprite)
+    colour = np.asarray(sprite.colors[0], np.int64)
+    out = np.full(len(frames), np.nan)
+    for n in np.flatnonzero(found):
+        y, x = (int(v) for v in pos[n])
+        win = frames[n, max(0, y - REACH):y + REACH + 1, max(0, x - REACH):x + REACH + 1].astype(np.int64)
+        out[n] = np.abs(win - colour).sum(-1).min()
+    return out
+
+
+def row_space_projector(w: torch.Tensor) -> torch.Tensor:
+    """(k, d) weight -> (d, d) projector onto the span of its rows (what ``x @ w.T`` keeps of x)."""
+    u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)
+    keep = s > s.max() * 1e-6
+    v = vh[keep].T  # (d, rank)
+    return (v @ v.T).float()
+
+
+@torch.no_grad()
+def span_floor(model, real: np.ndarray, sprite: SpriteSpec) -> dict:
+    """{layer: {"sprite_l1", "frame_mse"}} for real frames (N, R, R, 3) uint8 projected onto each
+    embedding's row space and the output head's column span; "real" is the frames as they are."""
+    x = to_model(real)[:, None].float()  # (N, 1, 3, R, R)
+    patches = model.patchify(x)  # (N, 1, P, p*p*3)
+    width = patches.shape[-1]
+    layers = {"noisy frame (patch_embed)": model.patch_embed.weight}
+    if model.anchor_embed is not None:
+        # its columns run over (py, px, channel) with the history's frames stacked on the channels,
+        # newest first (anchor_frames): frame i is channels 3i..3i+2 of every pixel
+        h, p = model.cfg.anchor_history, model.cfg.patch
+        w = model.anchor_embed.weight.view(-1, p, p, 3 * h)
+        for i in range(h):
+            name = "last anchor" if i == 0 else f"anchor {i} before the last"
+            layers[f"{name} (anchor_embed)"] = w[..., 3 * i:3 * i + 3].reshape(-1, width)
+    layers["output head's span (out)"] = model.out.weight.T
+    out = {"real": {"sprite_l1": float(np.nanmean(sprite_distance(real, real, sprite))), "frame_mse": 0.0}}
+    for name, w in layers.items():
+        back = model.unpatchify(patches @ row_space_projector(w.detach().float())).clamp(-1, 1)
+        frames = to_uint8(back[:, 0])
+        out[name] = {"sprite_l1": float(np.nanmean(sprite_distance(frames, real, sprite))),
+                     "frame_mse": float((back - x).pow(2).mean())}
+    return out
+
+
+@torch.no_grad()
+def pass_through(engine, episodes: Sequence[EvalEpisode], plan, cfg: EvalConfig, sprite: SpriteSpec,
+                 levels: Sequence[float], no_action: int, seed: int = 0) -> dict:
+    """{"levels": {sigma: {"sprite_l1", "input_l1"}}, "real_l1", "next_frames"}: the model's x0 of the real
+    next frame noised to sigma after the real context, and the sprite's distance in its output and input."""
+    got: dict[float, list] = {float(s): [] for s in levels}
+    seen: dict[float, list] = {float(s): [] for s in levels}
+    real_l1, nexts = [], []
+    gen = torch.Generator().manual_seed(seed)
+    for lo in range(0, len(plan), cfg.batch):
+        ctx, prev, acts, real = batch_inputs(episodes, plan[lo:lo + cfg.batch], cfg, no_action)
+        B = len(ctx)
+        engine.reset(B, seed=seed)
+        engine.prefill(to_model(ctx), torch.as_tensor(prev))
+        target = to_model(real[:, :1])  # (B, 1, 3, R, R)
+        noise = torch.randn(target.shape, generator=gen)
+        act, anchor = torch.as_tensor(acts[:, :1]), engine._next_anchor(1)
+        nexts.append(real[:, 0])
+        real_l1 += list(sprite_distance(real[:, 0], real[:, 0], sprite))
+        for s in got:
+            noisy = (1 - s) * target + s * noise
+            x0 = engine._forward(noisy, torch.full((B, 1), s), act, engine.cache.next_positions(1), anchor).clamp(-1, 1)
+            got[s] += list(sprite_distance(to_uint8(x0)[:, 0], real[:, 0], sprite))
+            seen[s] += list(sprite_distance(to_uint8(noisy.clamp(-1, 1))[:, 0], real[:, 0], sprite))
+    mean = lambda v: float(np.nanmean(v)) if np.isfinite(v).any() else None  # noqa: E731
+    return {"levels": {s: {"sprite_l1": mean(got[s]), "input_l1": mean(seen[s])} for s in got},
+            "real_l1": mean(real_l1), "next_frames": np.concatenate(nexts)}
+
+
+# -- the command ----------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    from worldsim.errors import WorldsimError
+
+    try:
+        return measure(argv)
+    except (WorldsimError, ValueError) as e:  # a bad input (no such checkpoint or episodes): one line
+        print(f"research.token_floor: {e}", file=sys.stderr)
+        return 2
+
+
+def measure(argv) -> int:
+    from worldsim.engine import Engine
+    from worldsim.eval.cli import load_for_eval, resolve_checkpoint
+    from worldsim.eval.rollout import load_eval_episodes, make_plan
+    from worldsim.eval.sprites import sprite_spec
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", help="default: the shipped model")
+    ap.add_argument("--episodes", nargs="+", required=True)
+    ap.add_argument("--split", default=None)
+    ap.add_argument("--starts", type=int, default=8)
+    ap.add_argument("--context", type=int, default=8)
+    ap.add_argument("--levels", default="0.02,0.1,0.3,0.75,1.0", help="noise levels, comma list")
+    args = ap.parse_args(argv)
+    ckpt = resolve_checkpoint(args.checkpoint)
+    model, meta, engine_cfg = load_for_eval(ckpt, torch.device("cpu"), torch.float32, [])
+    episodes = load_eval_episodes(args.episodes, model.cfg.resolution, meta["env_id"], meta["action_meanings"],
+                                  args.split)
+    cfg = EvalConfig(context=args.context, horizon=1, starts=args.starts)
+    cfg.validate()
+    sprite = sprite_spec(meta["env_id"])
+    passed = pass_through(Engine(model, engine_cfg, device=torch.device("cpu")), episodes, make_plan(episodes, cfg),
+                          cfg, sprite, [float(v) for v in args.levels.split(",")], model.cfg.num_actions)
+    print(f"{sprite.what}: L1 from its colour near the real sprite (0-765; lower is brighter), "
+          f"{len(passed['next_frames'])} held-out next frames")
+    for name, v in span_floor(model, passed["next_frames"], sprite).items():
+        print(f"  span of {name:34s} sprite {v['sprite_l1']:6.1f}   frame MSE {v['frame_mse']:.5f}")
+    for s, v in passed["levels"].items():
+        print(f"  pass-through at sigma {s:.2f}: output {v['sprite_l1']:6.1f}   input {v['input_l1']:6.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
