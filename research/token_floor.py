@@ -27,14 +27,14 @@ embeddings, not the head, drop her: a student as wide as its patch
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from worldsim.eval.rollout import EvalConfig, EvalEpisode, batch_inputs, to_model, to_uint8
+from research.one_frame_floor import load_for_research, next_frame_x0, research_parser
+from worldsim.eval.rollout import EvalConfig, EvalEpisode, to_model, to_uint8
 from worldsim.eval.sprites import SpriteSpec, find_sprites
 
 REACH = 2  # px around the real sprite's centre where the drawn one is looked for
@@ -87,7 +87,6 @@ def span_floor(model, real: np.ndarray, sprite: SpriteSpec) -> dict:
     return out
 
 
-@torch.no_grad()
 def pass_through(engine, episodes: Sequence[EvalEpisode], plan, cfg: EvalConfig, sprite: SpriteSpec,
                  levels: Sequence[float], no_action: int, seed: int = 0) -> dict:
     """{"levels": {sigma: {"sprite_l1", "input_l1"}}, "real_l1", "next_frames"}: the model's x0 of the real
@@ -95,22 +94,12 @@ def pass_through(engine, episodes: Sequence[EvalEpisode], plan, cfg: EvalConfig,
     got: dict[float, list] = {float(s): [] for s in levels}
     seen: dict[float, list] = {float(s): [] for s in levels}
     real_l1, nexts = [], []
-    gen = torch.Generator().manual_seed(seed)
-    for lo in range(0, len(plan), cfg.batch):
-        ctx, prev, acts, real = batch_inputs(episodes, plan[lo:lo + cfg.batch], cfg, no_action)
-        B = len(ctx)
-        engine.reset(B, seed=seed)
-        engine.prefill(to_model(ctx), torch.as_tensor(prev))
-        target = to_model(real[:, :1])  # (B, 1, 3, R, R)
-        noise = torch.randn(target.shape, generator=gen)
-        act, anchor = torch.as_tensor(acts[:, :1]), engine._next_anchor(1)
-        nexts.append(real[:, 0])
-        real_l1 += list(sprite_distance(real[:, 0], real[:, 0], sprite))
-        for s in got:
-            noisy = (1 - s) * target + s * noise
-            x0 = engine._forward(noisy, torch.full((B, 1), s), act, engine.cache.next_positions(1), anchor).clamp(-1, 1)
-            got[s] += list(sprite_distance(to_uint8(x0)[:, 0], real[:, 0], sprite))
-            seen[s] += list(sprite_distance(to_uint8(noisy.clamp(-1, 1))[:, 0], real[:, 0], sprite))
+    for _, real, at in next_frame_x0(engine, episodes, plan, cfg, levels, no_action, seed):
+        nexts.append(real)
+        real_l1 += list(sprite_distance(real, real, sprite))
+        for s, (noisy, x0) in at.items():
+            got[s] += list(sprite_distance(x0, real, sprite))
+            seen[s] += list(sprite_distance(noisy, real, sprite))
     mean = lambda v: float(np.nanmean(v)) if np.isfinite(v).any() else None  # noqa: E731
     return {"levels": {s: {"sprite_l1": mean(got[s]), "input_l1": mean(seen[s])} for s in got},
             "real_l1": mean(real_l1), "next_frames": np.concatenate(nexts)}
@@ -128,28 +117,13 @@ def main(argv=None) -> int:
 
 
 def measure(argv) -> int:
-    from worldsim.engine import Engine
-    from worldsim.eval.cli import load_for_eval, resolve_checkpoint
-    from worldsim.eval.rollout import load_eval_episodes, make_plan
     from worldsim.eval.sprites import sprite_spec
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", help="default: the shipped model")
-    ap.add_argument("--episodes", nargs="+", required=True)
-    ap.add_argument("--split", default=None)
-    ap.add_argument("--starts", type=int, default=8)
-    ap.add_argument("--context", type=int, default=8)
-    ap.add_argument("--levels", default="0.02,0.1,0.3,0.75,1.0", help="noise levels, comma list")
-    args = ap.parse_args(argv)
-    ckpt = resolve_checkpoint(args.checkpoint)
-    model, meta, engine_cfg = load_for_eval(ckpt, torch.device("cpu"), torch.float32, [])
-    episodes = load_eval_episodes(args.episodes, model.cfg.resolution, meta["env_id"], meta["action_meanings"],
-                                  args.split)
-    cfg = EvalConfig(context=args.context, horizon=1, starts=args.starts)
-    cfg.validate()
+    args = research_parser(__doc__, "0.02,0.1,0.3,0.75,1.0").parse_args(argv)
+    model, meta, engine, episodes, plan, cfg = load_for_research(args, torch.float32)
     sprite = sprite_spec(meta["env_id"])
-    passed = pass_through(Engine(model, engine_cfg, device=torch.device("cpu")), episodes, make_plan(episodes, cfg),
-                          cfg, sprite, [float(v) for v in args.levels.split(",")], model.cfg.num_actions)
+    passed = pass_through(engine, episodes, plan, cfg, sprite, [float(v) for v in args.levels.split(",")],
+                          model.cfg.num_actions)
     print(f"{sprite.what}: L1 from its colour near the real sprite (0-765; lower is brighter), "
           f"{len(passed['next_frames'])} held-out next frames")
     for name, v in span_floor(model, passed["next_frames"], sprite).items():
