@@ -80,7 +80,8 @@ def load_for_research(args, dtype: torch.dtype = torch.bfloat16):
                                   args.split)
     cfg = EvalConfig(context=args.context, horizon=1, starts=args.starts)
     cfg.validate()
-    return model, meta, Engine(model, engine_cfg, device=torch.device("cpu")), episodes, make_plan(episodes, cfg), cfg
+    engine = Engine(model, engine_cfg, device=torch.device("cpu"), action_meanings=meta["action_meanings"])
+    return model, meta, engine, episodes, make_plan(episodes, cfg), cfg
 
 
 def research_parser(doc: str, levels: str) -> argparse.ArgumentParser:

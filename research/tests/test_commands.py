@@ -92,6 +92,11 @@ def test_token_floor_span_and_pass_through(setup, capsys):
     assert "span of noisy frame (patch_embed)" in text and "pass-through at sigma 0.02" in text
     assert mod.main(["--checkpoint", str(d / "missing.safetensors"), "--episodes", str(eps[0])]) == 2
     assert "not found" in capsys.readouterr().err
+    # a model that plays with guidance on its fire button (the shipped one does) is measured as it plays
+    guided = write_random_checkpoint(d / "guided.safetensors", "tiny", engine={"window": 4, "sink": 1, "guidance": 5.0,
+                                                                              "guidance_contrast": "button"})
+    assert mod.main(["--checkpoint", str(guided), "--episodes", *map(str, eps), "--context", str(K), "--starts", "2",
+                     "--levels", "1.0"]) == 0, capsys.readouterr().err
 
 
 def test_error_budget_on_saved_rollouts(setup, tmp_path, capsys):
