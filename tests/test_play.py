@@ -108,6 +108,19 @@ def test_play_errors_are_one_line_exit_2(tmp_path, capsys):
     assert "worker must be 'process' or 'thread'" in err and "'fork'" in err and "\n" not in err
 
 
+def test_a_bad_game_or_config_is_refused_before_the_display_opens(monkeypatch, capsys):
+    """On a machine whose display will not open (SDL prints its own complaint), a mistyped game or key
+    still gets its one line, and no window is asked for."""
+    def no_display(headless=False):
+        raise AssertionError("the display was opened before the flags and config were checked")
+
+    monkeypatch.setattr("worldsim.app.display.init_pygame", no_display)
+    for argv, want in ((["--game", "tetris"], "unknown game 'tetris'"), (["sped=2"], "did you mean 'speed'")):
+        assert play_main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert want in err and "\n" not in err, err
+
+
 def test_play_real_game_records_the_same_way(tmp_path):
     rec = tmp_path / "real"
     rc = play_main(["--headless", "--play-real", "worldsim/Tiny-v0", "--max-seconds", "1.0", "--record", str(rec)])

@@ -306,10 +306,10 @@ def run(args) -> int:
     from worldsim.app.display import init_pygame
 
     check_flags(args)
-    init_pygame(headless=args.headless)
     from worldsim.app.display import Screen
 
     if args.replay:
+        init_pygame(headless=args.headless)
         from worldsim.app.replay import replay
 
         if args.fps is not None:
@@ -333,6 +333,7 @@ def run(args) -> int:
     play, kcfg = load_configs(args)
     if play.worker not in ("process", "thread"):
         raise WorldsimError(f"worker must be 'process' or 'thread' (got {play.worker!r})")
+    init_pygame(headless=args.headless)  # after the config: a bad key or game is refused before a window opens
     set_generation_threads(play.threads)
     arcade, game = None, ""
     if args.play_real:
