@@ -3,13 +3,14 @@
 WorldDiT draws each ``patch x patch`` square from one token, and each square enters through a linear
 embedding of ``patch * patch * 3`` values into ``dim`` (the noisy frame's ``patch_embed``, the anchors'
 ``anchor_embed``). Whatever of a patch lies outside an embedding's row space never reaches the
-network, so no training of the layers after it brings it back. Two measurements on held-out frames:
+network through that token; the layers after it can only guess it from elsewhere (the maze from
+the rest of the frame, not a sprite). Two measurements on held-out frames:
 
 - **span**: each patch projected onto the row space of each embedding (and onto the output head's
   column span, what the head can draw), the frame put back together, and the sprite's visibility in
   it: the L1 distance (0-765) from the sprite's colour of the closest pixel within 2 px of where the
-  real frame shows the sprite (the real frame itself: a few, where the resize blends its edge), and
-  the frame's MSE.
+  real frame shows the sprite (in the real frame itself a few: the resize blends the sprite's edge),
+  and the frame's MSE.
 - **pass-through**: after the real context, x0 of the *real* next frame noised to each level sigma
   (``(1 - sigma) * real + sigma * noise``, one forward, nothing committed), the same visibility. Near
   sigma 0 the sprite is all but given; a model that still returns it faint cannot carry it.
