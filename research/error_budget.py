@@ -35,6 +35,7 @@ from typing import Sequence
 
 import numpy as np
 
+from research import run_command
 from worldsim.eval.sprites import SpriteSpec, find_sprites, sprite_mask
 
 REGIONS = ("player", "opponent", "top", "rest")
@@ -208,13 +209,7 @@ def error_by_separation(rollouts: Sequence[tuple[np.ndarray, np.ndarray, np.ndar
 
 # -- the command ----------------------------------------------------------------------------------
 def main(argv=None) -> int:
-    from worldsim.errors import WorldsimError
-
-    try:
-        return budget(argv)
-    except (WorldsimError, ValueError) as e:  # a bad input: one line, no traceback
-        print(f"research.error_budget: {e}", file=sys.stderr)
-        return 2
+    return run_command("error_budget", budget, argv)
 
 
 def budget(argv) -> int:

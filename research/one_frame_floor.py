@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from research import run_command
 from worldsim.eval.rollout import EvalConfig, EvalEpisode, batch_inputs, to_model, to_uint8
 from worldsim.eval.sprites import SpriteSpec, find_sprites
 
@@ -97,13 +98,7 @@ def research_parser(doc: str, levels: str) -> argparse.ArgumentParser:
 
 # -- the command ----------------------------------------------------------------------------------
 def main(argv=None) -> int:
-    from worldsim.errors import WorldsimError
-
-    try:
-        return measure(argv)
-    except (WorldsimError, ValueError) as e:  # a bad input (no such checkpoint or episodes): one line
-        print(f"research.one_frame_floor: {e}", file=sys.stderr)
-        return 2
+    return run_command("one_frame_floor", measure, argv)
 
 
 def measure(argv) -> int:

@@ -13,15 +13,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from research import run_command
+
 
 def main(argv=None) -> int:
-    from worldsim.errors import WorldsimError
-
-    try:
-        return measure(argv)
-    except (WorldsimError, ValueError) as e:  # a bad input (no such dataset, a game without a sprite entry): one line
-        print(f"research.sprite_predictability: {e}", file=sys.stderr)
-        return 2
+    return run_command("sprite_predictability", measure, argv)
 
 
 def measure(argv) -> int:

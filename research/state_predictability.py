@@ -15,15 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from research import run_command
+
 
 def main(argv=None) -> int:
-    from worldsim.errors import WorldsimError
-
-    try:
-        return measure(argv)
-    except (WorldsimError, ValueError) as e:  # an unknown game, no sprite entry, too short episodes: one line
-        print(f"research.state_predictability: {e}", file=sys.stderr)
-        return 2
+    return run_command("state_predictability", measure, argv)
 
 
 def measure(argv) -> int:

@@ -34,6 +34,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from research import run_command
 from research.one_frame_floor import load_for_research, next_frame_x0, research_parser
 from worldsim.eval.rollout import EvalConfig, EvalEpisode, to_model, to_uint8
 from worldsim.eval.sprites import SpriteSpec, find_sprites
@@ -108,13 +109,7 @@ def pass_through(engine, episodes: Sequence[EvalEpisode], plan, cfg: EvalConfig,
 
 # -- the command ----------------------------------------------------------------------------------
 def main(argv=None) -> int:
-    from worldsim.errors import WorldsimError
-
-    try:
-        return measure(argv)
-    except (WorldsimError, ValueError) as e:  # a bad input (no such checkpoint or episodes): one line
-        print(f"research.token_floor: {e}", file=sys.stderr)
-        return 2
+    return run_command("token_floor", measure, argv)
 
 
 def measure(argv) -> int:
