@@ -182,3 +182,31 @@ def test_bench_usage_lists_benches(capsys):
     assert "engine" in out and "latency" in out
     assert bench_cli(["lateny"]) == 2
     assert "usage: worldsim bench" in capsys.readouterr().err
+
+
+def test_bench_engine_quick_times_the_dtype_play_uses(ckpt, tmp_path, monkeypatch, capsys):
+    """``--quick`` times the dtype play.py picks here (bf16 where the CPU has native bf16 matmuls; fp32
+    where bf16 would be emulated, several times slower), and each row's share of peak is against a
+    matmul peak in its own dtype."""
+    import torch
+
+    from worldsim.bench import engine_bench
+    from worldsim.device import dtype_name, pick_dtype
+
+    monkeypatch.setattr(engine_bench, "SETTINGS", [(1, 1)])  # one setting: the dtype is what is checked
+    out = tmp_path / "engine.json"
+    for forced in ("fp32", None):  # WORLDSIM_DTYPE as play.py reads it, then the machine's own choice
+        if forced:
+            monkeypatch.setenv("WORLDSIM_DTYPE", forced)
+        else:
+            monkeypatch.delenv("WORLDSIM_DTYPE", raising=False)
+        want = dtype_name(pick_dtype(torch.device("cpu")))
+        assert engine_bench.main(["--checkpoint", ckpt, "--quick", "--device", "cpu", "--json", str(out)]) == 0
+        r = strict_json(out)
+        assert r["play_dtype"] == want and list(r["matmul_peak_gflops"]) == [want]
+        assert [row["dtype"] for row in r["rows"]] == [want]
+        row = r["rows"][0]
+        assert row["fraction_of_peak"] == pytest.approx(row["gflops_achieved"] / r["matmul_peak_gflops"][want])
+    with pytest.raises(SystemExit) as e:
+        engine_bench.main(["--checkpoint", ckpt, "--quick", "--dtypes", "fp16"])
+    assert e.value.code == 2 and "--dtypes fp16: use a comma list of bf16, fp32" in capsys.readouterr().err

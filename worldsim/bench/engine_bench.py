@@ -4,11 +4,13 @@ For each setting (frame-wise 1, 2, 4 steps; chunk-wise C=3 4 steps) and each dty
 milliseconds per frame (p50/p95 over steady-state steps), FPS, and first-frame latency: from a
 warm model with its context already in the cache to the first frame out (for a chunk, the whole
 chunk must be denoised before its first frame exists). It also reports achieved GFLOP/s against
-this machine's measured bf16 matmul peak, and optionally (``--long N``) whether cost and memory
-stay flat over N frames (rolling KV cache).
+this machine's measured matmul peak in the same dtype, and optionally (``--long N``) whether cost and
+memory stay flat over N frames (rolling KV cache), in the dtype play.py uses here.
 
 dtype ``bf16`` means bf16 weights and activations (no autocast: on CPU, autocast re-casts every
-weight on every forward and is slower); ``fp32`` is plain fp32.
+weight on every forward and is slower); ``fp32`` is plain fp32. ``--quick`` times only the dtype play.py
+runs on this machine (``worldsim.device.pick_dtype``: bf16 where the CPU has native bf16 matmuls, fp32
+where bf16 would be emulated and several times slower).
 
 ``--device cuda`` times the CUDA path (Triton kernels; ``--kernels torch`` times the torch references
 there instead, for comparison); every timer then waits for the GPU, so the figures are real latencies.
@@ -34,6 +36,7 @@ from worldsim.engine.cpu_pack import is_packed, pack_linears, packing_available,
 from worldsim.stats import percentiles
 
 SETTINGS = [(1, 1), (1, 2), (1, 4), (3, 4)]  # (chunk, steps)
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def sync(device: torch.device) -> None:
@@ -215,9 +218,10 @@ def _kernels_label(device: torch.device) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="worldsim bench engine", description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", help="model to time (default: assets/default.safetensors, else a random student)")
-    ap.add_argument("--quick", action="store_true", help="a run under 30 s (fewer iterations, bf16 only, no long run)")
+    ap.add_argument("--quick", action="store_true", help="a run under 30 s (fewer iterations, only the dtype play.py uses here)")
     ap.add_argument("--iters", type=int, default=200, help="timed steps per setting")
-    ap.add_argument("--dtypes", default="bf16,fp32", help="comma list of bf16, fp32")
+    ap.add_argument("--dtypes", default=None,
+                    help="comma list of bf16, fp32 (default: both; with --quick, the dtype play.py uses here)")
     ap.add_argument("--long", type=int, default=0, help="also run this many frames to show flat cost (e.g. 10000)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     ap.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu or cuda")
@@ -231,7 +235,7 @@ def main(argv=None) -> int:
                     help="CUDA: steady-state forwards replayed as CUDA graphs (auto: on, as play runs them) or off (eager)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
-    from worldsim.device import pick_device
+    from worldsim.device import dtype_name, pick_device, pick_dtype
     from worldsim.errors import ConfigError
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -251,44 +255,52 @@ def main(argv=None) -> int:
     if args.graphs == "on" and device.type != "cuda":
         ap.error("--graphs on needs --device cuda (CUDA graphs); on the CPU use --compiled")
     graphs = device.type == "cuda" and args.graphs != "off"
+    play_dtype = dtype_name(pick_dtype(device))
+    if args.dtypes is None:
+        dtypes = [play_dtype] if args.quick else ["bf16", "fp32"]
+    else:
+        dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+        bad = [d for d in dtypes if d not in DTYPES]
+        if not dtypes or bad:
+            ap.error(f"--dtypes {args.dtypes}: use a comma list of {', '.join(DTYPES)}")
     model, source, base, meanings = load_bench_model(args.checkpoint)
     iters = 40 if args.quick else args.iters
-    dtypes = ["bf16"] if args.quick else [d.strip() for d in args.dtypes.split(",")]
-    peak = matmul_peak_gflops(n=1024 if args.quick else (8192 if device.type == "cuda" else 2048), device=device)
+    n = 1024 if args.quick else (8192 if device.type == "cuda" else 2048)
+    peaks = {d: matmul_peak_gflops(DTYPES[d], n=n, device=device) for d in dtypes}
     kernels_used = _kernels_label(device) + (", CUDA graphs" if graphs else "")
     if device.type == "cpu":
         kernels_used += ", plain linears" if args.no_pack or not packing_available() else ", packed linears"
     where = (torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, threads {torch.get_num_threads()}")
     print(f"model: {source} ({model.num_params() / 1e6:.2f}M params, {model.cfg.resolution}x{model.cfg.resolution}, "
-          f"window {base.window} + sink {base.sink}); {where}; kernels: {kernels_used}; "
-          f"bf16 matmul peak {peak:.0f} GFLOP/s")
+          f"window {base.window} + sink {base.sink}); {where}; kernels: {kernels_used}; play's dtype here: {play_dtype}; "
+          f"matmul peak " + ", ".join(f"{d} {v:.0f}" for d, v in peaks.items()) + " GFLOP/s")
     rows = []
     hdr = f"{'chunk':>5} {'steps':>5} {'dtype':>5} {'FPS':>7} {'ms/frame p50':>12} {'p95':>7} {'first frame ms':>14} {'GFLOP/s':>8} {'% peak':>6}"
     print(hdr)
     for dname in dtypes:
-        dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dname]
+        dtype = DTYPES[dname]
         compiled = {c: _compiled_for(model, base, dtype, source, c) for c in sorted({c for c, _ in SETTINGS})} \
             if args.compiled else {}
         for chunk, steps in SETTINGS:
             row = bench_setting(model, base, chunk, steps, dtype, iters, warmup=10 if args.quick else 20,
                                 device=device, pack=not args.no_pack, compiled=compiled.get(chunk), graphs=graphs,
                                 action_meanings=meanings)
-            row["fraction_of_bf16_peak"] = row["gflops_achieved"] / peak
+            row["fraction_of_peak"] = row["gflops_achieved"] / peaks[dname]
             rows.append(row)
             print(f"{chunk:>5} {steps:>5} {dname:>5} {row['fps']:>7.1f} {row['ms_per_frame_p50']:>12.2f} "
                   f"{row['ms_per_frame_p95']:>7.2f} {row['first_frame_ms']:>14.2f} {row['gflops_achieved']:>8.1f} "
-                  f"{100 * row['fraction_of_bf16_peak']:>5.1f}%{'  compiled' if row['compiled'] else ''}"
+                  f"{100 * row['fraction_of_peak']:>5.1f}%{'  compiled' if row['compiled'] else ''}"
                   f"{'  graphs' if row['graphs'] else ''}")
-    result = {"rows": rows, "model": source, "params": model.num_params(), "bf16_matmul_peak_gflops": peak,
+    result = {"rows": rows, "model": source, "params": model.num_params(), "matmul_peak_gflops": peaks, "play_dtype": play_dtype,
               "graphs": graphs,
               "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
               "cpu_count": os.cpu_count(), "device": where, "kernels": kernels_used}
     if args.long:
-        lr = long_run(model, base, args.long, device=device,
-                      compiled=_compiled_for(model, base, torch.bfloat16, source) if args.compiled else None,
+        lr = long_run(model, base, args.long, dtype=DTYPES[play_dtype], device=device,
+                      compiled=_compiled_for(model, base, DTYPES[play_dtype], source) if args.compiled else None,
                       graphs=graphs, action_meanings=meanings)
         result["long_run"] = lr
-        print(f"long run {lr['frames']} frames (frame-wise 2-step bf16{', compiled' if lr['compiled'] else ''}"
+        print(f"long run {lr['frames']} frames (frame-wise 2-step {play_dtype}{', compiled' if lr['compiled'] else ''}"
               f"{', graphs' if lr['graphs'] else ''}): "
               f"ms/frame p50 first 100 "
               f"{lr['ms_per_frame_p50_first100']:.2f}, last 100 {lr['ms_per_frame_p50_last100']:.2f}; max RSS "
