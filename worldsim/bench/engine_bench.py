@@ -32,11 +32,12 @@ from pathlib import Path
 import torch
 
 from worldsim.engine import Engine, EngineConfig
+from worldsim.device import dtype_name, parse_dtype
 from worldsim.engine.cpu_pack import is_packed, pack_linears, packing_available, unpack_linears
 from worldsim.stats import percentiles
 
 SETTINGS = [(1, 1), (1, 2), (1, 4), (3, 4)]  # (chunk, steps)
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+DTYPES = ("bf16", "fp32")  # the dtypes it times (worldsim.device names)
 
 
 def sync(device: torch.device) -> None:
@@ -133,7 +134,7 @@ def bench_setting(model, base: EngineConfig, chunk: int, steps: int, dtype: torc
     flops = _flops_per_step(eng) / chunk
     pf = percentiles(per_frame)
     return {
-        "chunk": chunk, "steps": steps, "dtype": "bf16" if dtype == torch.bfloat16 else "fp32",
+        "chunk": chunk, "steps": steps, "dtype": dtype_name(dtype),
         "compiled": eng.compiled is not None and not graphs, "graphs": replayed,
         "fps": iters * chunk / wall, "ms_per_frame_p50": pf["p50"], "ms_per_frame_p95": pf["p95"],
         "first_frame_ms": percentiles(first)["p50"], "gflop_per_frame": flops / 1e9,
@@ -196,7 +197,7 @@ def _compiled_for(model, base: EngineConfig, dtype: torch.dtype, source: str, ch
     from worldsim.errors import WorldsimError
 
     forwards = aot.load_built(model.to("cpu", dtype), base.window, base.sink, chunk=chunk, batch=base.streams)
-    name = "bf16" if dtype == torch.bfloat16 else "fp32"
+    name = dtype_name(dtype)
     build = aot.build_command(source, name, base.window, base.sink, chunk,
                               base.guidance if base.guided else None)
     if forwards is None and chunk == 1:
@@ -235,7 +236,7 @@ def main(argv=None) -> int:
                     help="CUDA: steady-state forwards replayed as CUDA graphs (auto: on, as play runs them) or off (eager)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
-    from worldsim.device import dtype_name, pick_device, pick_dtype
+    from worldsim.device import pick_device, pick_dtype
     from worldsim.errors import ConfigError
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -266,7 +267,7 @@ def main(argv=None) -> int:
     model, source, base, meanings = load_bench_model(args.checkpoint)
     iters = 40 if args.quick else args.iters
     n = 1024 if args.quick else (8192 if device.type == "cuda" else 2048)
-    peaks = {d: matmul_peak_gflops(DTYPES[d], n=n, device=device) for d in dtypes}
+    peaks = {d: matmul_peak_gflops(parse_dtype(d), n=n, device=device) for d in dtypes}
     kernels_used = _kernels_label(device) + (", CUDA graphs" if graphs else "")
     if device.type == "cpu":
         kernels_used += ", plain linears" if args.no_pack or not packing_available() else ", packed linears"
@@ -278,7 +279,7 @@ def main(argv=None) -> int:
     hdr = f"{'chunk':>5} {'steps':>5} {'dtype':>5} {'FPS':>7} {'ms/frame p50':>12} {'p95':>7} {'first frame ms':>14} {'GFLOP/s':>8} {'% peak':>6}"
     print(hdr)
     for dname in dtypes:
-        dtype = DTYPES[dname]
+        dtype = parse_dtype(dname)
         compiled = {c: _compiled_for(model, base, dtype, source, c) for c in sorted({c for c, _ in SETTINGS})} \
             if args.compiled else {}
         for chunk, steps in SETTINGS:
@@ -291,13 +292,13 @@ def main(argv=None) -> int:
                   f"{row['ms_per_frame_p95']:>7.2f} {row['first_frame_ms']:>14.2f} {row['gflops_achieved']:>8.1f} "
                   f"{100 * row['fraction_of_peak']:>5.1f}%{'  compiled' if row['compiled'] else ''}"
                   f"{'  graphs' if row['graphs'] else ''}")
-    result = {"rows": rows, "model": source, "params": model.num_params(), "matmul_peak_gflops": peaks, "play_dtype": play_dtype,
-              "graphs": graphs,
+    result = {"rows": rows, "model": source, "params": model.num_params(), "matmul_peak_gflops": peaks,
+              "play_dtype": play_dtype, "graphs": graphs,
               "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
               "cpu_count": os.cpu_count(), "device": where, "kernels": kernels_used}
     if args.long:
-        lr = long_run(model, base, args.long, dtype=DTYPES[play_dtype], device=device,
-                      compiled=_compiled_for(model, base, DTYPES[play_dtype], source) if args.compiled else None,
+        lr = long_run(model, base, args.long, dtype=parse_dtype(play_dtype), device=device,
+                      compiled=_compiled_for(model, base, parse_dtype(play_dtype), source) if args.compiled else None,
                       graphs=graphs, action_meanings=meanings)
         result["long_run"] = lr
         print(f"long run {lr['frames']} frames (frame-wise 2-step {play_dtype}{', compiled' if lr['compiled'] else ''}"
