@@ -155,6 +155,50 @@ def test_breakout_brick_count_follows_the_bricks_the_ball_breaks():
     assert regrown(at64) <= spec.tol and count_spec("ALE/Pong-v5") is None
 
 
+def test_mspacman_pellet_count_follows_the_pellets_she_eats():
+    """Pellets share the walls' colour and are counted against the maze the game draws at reset: the count
+    falls by one per pellet eaten (a reward of 10), within a pellet on average at the native resolution
+    and at 64x64, rises in real play by no more than its tolerance, and a world that draws the full maze
+    again is not ``kept``."""
+    from worldsim.data.frames import resize_frames
+    from worldsim.envs import make_env, make_policy
+    from worldsim.eval.counts import count_items, count_spec, count_summary, regrown, reset_frame
+
+    env = make_env("ALE/MsPacman-v5", frameskip=2)
+    policy = make_policy("scripted", env, seed=0)
+    frame, frames, rewards = env.reset(seed=0), [], []
+    for _ in range(500):
+        frame, r, term, trunc = env.step(policy(frame))
+        frames.append(frame)
+        rewards.append(r)
+        if term or trunc:
+            break
+    env.close()
+    frames, spec = np.stack(frames), count_spec("ALE/MsPacman-v5")
+    left = 150 - np.cumsum(np.asarray(rewards) == 10)
+    assert left[-1] <= 135  # she ate pellets
+    assert count_items(reset_frame(spec.env_id)[None], spec)[0] == pytest.approx(150)
+    native, at64 = count_items(frames, spec), count_items(resize_frames(frames, 64), spec)
+    assert np.abs(native - left).mean() <= 1.0 and np.abs(at64 - left).mean() <= 1.0
+    assert regrown(at64, spec.smooth) <= spec.tol
+    assert count_summary(at64, at64[0], 50, spec)["kept"]
+    back = count_items(resize_frames(np.repeat(reset_frame(spec.env_id)[None], 20, 0), 64), spec)
+    refilled = count_summary(np.concatenate([at64, back]), at64[0], 50, spec)
+    assert not refilled["kept"] and refilled["regrown"] >= 150 - left[-1] - 2
+
+
+def test_components_label_four_connected_shapes():
+    from worldsim.eval.counts import components
+
+    mask = np.zeros((5, 6), bool)
+    mask[0, :3] = True  # 3 in a row
+    mask[2:4, 4:6] = True  # a 2 x 2 block
+    mask[4, 0] = mask[3, 1] = True  # diagonal neighbours: two shapes
+    labels, sizes = components(mask)
+    assert sorted(sizes[1:].tolist()) == [1, 1, 3, 4] and (labels > 0).sum() == mask.sum()
+    assert len(set(labels[2:4, 4:6].ravel().tolist())) == 1
+
+
 def test_breakout_locator_follows_the_paddle_by_the_games_own_step():
     acts = ["FIRE"] * 2 + ["RIGHT"] * 2 + ["NOOP"] * 2 + ["LEFT"] * 4 + ["NOOP"] * 2
     frames, ram = play("ALE/Breakout-v5", acts)
