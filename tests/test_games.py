@@ -81,6 +81,23 @@ def play(env_id, actions, seed=0):
     return np.stack(frames), np.stack(rams)
 
 
+def scripted_play(env_id, steps, **env_kw):
+    """Frames (after each step) and rewards of the game's scripted policy, to the episode's end at most."""
+    from worldsim.envs import make_env, make_policy
+
+    env = make_env(env_id, **env_kw)
+    policy = make_policy("scripted", env, seed=0)
+    frame, frames, rewards = env.reset(seed=0), [], []
+    for _ in range(steps):
+        frame, r, term, trunc = env.step(policy(frame))
+        frames.append(frame)
+        rewards.append(r)
+        if term or trunc:
+            break
+    env.close()
+    return np.stack(frames), np.asarray(rewards)
+
+
 def locate(frames, env_id, resolution=None):
     from worldsim.data.frames import resize_frames
     from worldsim.eval.sprites import find_sprites, sprite_spec
@@ -133,20 +150,10 @@ def test_breakout_brick_count_follows_the_bricks_the_ball_breaks():
     brick the scripted player breaks (a reward), exactly at the native resolution and within half a brick
     at 64x64, and never rise in real play by more than the count's tolerance."""
     from worldsim.data.frames import resize_frames
-    from worldsim.envs import make_env, make_policy
     from worldsim.eval.counts import count_items, count_spec, regrown
 
-    env = make_env("ALE/Breakout-v5")
-    policy = make_policy("scripted", env, seed=0)
-    frame, frames, rewards = env.reset(seed=0), [], []
-    for _ in range(600):
-        frame, r, term, trunc = env.step(policy(frame))
-        frames.append(frame)
-        rewards.append(r)
-        if term or trunc:
-            break
-    env.close()
-    frames, spec = np.stack(frames), count_spec("ALE/Breakout-v5")
+    frames, rewards = scripted_play("ALE/Breakout-v5", 600)
+    spec = count_spec("ALE/Breakout-v5")
     left = 108 - np.cumsum(np.asarray(rewards) > 0)
     assert left[-1] <= 100  # the script broke bricks
     np.testing.assert_allclose(count_items(frames, spec), left, atol=0.25)
@@ -161,20 +168,10 @@ def test_mspacman_pellet_count_follows_the_pellets_she_eats():
     and at 64x64, rises in real play by no more than its tolerance, and a world that draws the full maze
     again is not ``kept``."""
     from worldsim.data.frames import resize_frames
-    from worldsim.envs import make_env, make_policy
     from worldsim.eval.counts import count_items, count_spec, count_summary, regrown, reset_frame
 
-    env = make_env("ALE/MsPacman-v5", frameskip=2)
-    policy = make_policy("scripted", env, seed=0)
-    frame, frames, rewards = env.reset(seed=0), [], []
-    for _ in range(500):
-        frame, r, term, trunc = env.step(policy(frame))
-        frames.append(frame)
-        rewards.append(r)
-        if term or trunc:
-            break
-    env.close()
-    frames, spec = np.stack(frames), count_spec("ALE/MsPacman-v5")
+    frames, rewards = scripted_play("ALE/MsPacman-v5", 500, frameskip=2)
+    spec = count_spec("ALE/MsPacman-v5")
     left = 150 - np.cumsum(np.asarray(rewards) == 10)
     assert left[-1] <= 135  # she ate pellets
     assert count_items(reset_frame(spec.env_id)[None], spec)[0] == pytest.approx(150)
