@@ -24,8 +24,8 @@ frames, 53 through the noisy frame's embedding, 50 through the last anchor's, 26
 span; the model returns her 91 from yellow at sigma 0.02 (its input: 25) as at sigma 1 (94). The
 embeddings, not the head, drop her. A student as wide as its patch
 (``configs/mspacman_student192_fs2.yaml``) keeps every patch whole (all spans 19), yet it learns to
-use it slowly: at steps 2,000 and 3,000 it returns her at 80 and 64 (sigma 0.02), 89 and 78 (sigma 1).
-The width is needed, not sufficient.
+use it slowly: at steps 2,000, 3,000 and 4,000 (the end of its schedule) it returns her at 80, 64 and 64
+(sigma 0.02), 89, 78 and 82 (sigma 1). The width is needed, not sufficient.
 """
 
 from __future__ import annotations
