@@ -29,7 +29,9 @@ resize: (x - walls) projected on the item colour's offset from the corridor, cli
 full maze has there. On real frames this follows the pellets eaten (a reward of 10) within 1 on
 average at 64x64; a ghost or Ms. Pac-Man over an eaten pellet's place shows as one for the frames it
 stays, so the count is smoothed by its lowest value over the last ``smooth`` frames before asking
-what came back, and then rises by at most 3 in the held-out real episodes.
+what came back, and then rises by at most 3 in the held-out real episodes. The layout is the first
+maze: a game that clears it (150 pellets; random play never does) goes on in another maze, which this
+count does not know.
 """
 
 from __future__ import annotations
