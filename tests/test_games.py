@@ -360,12 +360,13 @@ def test_evaluate_reports_control_for_each_games_directions(tmp_path, game):
     cfg = EvalConfig(context=4, horizon=2, starts=3, batch=3, free_play=6, windows=2, action_response=4,
                      realism_frames=0)
     report = evaluate(model, eps, [("1x1", base)], cfg, g.env_id, meanings, say=lambda line: None)
-    # what free play watches besides the player: Pong's ball, Breakout's bricks
+    # what free play watches besides the player: Pong's ball, Breakout's bricks, Ms. Pac-Man's pellets
     stability, row = report.settings[0].stability, report.yardstick()[1]
+    counted = {"breakout": "bricks", "mspacman": "pellets"}.get(game)
     assert (stability["ball_found_rate"] is not None) == (game == "pong") == (row["ball_found_end"] is not None)
-    assert (stability["counts"] is not None) == (game == "breakout") == (row["regrown"] is not None)
+    assert (stability["counts"] or {}).get("what") == counted and (row["regrown"] is not None) == bool(counted)
     header = cli.format_yardstick(report).splitlines()[1]
-    assert ("ball found (real)" in header) == (game == "pong") and ("regrown (real)" in header) == (game == "breakout")
+    assert ("ball found (real)" in header) == (game == "pong") and ("regrown (real)" in header) == bool(counted)
     assert report.counterfactual["available"] and report.counterfactual["keys"] == ["NOOP", *EXPECT[game]]
     assert report.sprite["available"] and report.sprite["what"] == sprite_spec(g.env_id).what
     ctl = report.settings[0].control
