@@ -79,10 +79,11 @@ BREAKOUT_BRICKS = CountSpec("bricks", ((200, 72, 72), (198, 108, 58), (180, 122,
                             native=(210, 160), item_px=48)
 MSPACMAN_PELLETS = LayoutCountSpec("pellets", "ALE/MsPacman-v5", (228, 111, 111), background=(0, 28, 136),
                                    item_px=8, blink_px=40, rows=(0, 172))
-COUNTS: dict[str, CountSpec | LayoutCountSpec] = {"breakout": BREAKOUT_BRICKS, "mspacman": MSPACMAN_PELLETS}
+AnyCountSpec = CountSpec | LayoutCountSpec
+COUNTS: dict[str, AnyCountSpec] = {"breakout": BREAKOUT_BRICKS, "mspacman": MSPACMAN_PELLETS}
 
 
-def count_spec(env_id: str) -> CountSpec | LayoutCountSpec | None:
+def count_spec(env_id: str) -> AnyCountSpec | None:
     """The game's entry, or None: most games keep no counted state (nor does a layout game where the
     emulator that draws its layout is not installed)."""
     spec = COUNTS.get(game_key(env_id))
@@ -129,9 +130,10 @@ def components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=8)
-def _layout(spec: LayoutCountSpec, H: int, W: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """At (H, W): the maze without items (H, W, 3) float, each pixel's item share of the full maze (H, W),
-    the pixels counted (H, W) bool, and the number of items in the layout."""
+def _layout(spec: LayoutCountSpec, H: int, W: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """At (H, W): the pixels counted (H, W) bool; on them, the maze without items (P, 3) and each pixel's
+    item share of the full maze (P,); the projection of a colour offset onto an item share (3,); and the
+    number of items in the layout."""
     from worldsim.data.frames import resize_frames
 
     frame = reset_frame(spec.env_id)
@@ -150,19 +152,17 @@ def _layout(spec: LayoutCountSpec, H: int, W: int) -> tuple[np.ndarray, np.ndarr
     touched = np.zeros_like(frame)
     touched[blink] = 255
     E, F, B = resize_frames(np.stack([empty, full, touched]), (H, W)).astype(np.float64)
-    d = np.asarray(spec.color, np.float64) - np.asarray(spec.background, np.float64)
-    share = (F - E) @ d / (d @ d)
+    d = color.astype(np.float64) - bg
+    project = d / (d @ d)
+    share = (F - E) @ project
     counted = (share > 0.02) & (B.max(-1) == 0)  # below 0.02: the resize's rounding, not an item
-    return E, share, counted, float(item.sum() / spec.item_px)
+    return counted, E[counted], share[counted], project, float(item.sum() / spec.item_px)
 
 
 def _count_layout(f: np.ndarray, spec: LayoutCountSpec) -> np.ndarray:
-    N, H, W, _ = f.shape
-    empty, share, counted, items = _layout(spec, H, W)
-    d = np.asarray(spec.color, np.float64) - np.asarray(spec.background, np.float64)
-    x = f[:, counted].astype(np.float64) - empty[counted]  # (N, P, 3)
-    shown = np.clip(x @ d / (d @ d), 0.0, share[counted])  # each pixel's item share, at most the full maze's
-    return shown.sum(1) / share[counted].sum() * items  # the share of the counted pixels, in items
+    counted, empty, share, project, items = _layout(spec, f.shape[1], f.shape[2])
+    shown = np.clip((f[:, counted] - empty) @ project, 0.0, share)  # (N, P) item shares, at most the full maze's
+    return shown.sum(1) / share.sum() * items  # the share of the counted pixels, in items
 
 
 def _band(spec: CountSpec, H: int, W: int) -> tuple[int, int, int, int, float]:
@@ -175,7 +175,7 @@ def _band(spec: CountSpec, H: int, W: int) -> tuple[int, int, int, int, float]:
     return y0, y1, x0, x1, (spec.cols[1] - spec.cols[0]) / kept
 
 
-def count_items(frames: np.ndarray, spec: CountSpec) -> np.ndarray:
+def count_items(frames: np.ndarray, spec: AnyCountSpec) -> np.ndarray:
     """Items shown in uint8 frames (N, H, W, 3) at any resolution: (N,) float64."""
     f = np.asarray(frames)
     if f.ndim != 4 or f.shape[-1] != 3:
@@ -206,7 +206,7 @@ def regrown(counts: np.ndarray, smooth: int = 1) -> float:
     return float((c - np.minimum.accumulate(c)).max())
 
 
-def count_summary(counts: np.ndarray, start: float, window: int, spec: CountSpec | LayoutCountSpec) -> dict:
+def count_summary(counts: np.ndarray, start: float, window: int, spec: AnyCountSpec) -> dict:
     """What free play reports about a counted state: the count on the last context frame (``start``), the
     means of the first and last ``window`` frames, the lowest count, and the items that came back."""
     c = np.asarray(counts, np.float64)

@@ -29,7 +29,7 @@ import torch
 # uint8 frames <-> model tensors as play converts them, and the training data's resize (one module for all)
 from worldsim.data.frames import resize_frames, to_model, to_uint8
 from worldsim.errors import DataError, WorldsimError
-from worldsim.eval.counts import CountSpec, LayoutCountSpec, count_items, count_summary, regrown
+from worldsim.eval.counts import AnyCountSpec, count_items, count_summary, regrown
 from worldsim.eval.metrics import PSNR_MAX_DB, FrameStats, color_histogram, hist_l1, mse, psnr, ssim, to_unit
 from worldsim.eval.sprites import SpriteSpec, find_sprites, sprite_errors, sprite_pose
 
@@ -431,7 +431,7 @@ def tracked_specs(sprite: SpriteSpec | None, opponent: SpriteSpec | None = None,
 
 def real_reference(episodes: Sequence[EvalEpisode], sprite: SpriteSpec | None, window: int,
                    opponent: SpriteSpec | None = None, ball: SpriteSpec | None = None,
-                   counter: CountSpec | LayoutCountSpec | None = None) -> dict:
+                   counter: AnyCountSpec | None = None) -> dict:
     """Statistics of the real frames that free play is compared with, and how much real windows of
     the free-play window's length differ from the whole (the histogram distance of real play)."""
     st = FrameStats()
@@ -458,7 +458,7 @@ def free_play(engine, episode: EvalEpisode, ctx_start: int, cfg: EvalConfig, act
               on_snapshot: Callable[[int, np.ndarray], None] | None = None, snapshot_at: Sequence[int] = (),
               progress=None, on_frame: Callable[[int, np.ndarray], None] | None = None,
               opponent: SpriteSpec | None = None, ball: SpriteSpec | None = None,
-              counter: CountSpec | LayoutCountSpec | None = None) -> dict:
+              counter: AnyCountSpec | None = None) -> dict:
     """Generate ``cfg.free_play`` frames under sticky random actions from a real context and report
     per-window frame statistics next to the real ones: drift shows as numbers (collapse: std and
     found rate fall; blur: histogram distance grows; freezing: temporal change falls to 0; the player,
