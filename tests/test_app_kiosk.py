@@ -25,15 +25,7 @@ from worldsim.runtime import load_playable  # noqa: E402
 from worldsim.runtime.testing import SpyBackend, write_random_checkpoint  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_generation_thread():
-    """As play.py does on 2 cores: one torch thread, so a busy machine does not stall every op (restored after)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # as play.py on 2 cores
 
 
 @pytest.fixture(scope="module")
