@@ -71,6 +71,12 @@ def test_action_response_tells_a_model_that_follows_keys_from_one_that_ignores_t
     else:
         assert resp["mean_ratio"] == 0.0
     assert "action response 1x2" in format_response("1x2", resp)
+    found = {a: v["rollouts_with_sprite"] for a, v in resp["actions"].items()}
+    assert all(0 < n <= 4 for n in found.values())
+    said = format_response("1x2", resp)  # a ratio over fewer rollouts than were run says how few
+    assert ("found at both ends" in said) == (min(found.values()) < 4)
+    lost = {**resp, "actions": {a: {**v, "rollouts_with_sprite": 1} for a, v in resp["actions"].items()}}
+    assert "the player found at both ends in 1 of 4 rollouts" in format_response("1x2", lost)
 
 
 def test_real_held_runs_and_the_held_ratio(episodes):

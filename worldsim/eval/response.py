@@ -189,6 +189,10 @@ def format_response(name: str, resp: dict) -> str:
     mean = resp["mean_ratio"]
     head = f"action response {name}: " + ("n/a" if mean is None else f"{mean:.2f}x the real game's one-frame move")
     out = head + (f" ({', '.join(parts)}; {resp['frames']} frames held)" if parts else "")
+    kept = [v["rollouts_with_sprite"] for v in resp["actions"].values()]
+    if kept and min(kept) < resp["rollouts"]:  # a ratio over a few rollouts is one context's story, not the model's
+        few = min(kept) if min(kept) == max(kept) else f"{min(kept)}-{max(kept)}"
+        out += f"; the player found at both ends in {few} of {resp['rollouts']} rollouts"
     held = resp.get("mean_ratio_held")
     if held is not None:
         hp = [f"{a} {v['ratio_held']:.2f}" for a, v in resp["actions"].items() if v.get("ratio_held") is not None]
