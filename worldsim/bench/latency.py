@@ -89,7 +89,7 @@ def format_pace(row: dict, pace, name: str) -> str:
     else:
         real = "real speed" if pace.speed == 1 else f"speed {pace.speed:g}x"
         head = (f"{name}: {real} ({pace.rate:g} steps/s, tick {row['tick_ms']:.1f} ms) with "
-                f"{row['spare_ms']:.1f} ms to spare {per} (p99 generation: {row['spare_p99_ms']:.1f} ms)")
+                f"{row['spare_ms']:.1f} ms to spare {per} ({row['spare_p99_ms']:.1f} at the p99 generation)")
         if row["spare_ms"] < 0:
             head += "; the model cannot keep the game's pace here"
     lines = [head, f"  {'ms':<22}{'p50':>8}{'p95':>8}{'p99':>8}{'max':>8}"]
