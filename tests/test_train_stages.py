@@ -441,6 +441,29 @@ def test_stage1_adds_a_pixel_refiner_and_trains_only_it(tmp_path):
             TeacherForcingTrainer(bad, data=clips(), heldout=clips()).fit()
 
 
+def test_stage3_refiner_only_trains_the_refiner_and_nothing_else(chain, tmp_path):
+    """refiner_only=true in stage 3: the adversarial and teacher-forcing terms reach the student's pixel
+    refiner and leave the transformer as it was (the keys move what they moved); a student without a
+    refiner is refused by name."""
+    cfg = stage1_cfg(tmp_path / "a", steps=2)
+    cfg.model = dataclasses.replace(cfg.model, anchor=True)
+    first = TeacherForcingTrainer(cfg, data=clips(), heldout=clips()).fit()
+    ref = stage1_cfg(tmp_path / "b", steps=2)
+    ref.model, ref.init.student, ref.refiner_only = dataclasses.replace(cfg.model, refine=4), str(first), True
+    refined = TeacherForcingTrainer(ref, data=clips(), heldout=clips()).fit()
+    adv = adversarial_cfg(tmp_path / "c", str(refined), steps=3)
+    adv.tf_weight, adv.refiner_only = 1.0, True
+    out = DMDTrainer(adv, data=clips(6), heldout=clips(6)).fit()
+    before, after = load_checkpoint(refined, "model.")[0], load_checkpoint(out, "model.")[0]
+    assert all(torch.equal(after[k], before[k]) for k in before if not k.startswith("refiner."))
+    assert any(not torch.equal(after[k], before[k]) for k in before if k.startswith("refiner."))
+    assert read_meta(out)["init"]["refiner_only"] is True
+    bad = adversarial_cfg(tmp_path / "d", str(first), steps=1)
+    bad.refiner_only = True
+    with pytest.raises(WorldsimError, match="refiner_only=true needs a student with a pixel refiner"):
+        DMDTrainer(bad, data=clips(6), heldout=clips(6)).fit()
+
+
 def test_stage1_continues_a_student_with_fewer_temporal_blocks(tmp_path):
     """temporal_every may change on init.student (same weights, fewer blocks attend across frames):
     the cheaper student starts from the trained one's weights and trains on."""

@@ -31,7 +31,9 @@ generator may learn from two more terms, each added to its loss with its weight:
 term (``adversarial``: a ``FrameCritic`` tells the game's real next frames from the rollout's and
 updates every step, non-saturating loss with R1) and stage 1's teacher forcing on the real clip
 (``tf_weight``), an anchor to the recorded game. ``rollout.stream`` makes each rollout continue the
-previous one's KV cache (``RolloutState``, part of the checkpoint) for long play.
+previous one's KV cache (``RolloutState``, part of the checkpoint) for long play. ``refiner_only``
+trains only a student's pixel refiner: the terms then shape how the frame is drawn at full resolution,
+and cannot move what the transformer decided (where the sprites go under a key).
 
 The generator's architecture is the stage-2 checkpoint's and the scores' the teacher's, so there is
 no ``model`` section; the data section's ``clip_len`` is replaced by ``rollout.context + rollout.frames``.
@@ -110,6 +112,9 @@ class Stage3Config:
     # > 0: the generator also keeps stage 1's teacher forcing on the real clip, at the levels its few-step
     # sampler decides at (x0 L2): an anchor to the recorded game that the adversarial term alone lacks
     tf_weight: float = 0.0
+    # true: the generator trains only its pixel refiner (model.refine, from stage 1's refiner_only); the
+    # transformer, and with it what moves where under which key, stays as it was
+    refiner_only: bool = False
     gen_every: int = 5  # generator update every N steps; the fake score and the critic update every step
     fake_lr_ratio: float = 5.0  # fake-score lr = ratio x generator lr
     real_guidance: float = 3.0  # action guidance w of the real score, u + w (c - u)
@@ -167,12 +172,20 @@ class DMDTrainer(StudentStageMixin, Trainer):
         check_same_game(gmeta, self.data, cfg.init.student, "stage 3")
         if not gen.cfg.causal:
             raise ValueError("stage 3 needs a causal student")
+        if cfg.refiner_only:
+            if not gen.cfg.refine:
+                raise ConfigError(f"stage 3: refiner_only=true needs a student with a pixel refiner, and "
+                                  f"{cfg.init.student} has none: add one with stage 1 (model.refine, refiner_only=true)")
+            for name, p in gen.named_parameters():
+                p.requires_grad_(name.startswith("refiner."))
         if r.window < r.chunk:
             raise ValueError(f"rollout.window {r.window} must be >= rollout.chunk {r.chunk}")
         if r.sampler not in ("renoise", "euler"):
             raise ConfigError(f"stage 3: rollout.sampler '{r.sampler}' is not 'renoise' or 'euler'")
         self.init_info = {"from": f"stage{int(gmeta.get('stage', 2))}", "student": gmeta["_path"],
                           "student_hash": gmeta["_hash"]}
+        if cfg.refiner_only:
+            self.init_info["refiner_only"] = True
         self.score_len = cfg.score_len or self.clip_len
         if cfg.dmd_weight > 0:
             real, tmeta = load_stage_output(cfg.init.teacher, role="teacher", stages=(0,), what="the stage-0 teacher",
