@@ -441,6 +441,42 @@ def test_stage1_adds_a_pixel_refiner_and_trains_only_it(tmp_path):
             TeacherForcingTrainer(bad, data=clips(), heldout=clips()).fit()
 
 
+def test_stage1_refiner_without_the_noisy_frame(tmp_path):
+    """model.refine_noisy=false: the refiner reads the head's frame and the anchors only (fewer input
+    channels, and its output does not move with the noisy frame beyond what the head draws of it); a
+    student without a refiner may get one of either kind, one with a refiner keeps its kind."""
+    from worldsim.model import WorldDiT
+
+    cfg = stage1_cfg(tmp_path / "a", steps=2)
+    cfg.model = dataclasses.replace(cfg.model, anchor=True)
+    first = TeacherForcingTrainer(cfg, data=clips(), heldout=clips()).fit()
+    cont = stage1_cfg(tmp_path / "b", steps=2)
+    cont.model = dataclasses.replace(cfg.model, refine=4, refine_noisy=False)
+    cont.init.student, cont.refiner_only = str(first), True
+    out = TeacherForcingTrainer(cont, data=clips(), heldout=clips()).fit()
+    assert load_checkpoint(out, "model.")[0]["refiner.inp.weight"].shape[1] == 3 * (1 + cont.model.anchor_history)
+    assert read_meta(out)["model_config"]["refine_noisy"] is False
+    # in the model's forward the refiner gets the anchors beside the head's frame, and no noisy frame
+    seen = {}
+    for noisy in (True, False):
+        net = WorldDiT(dataclasses.replace(cont.model, refine_noisy=noisy)).eval()
+        inner = net.refiner.forward
+        net.refiner.forward = lambda head, inputs, cond, inner=inner, noisy=noisy: (
+            seen.__setitem__(noisy, [t.shape[2] for t in inputs]) or inner(head, inputs, cond))
+        T = 3
+        x = torch.randn(1, T, 3, R, R)
+        sigma = torch.full((1, T), 0.75)
+        with torch.no_grad():
+            tf_forward(net, x, torch.zeros_like(sigma), torch.randn_like(x), sigma, torch.zeros(1, T, dtype=torch.long), 1,
+                       anchor_src=x)
+    assert seen == {True: [3, 3 * cont.model.anchor_history], False: [3 * cont.model.anchor_history]}
+    flip = stage1_cfg(tmp_path / "c", steps=1)
+    flip.model = dataclasses.replace(cont.model, refine_noisy=True)
+    flip.init.student, flip.refiner_only = str(out), True
+    with pytest.raises(WorldsimError, match="another model config"):
+        TeacherForcingTrainer(flip, data=clips(), heldout=clips()).fit()
+
+
 def test_stage3_refiner_only_trains_the_refiner_and_nothing_else(chain, tmp_path):
     """refiner_only=true in stage 3: the adversarial and teacher-forcing terms reach the student's pixel
     refiner and leave the transformer as it was (the keys move what they moved); a student without a

@@ -78,6 +78,11 @@ class ModelConfig:
     # Why: the head draws each 8x8 patch from one token, and a sprite of a pixel or two (Pong's ball, the
     # thin paddles) does not survive the token width: the student erased it even when its input showed it.
     refine: int = 0
+    # Whether the refiner also sees the noisy input frame. A few-step sampler asks for the frame only at
+    # high noise (2 Euler steps: levels 1 and 0.75), where the noisy frame carries almost nothing of the
+    # picture and what the refiner passes through of it is noise on flat areas; the anchors carry the
+    # sprites. false: head and anchors only.
+    refine_noisy: bool = True
 
     def validate(self) -> None:
         from worldsim.errors import ConfigError
@@ -124,7 +129,7 @@ class ModelConfig:
 
 
 # Fields a saved model config may lack (written before they existed), with the value such a model has.
-ADDED_FIELDS = {"temporal_every": 1, "anchor": False, "anchor_history": 1, "refine": 0}
+ADDED_FIELDS = {"temporal_every": 1, "anchor": False, "anchor_history": 1, "refine": 0, "refine_noisy": True}
 
 
 def upgrade_model_config(saved: dict, where: str) -> dict:
@@ -363,8 +368,9 @@ class WorldDiT(nn.Module):
         # Every block's adaLN terms (and the output layer's) from one linear: one op per forward.
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, (6 * cfg.depth + 2) * cfg.dim))
         self.out = nn.Linear(cfg.dim, p * p * ch)
-        # in: the head's frame, the noisy frame and the anchors
-        self.refiner = (PixelRefiner(ch * (2 + cfg.anchor_history * cfg.anchor), cfg.refine, cfg.dim, ch)
+        # in: the head's frame, the noisy frame (refine_noisy) and the anchors
+        self.refiner = (PixelRefiner(ch * (1 + cfg.refine_noisy + cfg.anchor_history * cfg.anchor), cfg.refine,
+                                     cfg.dim, ch)
                         if cfg.refine else None)
         self.rope = AxialRope(cfg.head_dim, self.grid, cfg.rope_theta_time, cfg.rope_theta_space)
         self._cond_memo: dict = {}  # (action, sigma) -> adaLN terms (conditioning())
@@ -471,7 +477,8 @@ class WorldDiT(nn.Module):
         frames = self.unpatchify(self.out(norm_modulate(tokens, shift, mult)))
         if self.refiner is None:
             return frames
-        inputs = [x[:, drop_first:]] + ([anchor[:, drop_first:]] if self.anchor_embed is not None else [])
+        inputs = ([x[:, drop_first:]] if self.cfg.refine_noisy else []) + \
+            ([anchor[:, drop_first:]] if self.anchor_embed is not None else [])
         return self.refiner(frames, inputs, cond[:, drop_first:, 6 * D + 2])
 
     def conditioning(self, actions, sigma) -> torch.Tensor:

@@ -202,7 +202,7 @@ class TeacherForcingTrainer(Trainer):
             # across frames differs (fewer temporal blocks: a cheaper student fine-tuned from this one);
             # so may anchor_history grow: the added anchor frames' weights start at zero (same function);
             # and a pixel refiner may be added (model.refine): its last layer starts at zero (same function)
-            grown = ("temporal_every", "anchor_history", "refine")
+            grown = ("temporal_every", "anchor_history", "refine") + (("refine_noisy",) if not prev.cfg.refine else ())
             if dataclasses.replace(prev.cfg, **{k: getattr(cfg.model, k) for k in grown}) != cfg.model or \
                     cfg.model.anchor_history < prev.cfg.anchor_history or \
                     prev.cfg.refine not in (0, cfg.model.refine):
