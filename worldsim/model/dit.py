@@ -79,9 +79,8 @@ class ModelConfig:
     # thin paddles) does not survive the token width: the student erased it even when its input showed it.
     refine: int = 0
     # Whether the refiner also sees the noisy input frame. A few-step sampler asks for the frame only at
-    # high noise (2 Euler steps: levels 1 and 0.75), where the noisy frame carries almost nothing of the
-    # picture and what the refiner passes through of it is noise on flat areas; the anchors carry the
-    # sprites. false: head and anchors only.
+    # high noise (2 Euler steps: levels 1 and 0.75), where the noisy frame carries little of the picture
+    # and the anchors carry the sprites. false: head and anchors only (docs/training.md compares both).
     refine_noisy: bool = True
 
     def validate(self) -> None:
@@ -480,6 +479,11 @@ class WorldDiT(nn.Module):
         inputs = ([x[:, drop_first:]] if self.cfg.refine_noisy else []) + \
             ([anchor[:, drop_first:]] if self.anchor_embed is not None else [])
         return self.refiner(frames, inputs, cond[:, drop_first:, 6 * D + 2])
+
+    def train_refiner_only(self) -> None:
+        """Freeze everything but the pixel refiner (what moves where under a key stays as it is)."""
+        for name, p in self.named_parameters():
+            p.requires_grad_(name.startswith("refiner."))
 
     def conditioning(self, actions, sigma) -> torch.Tensor:
         """Every block's adaLN terms for each frame, (B, T, cfg.cond_rows, dim), from its action and

@@ -239,8 +239,7 @@ class TeacherForcingTrainer(Trainer):
             if not cfg.model.refine or not cfg.init.student:
                 raise ConfigError("stage 1: refiner_only=true trains a pixel refiner on a continued student: set "
                                   "model.refine (e.g. 24) and init.student")
-            for name, p in student.named_parameters():
-                p.requires_grad_(name.startswith("refiner."))
+            student.train_refiner_only()
             self.init_info["refiner_only"] = True
         self.add_net("model", student, ema_decay=cfg.optim.ema_decay)
 

@@ -176,8 +176,7 @@ class DMDTrainer(StudentStageMixin, Trainer):
             if not gen.cfg.refine:
                 raise ConfigError(f"stage 3: refiner_only=true needs a student with a pixel refiner, and "
                                   f"{cfg.init.student} has none: add one with stage 1 (model.refine, refiner_only=true)")
-            for name, p in gen.named_parameters():
-                p.requires_grad_(name.startswith("refiner."))
+            gen.train_refiner_only()
         if r.window < r.chunk:
             raise ValueError(f"rollout.window {r.window} must be >= rollout.chunk {r.chunk}")
         if r.sampler not in ("renoise", "euler"):
