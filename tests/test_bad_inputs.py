@@ -80,6 +80,10 @@ def _ints(ts):
     pytest.param(None, lambda r: edit_config(r, heads=0), "'heads'", id="zero-heads"),
     pytest.param(None, lambda r: {**r, "action_meanings": "NOOP,FIRE"}, "'action_meanings' is not",
                  id="meanings-not-json"),
+    pytest.param(None, lambda r: {**r, "palette": json.dumps({"colours": "6e9c4"})}, "'palette' is not a string of 6 hex",
+                 id="palette-cut-short"),
+    pytest.param(None, lambda r: {**r, "palette": json.dumps({"colours": "6e9c4g"})}, "not hex digits",
+                 id="palette-not-hex"),
     pytest.param(None, lambda r: {**r, "engine": json.dumps({**json.loads(r["engine"]), "steps": 3})},
                  "recommends 3 sampling steps", id="recommends-3-steps"),
 ])

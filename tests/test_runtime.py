@@ -125,7 +125,7 @@ def test_backend_live_switch_keeps_playing(backend):
     for a in (1, 2, 3, 4, 5):
         backend.step(a)
     backend.configure(steps=4, chunk=3)
-    assert backend.settings == {"chunk": 3, "steps": 4, "sampler": "renoise", "compiled": False}
+    assert backend.settings == {"chunk": 3, "steps": 4, "sampler": "renoise", "compiled": False, "palette": 0}
     frames, _ = backend.step(2)
     assert frames.shape == (3, 16, 16, 3)
     backend.configure(steps=1, chunk=1)

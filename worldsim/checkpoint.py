@@ -5,7 +5,8 @@ string metadata that rebuilds everything: ``format``, ``role`` (teacher, student
 ``stage`` and ``step``, ``model_config`` (JSON), ``env_id`` and ``action_meanings`` (JSON),
 ``resolution``, ``code_version``, ``frame_period`` (the game time one frame spans, from the training
 data: ``worldsim.gametime``; a file written before it existed gets it from its data or a printed
-default), plus whatever the writer adds (``engine``, ``train_config``, ``context_frames``...). Writes
+default), ``palette`` (the game's colours in the training frames, which the engine snaps to:
+``worldsim.data.palette``; absent for a game not drawn from one), plus whatever the writer adds (``engine``, ``train_config``, ``context_frames``...). Writes
 are atomic (temp file + rename), so a crash never leaves a half-written checkpoint under the real name.
 """
 
@@ -22,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from worldsim import __version__
+from worldsim.data.palette import Palette
 from worldsim.errors import CheckpointError, check_readable
 
 FORMAT = "worldsim-ckpt-1"
@@ -187,6 +189,7 @@ def load_weights(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: s
     from worldsim.model import WorldDiT
 
     cfg = model_config(meta, path)
+    palette = Palette.from_meta(meta["palette"], f"checkpoint '{path}'") if meta.get("palette") is not None else None
     have = sum(t.numel() for t in tensors.values())
     tokens = (cfg.resolution // cfg.patch) ** 2
     # A lower bound on the model's parameters: the adaLN projection alone is (6 depth + 2) dim^2.
@@ -218,6 +221,7 @@ def load_weights(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: s
                                   f"would draw blank frames); use an earlier checkpoint of the run or retrain")
     model = WorldDiT(cfg)
     model.load_state_dict(tensors, strict=True)
+    model.palette = palette
     return model
 
 

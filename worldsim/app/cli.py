@@ -223,6 +223,8 @@ def build_model_session(play):
         overrides["sink"] = play.sink
     if play.guidance >= 0:
         overrides["guidance"] = float(play.guidance)
+    if not play.palette:
+        overrides["palette"] = False
     if play.steps and play.steps not in (1, 2, 4):
         raise WorldsimError(f"steps must be 1, 2 or 4 (got {play.steps})")
     p = load_playable(play.checkpoint, device=None if play.device == "auto" else play.device,

@@ -69,6 +69,7 @@ class PlayConfig:
     window: int = 0  # KV cache window in frames (0: the checkpoint's); keep it near the training clips' length
     sink: int = -1  # sink frames kept at the start of the cache (-1: the checkpoint's)
     guidance: float = -1.0  # action guidance (-1: the checkpoint's; 1: off; above 1 scales what the fire button does)
+    palette: bool = True  # snap drawn frames to the game's colours where the checkpoint carries them
     chunk_size: int = 3  # frames per chunk when C switches to chunk-wise during play
     # Pace of play relative to the game's own speed: the model's frame period (the game time one frame
     # spans, worldsim.gametime) / speed is the tick between generation starts. 1 = the game's own speed

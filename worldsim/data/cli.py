@@ -6,6 +6,7 @@
     worldsim data preview PATH OUT.mp4             the same as export to mp4
     worldsim data import NPZ... --out DIR          plain .npz episodes -> episode directories
     worldsim data repair PATH                      keep every intact step, set damaged bytes aside
+    worldsim data palette PATH... --checkpoint F   write the game's colours in PATH's frames into F
 """
 
 from __future__ import annotations
@@ -200,6 +201,15 @@ def cmd_repair(args) -> int:
     return 0
 
 
+def cmd_palette(args) -> int:
+    from worldsim.data.palette import add_palette
+
+    palette = add_palette(args.checkpoint, args.paths)
+    print(f"{args.checkpoint}: {len(palette)} colours (the engine snaps drawn frames to them; "
+          f"--engine palette=false to draw freely)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="worldsim data", description="dataset tools")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -230,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("repair", help="mend what validate reports: keep every intact step, set the "
                                       "damaged bytes aside beside the episode (<name>.cut/)")
     r.add_argument("path")
+    p = sub.add_parser("palette", help="measure the game's colours in episodes and write them into a checkpoint "
+                                       "(the engine snaps drawn frames to them)")
+    p.add_argument("paths", nargs="+", help="episodes of the checkpoint's game")
+    p.add_argument("--checkpoint", required=True, help="the model file to write them into (rewritten atomically)")
     return ap
 
 
@@ -246,4 +260,6 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_export(args, "mp4")
     if args.cmd == "import":
         return cmd_import(args)
+    if args.cmd == "palette":
+        return cmd_palette(args)
     return cmd_repair(args)

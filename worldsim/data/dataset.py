@@ -205,6 +205,11 @@ class ClipDataset(torch.utils.data.Dataset):
     def num_frames(self) -> int:
         return int(self.lengths.sum())
 
+    def iter_frames(self, stride: int = 1):
+        """Every ``stride``-th frame of each episode, channels last: (n, H, W, 3) uint8 an episode."""
+        for e in range(len(self.episodes)):
+            yield np.moveaxis(np.asarray(self._episode_frames(e)[::stride]), 1, -1)
+
     def _check_one_game(self) -> None:
         first = self.metas[0]
         for ep, meta in zip(self.episodes, self.metas):

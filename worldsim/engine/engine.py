@@ -29,6 +29,10 @@ whose key holds the button runs one more forward of the new frame under the bare
 write, and any other step costs nothing more. Classifier-free (``none``) the contrast plays without
 keys, its own past: every forward carries that second stream, and the cache holds both (twice the batch).
 
+The game's colours (``palette``): a model loaded from a checkpoint that carries a palette has it as
+``model.palette``; each drawn chunk is snapped to it before it is returned and before it becomes
+context (``worldsim.data.palette``).
+
 Anchored models (``model.cfg.anchor``) also get, for every frame, the clean frame(s) before its chunk
 (``worldsim.model.anchor_frames``; ``anchor_history`` of them): the engine keeps the last ones for that.
 """
@@ -69,6 +73,9 @@ class EngineConfig:
     # every forward carries a second stream (batch 2).
     guidance: float = 1.0
     guidance_contrast: str = "button"  # button: the key without FIRE (only the button scaled) | none: no keys at all
+    # Snap every drawn frame to the game's colours, where the checkpoint carries them (worldsim.data.palette):
+    # frames hold only colours the game has, and so does the context the next frame reads.
+    palette: bool = True
     seed: int = 0
 
     def validate(self) -> None:
@@ -126,6 +133,7 @@ class Engine:
         self._contrast = torch.tensor(contrast_table(cfg.guidance_contrast, action_meanings, self.no_action)) \
             if cfg.guided and cfg.streams == 1 else None
         self._streams = cfg.streams
+        self.palette = getattr(model, "palette", None) if cfg.palette else None
         self.cache: KVCache | None = None
         self.batch = 0
         self._pending = None  # (frames, actions, anchors) of the last chunk, not yet in the cache
@@ -251,7 +259,10 @@ class Engine:
                 pf, pa, panc = self._pending
                 n = pf.shape[1]
                 ctx_sig = torch.full((B, n), self.cfg.context_sigma, device=self.device)
-                both = None if anc is None else torch.cat([panc if panc is not None else torch.zeros_like(pf), anc], 1)
+                if anc is None:
+                    both = None
+                else:  # a chunk drawn before any anchor existed (no prefill) gets blank ones
+                    both = torch.cat([panc if panc is not None else anc.new_zeros((B, n, *anc.shape[2:])), anc], 1)
                 # the clean frames are there for their keys and values only: their outputs are not computed
                 x0 = self._forward(torch.cat([pf, x], 1), torch.cat([ctx_sig, sig], 1),
                                    torch.cat([pa, actions], 1), self.cache.next_positions(n + C), both, drop_first=n)
@@ -268,7 +279,7 @@ class Engine:
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self._seed_gen))
             x = noise_update(x.flatten(0, 1), x0.flatten(0, 1), s, s_next, self.cfg.sampler,
                              seed=seed).view(shape)
-        x = x.clamp(-1, 1)
+        x = x.clamp(-1, 1) if self.palette is None else self.palette.snap(x)
         self._pending = (x, actions, anc)
         self._recent = keep_recent(self._recent, x, self._history)
         if not self.cfg.fuse_cache_write:

@@ -357,6 +357,9 @@ class WorldDiT(nn.Module):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
+        # The game's colours (worldsim.data.palette.Palette), which the engine snaps drawn frames to: set
+        # from a checkpoint's metadata when it is loaded; not a weight, and None for a fresh model.
+        self.palette = None
         p, ch = cfg.patch, cfg.channels
         self.grid = cfg.resolution // p
         self.patch_embed = nn.Linear(p * p * ch, cfg.dim)

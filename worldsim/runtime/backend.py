@@ -123,8 +123,9 @@ class ModelBackend:
     @property
     def settings(self) -> dict[str, Any]:
         compiled = self.engine is not None and self.engine.compiled is not None and self.engine.compiled.ready
+        palette = getattr(self.model, "palette", None) if self.cfg.palette else None
         return {"chunk": self.cfg.chunk, "steps": len(self.cfg.sigmas()) - 1, "sampler": self.cfg.sampler,
-                "compiled": compiled}
+                "compiled": compiled, "palette": len(palette) if palette is not None else 0}  # colours snapped to
 
     def describe(self) -> dict[str, Any]:
         fw = self.compiled_forwards

@@ -23,6 +23,7 @@ import torch
 
 from worldsim.data.dataset import to_model_actions
 from worldsim.data.frames import scale_to_model
+from worldsim.data.palette import Palette
 from worldsim.errors import ConfigError, DataError
 
 
@@ -50,6 +51,12 @@ def open_clips(cfg: DataConfig, split: Optional[str], clip_len: Optional[int] = 
                      cache_dir=cfg.cache_dir, preload=cfg.preload)
     data_frame_period(ds)  # one frame period per training run: refuse a mix before any step is taken
     return ds
+
+
+def data_palette(ds, stride: int = 4):
+    """The game's colours in a clip source's frames (``worldsim.data.palette``; every ``stride``-th
+    frame: a game's colours recur), or None when the frames are not drawn from a palette."""
+    return Palette.from_frames(ds.iter_frames(stride))
 
 
 def data_frame_period(ds):
@@ -152,6 +159,11 @@ class InMemoryClips:
 
     def sample(self, generator=None) -> dict[str, Any]:
         return self[int(torch.randint(len(self), (1,), generator=generator))]
+
+    def iter_frames(self, stride: int = 1):
+        """Every ``stride``-th frame of each episode, channels last: (n, H, W, 3) uint8 an episode."""
+        for f, _ in self.episodes:
+            yield np.moveaxis(f[::stride], 1, -1)
 
     def with_clip_len(self, clip_len: int) -> "InMemoryClips":
         return InMemoryClips(self.episodes, clip_len, self.action_meanings, self.env_id, self.frame_period)

@@ -49,8 +49,8 @@ from worldsim.config import to_dict, to_yaml
 from worldsim.data.frames import scale_to_uint8
 from worldsim.device import autocast, pick_device, pick_dtype
 from worldsim.errors import CheckpointError, ConfigError
-from worldsim.train.data import (DataConfig, check_dataset_fits, collate, data_frame_period, draw_indices, open_clips,
-                                 open_heldout, to_model_inputs)
+from worldsim.train.data import (DataConfig, check_dataset_fits, collate, data_frame_period, data_palette, draw_indices,
+                                 open_clips, open_heldout, to_model_inputs)
 
 log = logging.getLogger("worldsim.train")
 
@@ -509,7 +509,14 @@ class Trainer:
                 "model_config": to_dict(model_cfg or net.cfg), "env_id": self.data.env_id,
                 "action_meanings": list(self.data.action_meanings), "resolution": int(self.data.resolution[0]),
                 "train_config": to_dict(self.cfg), "cost": self.cost_now(), "init": self.init_info,
-                "finished_early": self.finished_early, **self.frame_period_meta()}
+                "finished_early": self.finished_early, **self.frame_period_meta(), **self.palette_meta()}
+
+    def palette_meta(self) -> dict[str, Any]:
+        """The game's colours in the training frames (``worldsim.data.palette``), measured once a run: the
+        engine snaps every frame it draws to them. Nothing when the frames are not drawn from a palette."""
+        if not hasattr(self, "_palette"):
+            self._palette = data_palette(self.data)
+        return {} if self._palette is None else {"palette": self._palette.to_meta()}
 
     def frame_period_meta(self) -> dict[str, Any]:
         """The game time one model frame spans, from the training data (``worldsim.gametime``): what
