@@ -136,6 +136,7 @@ def bench_setting(model, base: EngineConfig, chunk: int, steps: int, dtype: torc
     return {
         "chunk": chunk, "steps": steps, "dtype": dtype_name(dtype),
         "compiled": eng.compiled is not None and not graphs, "graphs": replayed,
+        "palette": len(eng.palette) if eng.palette is not None else 0,  # colours each frame is snapped to
         "fps": iters * chunk / wall, "ms_per_frame_p50": pf["p50"], "ms_per_frame_p95": pf["p95"],
         "first_frame_ms": percentiles(first)["p50"], "gflop_per_frame": flops / 1e9,
         "gflops_achieved": flops / 1e9 / (pf["mean"] / 1e3),
@@ -288,10 +289,11 @@ def main(argv=None) -> int:
                                 action_meanings=meanings)
             row["fraction_of_peak"] = row["gflops_achieved"] / peaks[dname]
             rows.append(row)
+            notes = ("  compiled" if row["compiled"] else "") + ("  graphs" if row["graphs"] else "") + \
+                (f"  snapped to {row['palette']} colours" if row["palette"] else "")
             print(f"{chunk:>5} {steps:>5} {dname:>5} {row['fps']:>7.1f} {row['ms_per_frame_p50']:>12.2f} "
                   f"{row['ms_per_frame_p95']:>7.2f} {row['first_frame_ms']:>14.2f} {row['gflops_achieved']:>8.1f} "
-                  f"{100 * row['fraction_of_peak']:>5.1f}%{'  compiled' if row['compiled'] else ''}"
-                  f"{'  graphs' if row['graphs'] else ''}")
+                  f"{100 * row['fraction_of_peak']:>5.1f}%{notes}")
     result = {"rows": rows, "model": source, "params": model.num_params(), "matmul_peak_gflops": peaks,
               "play_dtype": play_dtype, "graphs": graphs,
               "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
