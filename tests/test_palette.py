@@ -44,6 +44,17 @@ def test_snap_matches_the_plain_nearest_colour(dtype):
     torch.testing.assert_close(pal.snap(exact.float()), exact.float())
 
 
+def test_a_pickled_palette_leaves_its_lookup_table_behind():
+    import pickle
+
+    pal = Palette(COLOURS)
+    x = torch.rand(1, 1, 3, 8, 8) * 2 - 1
+    want = pal.snap(x)
+    copy = pickle.loads(pickle.dumps(pal))
+    assert len(pickle.dumps(pal)) < 10_000 and not copy._table
+    assert torch.equal(copy.snap(x), want)
+
+
 def test_meta_round_trip_and_damaged_meta():
     pal = Palette(COLOURS)
     assert (Palette.from_meta(json.loads(json.dumps(pal.to_meta()))).colours == COLOURS).all()

@@ -1,10 +1,10 @@
 """The game's colours: every frame the engine draws is snapped to the colours its training frames hold.
 
-An Atari game at model resolution has a few hundred exact colours (Boxing at 64x64: 273, one green
+An Atari game at model resolution has a few hundred exact colours (Boxing at 64x64: 285, one green
 four fifths of the pixels), where a diffusion model's frame has noise a level or two off them
-everywhere: on a flat background a player barely sees it, a classifier sees it at once, and the next
-frame reads it back from the cache as context no real frame ever had. Snapping each drawn pixel to the
-nearest colour of the game removes both, at a cost of one (pixels x colours) product a frame.
+everywhere: on a flat background a player barely sees it, a classifier can, and the next frame reads it
+back from the cache as context no real frame ever had. Snapping each drawn pixel to the nearest colour
+of the game removes both, at the cost of a table lookup a pixel (``Palette.snap``).
 
 A ``Palette`` is measured from training frames (``Palette.from_frames``) and travels in the
 checkpoint's metadata (``palette``: ``{"colours": 6 hex digits a colour, most frequent first}``); ``worldsim.checkpoint``
@@ -37,6 +37,9 @@ class Palette:
 
     def __len__(self) -> int:
         return len(self.colours)
+
+    def __getstate__(self):  # to a process worker: the lookup tables (32 MB each) are rebuilt there
+        return {"colours": self.colours, "_table": {}}
 
     @classmethod
     def from_frames(cls, frames: Iterable[np.ndarray], max_colours: int = MAX_COLOURS) -> "Palette | None":
