@@ -88,3 +88,15 @@ def test_refusals(real):
         two_sample_accuracy(real[0], real[1], CFG, "blurred")
     with pytest.raises(WorldsimError, match="realism"):
         two_sample_accuracy(real[0], real[1], RealismConfig(frames=4))
+
+
+def test_several_classifiers_average_the_seeds_on_one_split(real):
+    import dataclasses
+
+    other = [np.clip(e.astype(np.int16) + 24, 0, 255).astype(np.uint8) for e in real[4:]]  # a brighter world
+    one = [two_sample_accuracy(real[:4], other, dataclasses.replace(CFG, seed=s)).accuracy for s in (3, 4, 5)]
+    three = two_sample_accuracy(real[:4], other, dataclasses.replace(CFG, seed=3, classifiers=3))
+    assert three.runs == pytest.approx(one) and three.accuracy == pytest.approx(np.mean(one))
+    assert two_sample_accuracy(real[:4], other, CFG).runs is None  # one classifier: no list
+    with pytest.raises(WorldsimError, match="at least 1 classifier"):
+        two_sample_accuracy(real[:4], other, dataclasses.replace(CFG, classifiers=0))

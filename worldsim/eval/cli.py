@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="realism: frames per sample of the classifier two-sample test, half train, half test "
                          "(needs --free-play; default 2000; 0: skip)")
     ap.add_argument("--realism-steps", type=int, default=400, help="realism: the classifier's training steps")
+    ap.add_argument("--realism-classifiers", type=int, default=1, metavar="N",
+                    help="realism: train N classifiers (seeds --seed, --seed+1, ...) on the same frames and report "
+                         "their mean accuracy, each kept in the JSON (default 1; one classifier's figure moves by "
+                         "several points with its seed)")
     ap.add_argument("--stability-window", type=int, default=1000, metavar="FRAMES",
                     help="stability: realism of the first and the last this-many free-play frames (default 1000)")
     ap.add_argument("--seed", type=int, default=0)
@@ -269,7 +273,7 @@ def main(argv=None) -> int:
                      free_play_paths=args.free_play_paths,
                      miss_penalty_px=args.miss_penalty, action_response=args.action_response,
                      realism_frames=args.realism_frames, realism_steps=args.realism_steps,
-                     stability_window=args.stability_window)
+                     realism_classifiers=args.realism_classifiers, stability_window=args.stability_window)
     cfg.validate()
     json_path, ckpt = Path(args.json), resolve_checkpoint(args.checkpoint)
     device = pick_device(args.device)
@@ -447,6 +451,10 @@ def clips_main(argv) -> int:
     ap.add_argument("--guidance", type=float, default=1.0, help="bidirectional model: action guidance w (default 1)")
     ap.add_argument("--batch", type=int, default=16, help="clips generated together (default 16)")
     ap.add_argument("--realism-steps", type=int, default=400, help="the classifier's training steps")
+    ap.add_argument("--realism-classifiers", type=int, default=1, metavar="N",
+                    help="train N classifiers (seeds --seed, --seed+1, ...) on the same frames and report "
+                         "their mean accuracy, each kept in the JSON (default 1; one classifier's figure moves by "
+                         "several points with its seed)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--split", help="only episodes of this split (e.g. heldout)")
     ap.add_argument("--max-episodes", type=int, default=0, help="use at most this many episodes (0: all)")
@@ -455,7 +463,7 @@ def clips_main(argv) -> int:
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     cfg = ClipConfig(context=args.context, horizon=args.horizon, frames=args.frames, batch=args.batch,
-                     seed=args.seed, realism_steps=args.realism_steps)
+                     seed=args.seed, realism_steps=args.realism_steps, realism_classifiers=args.realism_classifiers)
     cfg.validate()
     if args.teacher_steps < 0:
         raise ConfigError(f"--teacher-steps must be >= 1 (or 0: the recorded sampler's), got {args.teacher_steps}")

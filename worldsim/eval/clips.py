@@ -45,14 +45,16 @@ class ClipConfig:
     batch: int = 16  # clips generated together
     seed: int = 0  # clip starts, sampler noise and the classifier
     realism_steps: int = 400  # the classifier's optimiser steps
+    realism_classifiers: int = 1  # classifiers of consecutive seeds on the same clips, accuracy averaged
 
     def validate(self) -> None:
         if self.context < 1 or self.horizon < 1:
             raise WorldsimError(f"--context and --horizon must be >= 1 (got {self.context}, {self.horizon})")
         if self.frames < RealismConfig.min_frames:
             raise WorldsimError(f"--frames must be at least {RealismConfig.min_frames} (got {self.frames})")
-        if self.batch < 1 or self.realism_steps < 1:
-            raise WorldsimError(f"--batch and --realism-steps must be >= 1 (got {self.batch}, {self.realism_steps})")
+        if self.batch < 1 or self.realism_steps < 1 or self.realism_classifiers < 1:
+            raise WorldsimError(f"--batch, --realism-steps and --realism-classifiers must be >= 1 (got {self.batch}, "
+                                f"{self.realism_steps}, {self.realism_classifiers})")
 
 
 def clip_plan(episodes: Sequence[EvalEpisode], cfg: ClipConfig) -> list[tuple[int, int]]:
@@ -90,7 +92,8 @@ def generate_clips(sample: ClipSampler, episodes: Sequence[EvalEpisode], plan: S
 def clip_realism(fake: Sequence[np.ndarray], real: Sequence[np.ndarray], cfg: ClipConfig) -> dict:
     """Accuracy of telling generated clip frames from the real frames at the same places (full frame and
     degraded), and the calibration: the real frames of alternate episodes against each other."""
-    rc = RealismConfig(frames=cfg.frames, train_steps=cfg.realism_steps, seed=cfg.seed)
+    rc = RealismConfig(frames=cfg.frames, train_steps=cfg.realism_steps, seed=cfg.seed,
+                       classifiers=cfg.realism_classifiers)
     out = {"model": {view: two_sample_accuracy(real, fake, rc, view).to_dict() for view in VIEWS}}
     if len(real) >= 2:
         out["real_vs_real"] = {view: two_sample_accuracy(list(real[0::2]), list(real[1::2]), rc, view).to_dict()

@@ -43,6 +43,9 @@ class RealismConfig:
     lr: float = 2e-3  # Adam
     width: int = 16  # channels of the first conv layer (doubled at each of the next two)
     seed: int = 0  # frame choice, initial weights and batch order: the same inputs give the same accuracy
+    # Classifiers trained on the same split (seeds seed, seed+1, ...), their accuracies averaged: at 400
+    # steps one classifier does not always find what gives a sample away (docs/evaluation.md)
+    classifiers: int = 1
     min_frames: int = 8  # per sample; below this the test says nothing and is refused
     # torch threads while the classifier trains and tests: the net is small, and on a shared 2-core CPU
     # two OpenMP threads took 6x the wall time of one (each op waits at a barrier for a busy core)
@@ -55,6 +58,8 @@ class RealismConfig:
         if self.train_steps < 1 or self.batch < 2 or self.width < 1 or self.threads < 1 or not self.lr > 0:
             raise WorldsimError(f"realism: train_steps, batch >= 2, width, threads and lr must be positive (got "
                                 f"{self.train_steps}, {self.batch}, {self.width}, {self.threads}, {self.lr})")
+        if self.classifiers < 1:
+            raise WorldsimError(f"realism needs at least 1 classifier (got --realism-classifiers {self.classifiers})")
 
 
 @dataclass
@@ -68,6 +73,7 @@ class RealismResult:
     test_frames: int  # per sample
     view: str
     seconds: float
+    runs: list[float] | None = None  # each classifier's accuracy when several were trained (``accuracy``: their mean)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -161,23 +167,25 @@ def two_sample_accuracy(real, other, cfg: RealismConfig | None = None, view: str
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        acc = _train_and_test(a_tr, a_te, b_tr, b_te, cfg)
+        runs = [_train_and_test(a_tr, a_te, b_tr, b_te, cfg.seed + k, cfg) for k in range(cfg.classifiers)]
     finally:
         torch.set_num_threads(threads)
+    acc = float(np.mean(runs))
     return RealismResult(accuracy=acc, stderr=math.sqrt(max(acc * (1 - acc), 1e-12) / (2 * len(a_te))),
                          train_frames=len(a_tr), test_frames=len(a_te), view=view,
-                         seconds=time.perf_counter() - t0)
+                         seconds=time.perf_counter() - t0, runs=runs if len(runs) > 1 else None)
 
 
-def _train_and_test(a_tr, a_te, b_tr, b_te, cfg: RealismConfig) -> float:
-    """Accuracy on (a_te, b_te) of a ``FrameClassifier`` trained on (a_tr, b_tr)."""
+def _train_and_test(a_tr, a_te, b_tr, b_te, seed: int, cfg: RealismConfig) -> float:
+    """Accuracy on (a_te, b_te) of a ``FrameClassifier`` trained on (a_tr, b_tr), weights and batch order
+    drawn from ``seed``."""
     x_tr = _to_input(np.concatenate([a_tr, b_tr]))  # (2m, 3, H, W)
     y_tr = torch.cat([torch.zeros(len(a_tr)), torch.ones(len(b_tr))])
     x_te = _to_input(np.concatenate([a_te, b_te]))
     y_te = torch.cat([torch.zeros(len(a_te)), torch.ones(len(b_te))])
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(seed)
         net = FrameClassifier(cfg.width)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     batch = min(cfg.batch, len(x_tr))

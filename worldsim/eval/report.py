@@ -331,7 +331,8 @@ def evaluate(model, episodes: Sequence[EvalEpisode], settings: Sequence[tuple[st
 
 
 def realism_config(cfg: EvalConfig) -> RealismConfig:
-    return RealismConfig(frames=cfg.realism_frames, train_steps=cfg.realism_steps, seed=cfg.seed)
+    return RealismConfig(frames=cfg.realism_frames, train_steps=cfg.realism_steps, seed=cfg.seed,
+                         classifiers=cfg.realism_classifiers)
 
 
 def realism_reason(cfg: EvalConfig, n_episodes: int) -> str | None:

@@ -63,6 +63,7 @@ class EvalConfig:
     action_response: int = 12  # control: frames each key is held from the same states as the real game (0: skip)
     realism_frames: int = 2000  # realism: frames per sample of the classifier two-sample test (0: skip)
     realism_steps: int = 400  # realism: the classifier's optimiser steps (a fixed budget, a couple of CPU-minutes)
+    realism_classifiers: int = 1  # realism: classifiers of consecutive seeds on the same frames, accuracy averaged
     stability_window: int = 1000  # stability: realism of the first and the last this-many free-play frames
 
     def validate(self) -> None:
@@ -82,9 +83,9 @@ class EvalConfig:
             raise WorldsimError(f"--action-response must be >= 0 frames (0: skip), got {self.action_response}")
         if self.realism_frames < 0 or 0 < self.realism_frames < 8:
             raise WorldsimError(f"--realism-frames must be 0 (skip) or at least 8 per sample (got {self.realism_frames})")
-        if self.realism_steps < 1 or self.stability_window < 1:
-            raise WorldsimError(f"--realism-steps and --stability-window must be >= 1 (got {self.realism_steps}, "
-                                f"{self.stability_window})")
+        if self.realism_steps < 1 or self.stability_window < 1 or self.realism_classifiers < 1:
+            raise WorldsimError(f"--realism-steps, --realism-classifiers and --stability-window must be >= 1 (got "
+                                f"{self.realism_steps}, {self.realism_classifiers}, {self.stability_window})")
 
 
 # ---------------------------------------------------------------------------------------------
