@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from worldsim.checkpoint import load_model, read_meta
-from worldsim.data.palette import MAX_COLOURS, Palette, snap_reference
+from worldsim.data.palette import MAX_COLOURS, Palette, palette_of, snap_reference
 from worldsim.engine import Engine, EngineConfig
 from worldsim.envs.tiny import TINY_ENV_ID
 from worldsim.errors import CheckpointError, DataError
 from worldsim.runtime.testing import write_random_checkpoint
-from worldsim.train.data import InMemoryClips, data_palette, synthetic_episodes
+from worldsim.train.data import InMemoryClips, synthetic_episodes
 
 COLOURS = np.array([[110, 156, 66], [0, 0, 0], [214, 214, 214], [195, 144, 61]], np.uint8)
 
@@ -58,15 +58,16 @@ def test_a_pickled_palette_leaves_its_lookup_table_behind():
 def test_meta_round_trip_and_damaged_meta():
     pal = Palette(COLOURS)
     assert (Palette.from_meta(json.loads(json.dumps(pal.to_meta()))).colours == COLOURS).all()
+    too_many = {"colours": "00" * 3 * (MAX_COLOURS + 1)}
     for bad, match in [("00ff00", "6 hex digits"), ({"colours": "12345"}, "6 hex digits"),
-                       ({"colours": "zz0000"}, "not hex digits"), ({"colours": "00" * 3 * (MAX_COLOURS + 1)}, "colours")]:
+                       ({"colours": "zz0000"}, "not hex digits"), (too_many, "colours")]:
         with pytest.raises(CheckpointError, match=match):
             Palette.from_meta(bad, "checkpoint 'x'")
 
 
 def test_training_data_gives_its_palette():
     eps = synthetic_episodes(n=2, T=12, resolution=16)
-    pal = data_palette(InMemoryClips(eps, 4, ["NOOP", "UP", "RIGHT", "LEFT", "DOWN"]), stride=1)
+    pal = palette_of(InMemoryClips(eps, 4, ["NOOP", "UP", "RIGHT", "LEFT", "DOWN"]), stride=1)
     frames = np.concatenate([np.moveaxis(f, 1, -1) for f, _ in eps]).reshape(-1, 3)
     assert {tuple(c) for c in pal.colours.tolist()} == {tuple(c) for c in np.unique(frames, axis=0).tolist()}
 

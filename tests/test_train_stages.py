@@ -16,7 +16,8 @@ from worldsim.checkpoint import load_checkpoint, load_model, read_meta
 from worldsim.errors import CheckpointError, WorldsimError
 from worldsim.model import ModelConfig
 from worldsim.model.dit import ACTION_INIT_STD
-from worldsim.train.data import SYNTHETIC_ACTIONS, DataConfig, InMemoryClips, data_palette, synthetic_episodes
+from worldsim.data.palette import palette_of
+from worldsim.train.data import SYNTHETIC_ACTIONS, DataConfig, InMemoryClips, synthetic_episodes
 from worldsim.train.stage0_teacher import Stage0Config, TeacherTrainer
 from worldsim.train.stage1_teacher_forcing import Stage1Config, TeacherForcingTrainer, tf_forward
 from worldsim.train.stage2_consistency import ConsistencyTrainer, Stage2Config, consistency_target
@@ -111,7 +112,7 @@ def test_stage0_1_2_losses_fall(chain):
     # stage 1 started from the teacher (same width, not deeper)
     assert read_meta(chain["s1"])["init"]["from"] == "teacher"
     # every stage writes the colours of its training frames; the engine snaps to them
-    assert meta["palette"] == read_meta(chain["s1"])["palette"] == data_palette(clips()).to_meta()
+    assert meta["palette"] == read_meta(chain["s1"])["palette"] == palette_of(clips()).to_meta()
     assert load_model(chain["s2"])[0].palette is not None
 
 

@@ -6,8 +6,9 @@ string metadata that rebuilds everything: ``format``, ``role`` (teacher, student
 ``resolution``, ``code_version``, ``frame_period`` (the game time one frame spans, from the training
 data: ``worldsim.gametime``; a file written before it existed gets it from its data or a printed
 default), ``palette`` (the game's colours in the training frames, which the engine snaps to:
-``worldsim.data.palette``; absent for a game not drawn from one), plus whatever the writer adds (``engine``, ``train_config``, ``context_frames``...). Writes
-are atomic (temp file + rename), so a crash never leaves a half-written checkpoint under the real name.
+``worldsim.data.palette``; absent for a game not drawn from one), plus whatever the writer adds
+(``engine``, ``train_config``, ``context_frames``...). Writes are atomic (temp file + rename), so a
+crash never leaves a half-written checkpoint under the real name.
 """
 
 from __future__ import annotations

@@ -6,10 +6,10 @@ everywhere: on a flat background a player barely sees it, a classifier can, and 
 back from the cache as context no real frame ever had. Snapping each drawn pixel to the nearest colour
 of the game removes both, at the cost of a table lookup a pixel (``Palette.snap``).
 
-A ``Palette`` is measured from training frames (``Palette.from_frames``) and travels in the
-checkpoint's metadata (``palette``: ``{"colours": 6 hex digits a colour, most frequent first}``); ``worldsim.checkpoint``
-hands it to the model it loads as ``model.palette``, and the engine snaps with it unless
-``engine.palette=false``. Frames of more than ``MAX_COLOURS`` colours (photographs, smooth shading)
+A ``Palette`` is measured from training frames (``palette_of``) and travels in the checkpoint's
+metadata (``palette``: ``{"colours": 6 hex digits a colour, most frequent first}``);
+``worldsim.checkpoint`` hands it to the model it loads as ``model.palette``, and the engine snaps with
+it unless ``engine.palette=false``. Frames of more than ``MAX_COLOURS`` colours (photographs, smooth shading)
 give no palette: the game is not drawn from one.
 """
 
@@ -107,6 +107,13 @@ class Palette:
         return out.to(x.dtype)
 
 
+def palette_of(source, stride: int = 4) -> Palette | None:
+    """The game's colours in a clip source's frames (a ``ClipDataset`` or ``InMemoryClips``: anything with
+    ``iter_frames``), every ``stride``-th frame (a game's colours recur); None when they are not drawn
+    from a palette."""
+    return Palette.from_frames(source.iter_frames(stride))
+
+
 def snap_reference(x: torch.Tensor, colours: np.ndarray) -> torch.Tensor:
     """``Palette.snap`` the plain way (every distance written out): what the tests compare it to."""
     px = ((x.float() + 1.0) * 127.5).round().clamp(0, 255).movedim(-3, -1)
@@ -130,7 +137,7 @@ def add_palette(checkpoint: str | Path, paths: Sequence[str | Path]) -> Palette:
     if meta.get("env_id") and ds.env_id != meta["env_id"]:
         raise DataError(f"the episodes are {ds.env_id} but checkpoint '{checkpoint}' plays {meta['env_id']}; "
                         f"pass episodes of its game")
-    palette = Palette.from_frames(ds.iter_frames(4))
+    palette = palette_of(ds)
     if palette is None:
         raise DataError(f"the frames of {ds.env_id} hold more than {MAX_COLOURS} colours at {R}x{R}: the game is "
                         f"not drawn from a palette, so its model draws freely")

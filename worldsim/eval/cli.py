@@ -35,6 +35,10 @@ from worldsim.paths import repo_file
 DEFAULT_CHECKPOINT = Path("assets/default.safetensors")
 
 
+CLASSIFIERS_HELP = ("train N classifiers (seeds --seed, --seed+1, ...) on the same frames and report their mean "
+                    "accuracy, each kept in the JSON (default 1; one classifier's figure moves by several points "
+                    "with its seed)")
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="worldsim eval", description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", help=f"model to evaluate (default: the shipped {DEFAULT_CHECKPOINT})")
@@ -74,10 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="realism: frames per sample of the classifier two-sample test, half train, half test "
                          "(needs --free-play; default 2000; 0: skip)")
     ap.add_argument("--realism-steps", type=int, default=400, help="realism: the classifier's training steps")
-    ap.add_argument("--realism-classifiers", type=int, default=1, metavar="N",
-                    help="realism: train N classifiers (seeds --seed, --seed+1, ...) on the same frames and report "
-                         "their mean accuracy, each kept in the JSON (default 1; one classifier's figure moves by "
-                         "several points with its seed)")
+    ap.add_argument("--realism-classifiers", type=int, default=1, metavar="N", help="realism: " + CLASSIFIERS_HELP)
     ap.add_argument("--stability-window", type=int, default=1000, metavar="FRAMES",
                     help="stability: realism of the first and the last this-many free-play frames (default 1000)")
     ap.add_argument("--seed", type=int, default=0)
@@ -451,10 +452,7 @@ def clips_main(argv) -> int:
     ap.add_argument("--guidance", type=float, default=1.0, help="bidirectional model: action guidance w (default 1)")
     ap.add_argument("--batch", type=int, default=16, help="clips generated together (default 16)")
     ap.add_argument("--realism-steps", type=int, default=400, help="the classifier's training steps")
-    ap.add_argument("--realism-classifiers", type=int, default=1, metavar="N",
-                    help="train N classifiers (seeds --seed, --seed+1, ...) on the same frames and report "
-                         "their mean accuracy, each kept in the JSON (default 1; one classifier's figure moves by "
-                         "several points with its seed)")
+    ap.add_argument("--realism-classifiers", type=int, default=1, metavar="N", help=CLASSIFIERS_HELP)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--split", help="only episodes of this split (e.g. heldout)")
     ap.add_argument("--max-episodes", type=int, default=0, help="use at most this many episodes (0: all)")

@@ -23,7 +23,6 @@ import torch
 
 from worldsim.data.dataset import to_model_actions
 from worldsim.data.frames import scale_to_model
-from worldsim.data.palette import Palette
 from worldsim.errors import ConfigError, DataError
 
 
@@ -51,12 +50,6 @@ def open_clips(cfg: DataConfig, split: Optional[str], clip_len: Optional[int] = 
                      cache_dir=cfg.cache_dir, preload=cfg.preload)
     data_frame_period(ds)  # one frame period per training run: refuse a mix before any step is taken
     return ds
-
-
-def data_palette(ds, stride: int = 4):
-    """The game's colours in a clip source's frames (``worldsim.data.palette``; every ``stride``-th
-    frame: a game's colours recur), or None when the frames are not drawn from a palette."""
-    return Palette.from_frames(ds.iter_frames(stride))
 
 
 def data_frame_period(ds):

@@ -47,10 +47,11 @@ import torch.distributed as dist
 from worldsim.checkpoint import file_hash, load_checkpoint, read_meta, save_checkpoint
 from worldsim.config import to_dict, to_yaml
 from worldsim.data.frames import scale_to_uint8
+from worldsim.data.palette import palette_of
 from worldsim.device import autocast, pick_device, pick_dtype
 from worldsim.errors import CheckpointError, ConfigError
-from worldsim.train.data import (DataConfig, check_dataset_fits, collate, data_frame_period, data_palette, draw_indices,
-                                 open_clips, open_heldout, to_model_inputs)
+from worldsim.train.data import (DataConfig, check_dataset_fits, collate, data_frame_period, draw_indices, open_clips,
+                                 open_heldout, to_model_inputs)
 
 log = logging.getLogger("worldsim.train")
 
@@ -515,7 +516,7 @@ class Trainer:
         """The game's colours in the training frames (``worldsim.data.palette``), measured once a run: the
         engine snaps every frame it draws to them. Nothing when the frames are not drawn from a palette."""
         if not hasattr(self, "_palette"):
-            self._palette = data_palette(self.data)
+            self._palette = palette_of(self.data)
         return {} if self._palette is None else {"palette": self._palette.to_meta()}
 
     def frame_period_meta(self) -> dict[str, Any]:
