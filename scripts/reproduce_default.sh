@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Rebuild the shipped model, assets/default.safetensors, from a clone: the three frameskip-4 Boxing
 # collections, the eleven stage-1 legs of the frameskip-4 student in order (each continues the one
-# before, init.student), the two weight averages, the ship steps, then the two frameskip-2 collections
-# and the leg that continues that student on them. Only committed configs and key=value overrides:
+# before, init.student), the two weight averages, the ship steps, then the two frameskip-2 collections,
+# the leg that continues that student on them and the two legs of its pixel refiner. Only committed
+# configs and key=value overrides:
 #   configs/collect_boxing{,_scripted,_switchy}{,_fs2}.yaml   the data
 #   configs/boxing_student.yaml                        every frameskip-4 stage-1 leg (the last legs' config)
 #   configs/boxing_student_fs2.yaml                    the frameskip-2 leg (init.retime)
+#   configs/boxing_refiner_fs2.yaml                    the refiner's two legs (refiner_only)
 #   configs/boxing_controllable.yaml                   the ship step (ship.stage: stage1, 2 Euler steps, cache 6 + 1)
 #
 #   scripts/reproduce_default.sh [OUT]       (OUT default runs/default; OUT and DATA are relative to the repo root)
 #
-# Result: OUT/fs2/student.safetensors (playable; compare it with the shipped file, e.g. worldsim eval
-# --checkpoint OUT/fs2/student.safetensors ..., before copying it to assets/default.safetensors).
-# About 11 CPU-hours on 2 cores (the legs' wall-clock is in the model card), the collections a few minutes.
+# Result: OUT/refined/student.safetensors (playable; compare it with the shipped file, e.g. worldsim eval
+# --checkpoint OUT/refined/student.safetensors ..., before copying it to assets/default.safetensors).
+# About 12 CPU-hours on 2 cores (the legs' wall-clock is in the model card), the collections a few minutes.
 #
 # Idempotent: a finished collection, leg, average or ship is skipped (its output exists), and an
 # interrupted leg resumes exactly from its checkpoint, so after a stop run the same command again.
@@ -121,4 +123,25 @@ collect configs/collect_boxing_switchy_fs2.yaml boxing_switchy_fs2
 FS2="data.paths=[$DATA/boxing_fs2,$DATA/boxing_switchy_fs2]"
 LEG_CONFIG=configs/boxing_student_fs2.yaml leg 1l "$OUT/student.safetensors" "$FS2"
 ship "$OUT/fs2" "$OUT/1l/final.safetensors" "$FS2"
-echo "done: $OUT/fs2/student.safetensors"
+# -- the pixel refiner on that student (configs/boxing_refiner_fs2.yaml: only the refiner trains), in two
+# legs: the first ends at step 1,160 of its 2,400-step schedule (run.stop_after, then FINISH), the second
+# continues it at a lower rate
+REFINER=(configs/boxing_refiner_fs2.yaml "$FS2")
+if [[ ! -f $OUT/ra/final.safetensors ]]; then
+    "$WORLDSIM" train stage1 "${REFINER[@]}" "out_dir=$OUT/ra" "init.student=$OUT/fs2/student.safetensors" \
+        run.stop_after=1160 ${train_args[@]+"${train_args[@]}"}
+    if [[ -f $OUT/ra/checkpoint.safetensors && ! -f $OUT/ra/final.safetensors ]] && [[ $(python -c \
+        "from worldsim.checkpoint import read_meta; print(read_meta('$OUT/ra/checkpoint.safetensors')['step'])") -ge 1160 ]]; then
+        touch "$OUT/ra/FINISH"  # stopped at 1,160, not by a signal: write the output there
+        "$WORLDSIM" train stage1 "${REFINER[@]}" "out_dir=$OUT/ra" "init.student=$OUT/fs2/student.safetensors" \
+            ${train_args[@]+"${train_args[@]}"}
+    fi
+    done_or_resume "$OUT/ra/final.safetensors" "the refiner's first leg"
+fi
+if [[ ! -f $OUT/rb/final.safetensors ]]; then
+    "$WORLDSIM" train stage1 "${REFINER[@]}" "out_dir=$OUT/rb" "init.student=$OUT/ra/final.safetensors" \
+        optim.lr=5e-4 optim.warmup=0 optim.steps=600 ${train_args[@]+"${train_args[@]}"}
+    done_or_resume "$OUT/rb/final.safetensors" "the refiner's second leg"
+fi
+ship "$OUT/refined" "$OUT/rb/final.safetensors" "$FS2"
+echo "done: $OUT/refined/student.safetensors"
