@@ -128,14 +128,7 @@ ship "$OUT/fs2" "$OUT/1l/final.safetensors" "$FS2"
 # continues it at a lower rate
 REFINER=(configs/boxing_refiner_fs2.yaml "$FS2")
 if [[ ! -f $OUT/ra/final.safetensors ]]; then
-    "$WORLDSIM" train stage1 "${REFINER[@]}" "out_dir=$OUT/ra" "init.student=$OUT/fs2/student.safetensors" \
-        run.stop_after=1160 ${train_args[@]+"${train_args[@]}"}
-    if [[ -f $OUT/ra/checkpoint.safetensors && ! -f $OUT/ra/final.safetensors ]] && [[ $(python -c \
-        "from worldsim.checkpoint import read_meta; print(read_meta('$OUT/ra/checkpoint.safetensors')['step'])") -ge 1160 ]]; then
-        touch "$OUT/ra/FINISH"  # stopped at 1,160, not by a signal: write the output there
-        "$WORLDSIM" train stage1 "${REFINER[@]}" "out_dir=$OUT/ra" "init.student=$OUT/fs2/student.safetensors" \
-            ${train_args[@]+"${train_args[@]}"}
-    fi
+    ended_at 1160 "$OUT/ra" "${REFINER[@]}" "init.student=$OUT/fs2/student.safetensors"
     done_or_resume "$OUT/ra/final.safetensors" "the refiner's first leg"
 fi
 if [[ ! -f $OUT/rb/final.safetensors ]]; then

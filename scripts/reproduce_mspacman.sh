@@ -23,18 +23,9 @@ FS2="data.paths=[$DATA/mspacman_fs2,$DATA/mspacman_scripted_fs2]"
 
 collect configs/collect_mspacman_fs2.yaml mspacman_fs2
 collect configs/collect_mspacman_scripted_fs2.yaml mspacman_scripted_fs2
-# The first leg ends at step 1,020 (run.stop_after checkpoints there, out_dir/FINISH writes the output).
+# The first leg ends at step 1,020 of its 3,000 (ended_at: run.stop_after, then FINISH).
 if [[ ! -f $OUT/final.safetensors ]]; then
-    "$WORLDSIM" train stage1 configs/mspacman_student_fs2.yaml "out_dir=$OUT" "$FS2" run.stop_after=1020 \
-        ${train_args[@]+"${train_args[@]}"}
-    at=0  # the step the run stopped at (below 1,020 when a signal stopped it)
-    if [[ -f $OUT/checkpoint.safetensors ]]; then
-        at=$(python -c "from worldsim.checkpoint import read_meta; print(read_meta('$OUT/checkpoint.safetensors')['step'])")
-    fi
-    if [[ ! -f $OUT/final.safetensors && $at -ge 1020 ]]; then  # not stopped early by a signal
-        touch "$OUT/FINISH"
-        "$WORLDSIM" train stage1 configs/mspacman_student_fs2.yaml "out_dir=$OUT" "$FS2" ${train_args[@]+"${train_args[@]}"}
-    fi
+    ended_at 1020 "$OUT" configs/mspacman_student_fs2.yaml "$FS2"
     done_or_resume "$OUT/final.safetensors" "the first leg"
 fi
 if [[ ! -f $OUT/sprites/final.safetensors ]]; then
